@@ -1,0 +1,93 @@
+"""One storage root for every stage: a local folder or object storage through pyarrow.fs.
+
+Stages address artifacts by relative paths below the root (``shards/dfew/part-0000.parquet``),
+so the same config works on a laptop and on a cluster whose nodes share a bucket. Every write
+is atomic — written under a temporary name, then renamed (on object stores a single PUT is
+already atomic) — so a killed job never leaves a half-written file that readers would trust.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+__all__ = ["Storage"]
+
+
+class Storage:
+    """A root path plus the pyarrow filesystem that serves it."""
+
+    def __init__(self, root: str | os.PathLike):
+        root = str(root)
+        if "://" in root:
+            self.fs, base = pafs.FileSystem.from_uri(root)
+            self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+        else:
+            self.fs, base = pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
+            self.is_local = True
+        self.root = base.rstrip("/") or "/"
+        self.uri = root
+
+    def __repr__(self) -> str:
+        return f"Storage({self.uri!r})"
+
+    def path(self, *parts: str) -> str:
+        """Full filesystem path (for pyarrow) of a relative artifact path."""
+        return posixpath.join(self.root, *parts) if parts else self.root
+
+    def local_path(self, *parts: str) -> Path:
+        if not self.is_local:
+            raise ValueError(f"{self.uri} is not a local path; use the pyarrow filesystem API")
+        return Path(self.path(*parts))
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def makedirs(self, *parts: str) -> str:
+        p = self.path(*parts)
+        self.fs.create_dir(p, recursive=True)
+        return p
+
+    def list(self, *parts: str, suffix: str = "") -> list[str]:
+        """Relative names (not paths) of the files directly inside a folder, sorted; [] if absent."""
+        selector = pafs.FileSelector(self.path(*parts), allow_not_found=True)
+        infos = self.fs.get_file_info(selector)
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(suffix))
+
+    def read_bytes(self, *parts: str) -> bytes:
+        with self.fs.open_input_stream(self.path(*parts)) as f:
+            return f.read()
+
+    def read_text(self, *parts: str) -> str:
+        return self.read_bytes(*parts).decode("utf-8")
+
+    def write_bytes(self, data: bytes, *parts: str) -> str:
+        """Atomically write ``data`` to the relative path ``parts``; returns the full path."""
+        final = self.path(*parts)
+        self.fs.create_dir(posixpath.dirname(final), recursive=True)
+        if not self.is_local:
+            with self.fs.open_output_stream(final) as f:
+                f.write(data)
+            return final
+        tmp = posixpath.join(posixpath.dirname(final), f".{posixpath.basename(final)}.{uuid.uuid4().hex}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        return final
+
+    def write_text(self, text: str, *parts: str) -> str:
+        return self.write_bytes(text.encode("utf-8"), *parts)
+
+    def delete(self, *parts: str) -> None:
+        p = self.path(*parts)
+        info = self.fs.get_file_info(p)
+        if info.type == pafs.FileType.Directory:
+            self.fs.delete_dir(p)
+        elif info.type == pafs.FileType.File:
+            self.fs.delete_file(p)
