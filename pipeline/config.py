@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -69,6 +70,9 @@ class ModelConfig:
     pretrained: str | None = "openai"
     # A local weights file; takes precedence over `pretrained` and never touches the network.
     weights: str | None = None
+    # QuickGELU activation: null infers it from the pretrained tag (OpenAI weights: true).
+    # Set true when `weights` is a local copy of OpenAI's CLIP weights.
+    quick_gelu: bool | None = None
     num_frames: int = 16
     temporal_depth: int = 1
     temporal_heads: int = 8
@@ -97,25 +101,67 @@ class DescribeConfig:
     # dataset's class set. The describe stage writes a new set and points training at it.
     description_set: str | None = None
     enabled: bool = False  # run the LLM at all; false keeps the shipped/offline set
+    # Any OpenAI-compatible endpoint: OpenAI https://api.openai.com/v1, vLLM
+    # http://127.0.0.1:8000/v1, Ollama http://127.0.0.1:11434/v1 (docs/describe.md).
     base_url: str = "http://127.0.0.1:8000/v1"
     model: str = "gpt-4o-mini"
+    # Name of the environment variable holding the key; the key itself never goes in a file.
     api_key_env: str = "OPENAI_API_KEY"
+    # A template name in prompts/templates/ or a path to a template YAML.
     template: str = "visual_features"
+    # A class set name in prompts/classes/ or a path; null: the dataset's classes.
+    class_set: str | None = None
+    # Written to <storage.root>/descriptions/<output_name>.yaml; null: the experiment's name.
+    output_name: str | None = None
     samples: int = 1
     descriptions_per_answer: int = 1
     temperature: float = 0.7
     seed: int | None = 0
     max_tokens: int = 300
+    # "json_object" works on OpenAI, vLLM and Ollama; "json_schema" also bounds the item
+    # count where the server supports it; "none" for servers that reject response_format.
+    response_format: Literal["json_object", "json_schema", "none"] = "json_object"
+    # Word bounds per description: CLIP reads 77 tokens, up to 16 go to learnable context.
+    min_words: int = 3
+    max_words: int = 40
     concurrency: int = 16
-    max_attempts: int = 4
+    max_attempts: int = 4  # per request, for 429 / 5xx / timeouts / connection errors
+    max_invalid_answers: int = 3  # per request, for answers that fail validation
+    backoff_s: float = 1.0  # first retry delay, doubled each retry (with jitter)
+    max_backoff_s: float = 30.0
     timeout_s: float = 60.0
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("samples", "descriptions_per_answer", "max_tokens", "concurrency", "max_attempts",
+                     "max_invalid_answers", "min_words"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_words < self.min_words:
+            problems.append(f"max_words: must be >= min_words ({self.min_words}), got {self.max_words}")
+        for name in ("timeout_s", "max_backoff_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.backoff_s < 0:
+            problems.append(f"backoff_s: must be >= 0, got {self.backoff_s}")
+        if not 0.0 <= self.temperature <= 2.0:
+            problems.append(f"temperature: must be in [0, 2], got {self.temperature}")
+        if self.output_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.output_name):
+            problems.append(f"output_name: use letters, digits, '.', '_' or '-', got {self.output_name!r}")
+        return problems
 
 
 @dataclass
 class PreprocessConfig:
+    # "haar": OpenCV's bundled frontal-face cascade; "yunet": cv2.FaceDetectorYN with the ONNX
+    # file in yunet_model; "none": frames are already face crops (whole frame is resized).
     detector: Literal["haar", "yunet", "none"] = "haar"
     yunet_model: str | None = None
+    # Detect on every k-th frame; boxes in between are interpolated (docs/preprocess.md).
     detect_every: int = 5
+    # Detection runs on a copy whose longer side is at most this many pixels (speed).
+    detect_max_side: int = 320
+    # Square crop side = max(face w, h) * (1 + 2 * margin).
     margin: float = 0.25
     crop_size: int = 224
     jpeg_quality: int = 90
@@ -123,6 +169,29 @@ class PreprocessConfig:
     shard_target_mb: float = 256.0
     num_workers: int = 2
     cpus_per_worker: float = 1.0
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("detect_every", "num_workers"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.detect_max_side < 64:
+            problems.append(f"detect_max_side: must be >= 64, got {self.detect_max_side}")
+        if self.crop_size < 8:
+            problems.append(f"crop_size: must be >= 8, got {self.crop_size}")
+        if not 1 <= self.jpeg_quality <= 100:
+            problems.append(f"jpeg_quality: must be in 1..100, got {self.jpeg_quality}")
+        if not 0.0 <= self.margin <= 2.0:
+            problems.append(f"margin: must be in [0, 2], got {self.margin}")
+        if self.max_frames is not None and self.max_frames < 1:
+            problems.append(f"max_frames: must be >= 1 or null (keep all), got {self.max_frames}")
+        if self.shard_target_mb <= 0:
+            problems.append(f"shard_target_mb: must be > 0, got {self.shard_target_mb}")
+        if self.cpus_per_worker <= 0:
+            problems.append(f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}")
+        if self.detector == "yunet" and not self.yunet_model:
+            problems.append("yunet_model: detector 'yunet' needs the path of the YuNet ONNX file")
+        return problems
 
 
 @dataclass
@@ -161,8 +230,13 @@ class TrainConfig:
     seed: int = 0
     keep_checkpoints: int = 2
     max_failures: int = 2
+    # Batches each worker prefetches from Ray Data while the current one trains.
     data_loader_threads: int = 2
-    # Fault injection for tests: the worker of this rank exits once during this epoch.
+    # Clips in each worker's local shuffle buffer (on top of the random block order);
+    # null: twice the per-worker batch; 0: no local shuffle.
+    shuffle_buffer: int | None = None
+    # Fault injection for tests: a worker (rank 1, or rank 0 when alone) exits once during this
+    # epoch; a marker file in the run folder keeps the restarted attempt from failing again.
     fail_once_at_epoch: int | None = None
 
     def validate(self) -> list[str]:
@@ -172,27 +246,79 @@ class TrainConfig:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not 0.0 < self.val_fraction < 1.0:
             problems.append(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
+        for name in ("lr_image_encoder", "lr_temporal", "lr_prompt", "cpus_per_worker"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
+            problems.append(f"milestones: must be increasing epochs >= 1, got {self.milestones}")
+        if self.use_gpu and self.gpus_per_worker <= 0:
+            problems.append(f"gpus_per_worker: must be > 0 with use_gpu, got {self.gpus_per_worker}")
+        if self.shuffle_buffer is not None and self.shuffle_buffer < 0:
+            problems.append(f"shuffle_buffer: must be >= 0 or null, got {self.shuffle_buffer}")
+        if self.fail_once_at_epoch is not None and not 1 <= self.fail_once_at_epoch <= self.epochs:
+            problems.append(f"fail_once_at_epoch: must be an epoch in 1..{self.epochs}, got {self.fail_once_at_epoch}")
         return problems
 
 
 @dataclass
 class TuneConfig:
+    # The search space: one list of candidate values per parameter (null: keep the model/train
+    # section's value). Grid search crosses them all; random search draws `num_samples` trials.
     n_ctx: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
     temporal_depth: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     class_specific_contexts: list[bool] | None = None
     lr_temporal: list[float] | None = None
     lr_prompt: list[float] | None = None
     search: Literal["grid", "random"] = "grid"
+    # Grid: repeats of the whole grid, each with its own seed (train.seed + i); random: trials.
     num_samples: int = 1
+    # Any per-epoch metric the training loop reports: val_uar, val_war, val_loss, test_uar, ...
     metric: str = "val_uar"
     mode: Literal["max", "min"] = "max"
     scheduler: Literal["asha", "none"] = "asha"
+    # ASHA: no trial stops before `grace_period` epochs; each rung keeps 1/reduction_factor.
     grace_period: int = 1
+    reduction_factor: float = 2.0
     max_concurrent_trials: int = 2
+    # Frozen-encoder mode: each trial is one process with these resources. Full mode: each
+    # trial is a driver with `driver_cpus` plus train.num_workers workers sized by the train section.
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    # Cache frame embeddings once and train only the temporal model and prompts.
+    driver_cpus: float = 0.5
+    # Cache frame embeddings once and train only the temporal model and prompts (docs/tune.md
+    # says when this is faithful: the paper fine-tunes the image encoder at lr 1e-5).
     frozen_encoder: bool = False
+    # The embedding job (Ray Data): clips per batch, encoder actors, resources per actor.
+    embed_batch_size: int = 8
+    embed_workers: int = 1
+    embed_cpus: float = 1.0
+    embed_gpus: float = 0.0
+    # Sweep folder <storage.root>/tune/<name>/; null: the experiment's name. An interrupted
+    # sweep with the same name resumes.
+    name: str | None = None
+
+    def validate(self) -> list[str]:
+        problems = []
+        for key in ("n_ctx", "temporal_depth", "class_specific_contexts", "lr_temporal", "lr_prompt"):
+            values = getattr(self, key)
+            if values is not None and not values:
+                problems.append(f"{key}: give at least one value" + ("" if key in ("n_ctx", "temporal_depth")
+                                                                      else ", or null to keep the model/train value"))
+        problems += [f"n_ctx: values must be >= 1, got {v}" for v in self.n_ctx or [] if v < 1]
+        problems += [f"temporal_depth: values must be >= 0, got {v}" for v in self.temporal_depth or [] if v < 0]
+        for key in ("lr_temporal", "lr_prompt"):
+            problems += [f"{key}: values must be >= 0, got {v}" for v in getattr(self, key) or [] if v < 0]
+        for key in ("num_samples", "grace_period", "max_concurrent_trials", "embed_batch_size", "embed_workers"):
+            if getattr(self, key) < 1:
+                problems.append(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.reduction_factor <= 1:
+            problems.append(f"reduction_factor: must be > 1, got {self.reduction_factor}")
+        for key in ("cpus_per_trial", "gpus_per_trial", "driver_cpus", "embed_cpus", "embed_gpus"):
+            if getattr(self, key) < 0:
+                problems.append(f"{key}: must be >= 0, got {getattr(self, key)}")
+        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
+            problems.append(f"name: use letters, digits, '.', '_' or '-', got {self.name!r}")
+        return problems
 
 
 @dataclass

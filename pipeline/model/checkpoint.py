@@ -1,0 +1,86 @@
+"""The project's checkpoint format: weights plus everything needed to rebuild the model.
+
+A checkpoint is a ``torch.save`` of plain containers and tensors — loadable with
+``torch.load(weights_only=True)`` (no pickled code runs) — holding the resolved model config,
+the class names, the class texts, the state dict and free-form ``extra`` (epoch, metrics).
+Evaluation and prediction need nothing else: no training config, no Ray, no network.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.config import ModelConfig
+from pipeline.errors import UserError
+from pipeline.model.build import build_model
+from pipeline.model.dferclip import DferClip
+from pipeline.typed import ConfigError, from_dict
+
+__all__ = ["FORMAT", "VERSION", "checkpoint_payload", "save_checkpoint", "load_checkpoint", "model_from_payload"]
+
+FORMAT = "dferclip.checkpoint"
+VERSION = 1
+
+
+def checkpoint_payload(model: DferClip, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    model = getattr(model, "module", model)  # unwrap DDP
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "spec": model.spec,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "extra": extra or {},
+    }
+
+
+def save_checkpoint(model: DferClip, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Atomically write ``model`` to ``path`` (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(checkpoint_payload(model, extra), buf)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+    return path
+
+
+def model_from_payload(payload: dict[str, Any], source: str = "<checkpoint>") -> DferClip:
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{source}: not a DFER-CLIP checkpoint (no format marker {FORMAT!r})")
+    if payload.get("version", 0) > VERSION:
+        raise UserError(f"{source}: checkpoint version {payload['version']} is newer than this code ({VERSION})")
+    spec = payload["spec"]
+    try:
+        cfg = from_dict(ModelConfig, spec["model"], source)
+    except ConfigError as exc:
+        raise UserError(f"{source}: its model config does not fit this code: {exc}") from None
+    model = build_model(cfg, spec["class_names"], spec.get("descriptions"), load_weights=False)
+    try:
+        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise UserError(f"{source}: weights do not match the architecture {cfg.clip_model}: {exc}") from None
+    if missing or unexpected:
+        raise UserError(
+            f"{source}: weights do not match the architecture {cfg.clip_model} "
+            f"(missing {len(missing)}: {missing[:3]}, unexpected {len(unexpected)}: {unexpected[:3]})"
+        )
+    model.eval()
+    return model
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[DferClip, dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_checkpoint`; returns (model in eval mode, extra)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from None
+    return model_from_payload(payload, str(path)), payload.get("extra", {})

@@ -1,0 +1,91 @@
+"""Config loading: every error names its key path; overrides share the same validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ExperimentConfig, config_hash, dump_config, load_config
+from pipeline.typed import ConfigError
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def write(tmp_path, text: str) -> Path:
+    p = tmp_path / "exp.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_defaults_are_the_papers_recipe():
+    cfg = load_config(None)
+    t, m = cfg.train, cfg.model
+    assert (t.epochs, t.batch_size, t.milestones, t.lr_gamma) == (50, 48, [30, 40], 0.1)
+    assert (t.lr_image_encoder, t.lr_temporal, t.lr_prompt) == (1e-5, 1e-2, 1e-3)
+    assert (t.momentum, t.weight_decay) == (0.9, 1e-4)
+    assert (m.clip_model, m.pretrained, m.num_frames, m.n_ctx, m.temporal_depth) == ("ViT-B-32", "openai", 16, 8, 1)
+    assert (m.temporal_heads, m.temporal_head_dim, m.temporal_mlp_dim) == (8, 64, 1024)
+    assert m.class_specific_contexts and m.input_normalization == "clip"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.name != "experiment", "a shipped config should name its experiment"
+
+
+def test_dump_round_trip(tmp_path):
+    cfg = load_config(None, ["train.epochs=3", "model.n_ctx=4"])
+    assert load_config(write(tmp_path, dump_config(cfg))) == cfg
+
+
+def test_every_problem_is_reported_with_its_key_path(tmp_path):
+    p = write(tmp_path, "train:\n  epochs: ten\n  lr_temporal: fast\n  bogus: 1\nmodel:\n  class_token_position: top\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p)
+    msg = str(info.value)
+    assert "train.epochs: expected int, got 'ten'" in msg
+    assert "train.lr_temporal: expected float" in msg
+    assert "train.bogus: unknown key" in msg
+    assert "model.class_token_position: expected one of 'end', 'middle', 'front', got 'top'" in msg
+    assert str(p) in msg
+    assert len(info.value.problems) == 4
+
+
+def test_semantic_checks(tmp_path):
+    with pytest.raises(ConfigError, match=r"train.fold: dfew has folds \[1, 2, 3, 4, 5\], got 7"):
+        load_config(None, ["train.fold=7"])
+    with pytest.raises(ConfigError, match="dataset.name: unknown dataset 'affectnet'"):
+        load_config(None, ["dataset.name=affectnet"])
+    with pytest.raises(ConfigError, match="train.epochs: must be >= 1"):
+        load_config(None, ["train.epochs=0"])
+    with pytest.raises(ConfigError, match="train: expected a mapping"):
+        load_config(write(tmp_path, "train: 3\n"))
+
+
+def test_overrides_use_the_same_validation():
+    cfg = load_config(None, ["train.epochs=2", "train.milestones=[1]", "model.pretrained=null", "storage.root=/tmp/x"])
+    assert cfg.train.epochs == 2 and cfg.train.milestones == [1] and cfg.model.pretrained is None
+    with pytest.raises(ConfigError, match="train.epochs: expected int, got 'two'"):
+        load_config(None, ["train.epochs=two"])
+    with pytest.raises(ConfigError, match="train.nope: unknown key"):
+        load_config(None, ["train.nope=1"])
+    with pytest.raises(ConfigError, match="expected KEY.PATH=VALUE"):
+        load_config(None, ["train.epochs"])
+    with pytest.raises(ConfigError, match="train.epochs is not a mapping"):
+        load_config(None, ["train.epochs=1", "train.epochs.x=2"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "train: [unclosed\n"))
+
+
+def test_config_hash_tracks_content():
+    a, b = load_config(None), load_config(None, ["train.epochs=3"])
+    assert config_hash(a.model) == config_hash(b.model)
+    assert config_hash(a.train) != config_hash(b.train)
