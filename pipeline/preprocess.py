@@ -1,0 +1,267 @@
+"""The preprocess job: clip table -> face crops -> Parquet shards, distributed with Ray Data.
+
+Entry point for stages and for other stages' tests::
+
+    run_preprocess(storage_root: str, dataset: DatasetConfig, prep: PreprocessConfig, *,
+                   clips=None, overwrite=False, retry_errors=False, log=print) -> dict
+
+- ``clips``: None reads the dataset's official label/split files (:mod:`pipeline.data.importers`);
+  or a list of ``ClipEntry`` / dicts ``{"path", "label"[, "split" | "splits"][, "clip_id"]}``
+  (label = class name or index into ``dataset.class_names``; path = video file or frame folder).
+- Writes ``<storage_root>/shards/<dataset.name>/``: ``part-*.parquet``, ``manifest.json``,
+  ``errors.parquet`` (see :mod:`pipeline.data.shards`).
+- Returns the summary dict that is also the manifest (counts, hashes, shard list, errors).
+
+How it runs: ``ray.data.from_items(clip table)`` -> ``map_batches(ClipWorker)``, an actor pool
+of ``prep.num_workers`` actors with ``prep.cpus_per_worker`` CPUs each; an actor builds its
+face detector once and writes each finished group of clips as one shard itself (atomically,
+named by its clip ids), so data never funnels through the driver and a killed run keeps every
+finished shard. The driver only sees one small summary row per clip, prints a line per shard,
+and writes the error table and the manifest at the end. Re-running skips clips already in the
+shards and clips already in the error table (``retry_errors=True`` tries those again); a run
+with different output settings (crop size, detector, ...) is refused unless ``overwrite=True``,
+which clears the folder first. A re-run with nothing to do never starts Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from pipeline.config import DatasetConfig, PreprocessConfig, config_hash
+from pipeline.data import shards as sh
+from pipeline.data.importers import ClipTable, clips_from_records, load_clip_table
+from pipeline.data.schema import MANIFEST_NAME, SCHEMA_VERSION
+from pipeline.errors import UserError
+from pipeline.storage import Storage
+from pipeline.typed import to_dict
+
+__all__ = ["run_preprocess", "is_up_to_date", "output_hash", "ClipWorker", "process_clip"]
+
+# Settings that change the bytes written; workers/CPUs/shard size do not.
+_OUTPUT_FIELDS = ("detector", "yunet_model", "detect_every", "detect_max_side", "margin", "crop_size",
+                  "jpeg_quality", "max_frames")
+# JPEG at quality ~90 of a face crop: about 0.35 byte per pixel; used only to size batches.
+_BYTES_PER_PIXEL = 0.35
+_FRAMES_GUESS = 64
+
+_SUMMARY_SCHEMA = pa.schema([
+    ("clip_id", pa.string()), ("source_path", pa.string()), ("ok", pa.bool_()), ("reason", pa.string()),
+    ("shard", pa.string()), ("shard_bytes", pa.int64()), ("num_frames", pa.int64()),
+    ("decoded", pa.int64()), ("face_fallback", pa.bool_()),
+])
+
+
+def output_hash(dataset_name: str, classes: list[str], prep: PreprocessConfig) -> str:
+    """Hash of what determines the shard rows' content (dataset, label order, crop settings)."""
+    settings = {k: getattr(prep, k) for k in _OUTPUT_FIELDS}
+    return config_hash({"dataset": dataset_name, "classes": list(classes), "settings": settings,
+                        "schema_version": SCHEMA_VERSION})
+
+
+def process_clip(clip: dict, cropper) -> tuple[dict, int]:
+    """One clip -> (a SHARD_SCHEMA row, frames decoded). Raises UnreadableClip and the like."""
+    from pipeline.data.video import open_frames
+
+    stream = open_frames(clip["source"], threads=1)
+    result = cropper.run(stream.frames)
+    return {
+        "clip_id": clip["clip_id"], "dataset": clip["dataset"], "label": int(clip["label"]),
+        "label_name": clip["label_name"], "splits": list(clip["splits"]), "num_frames": len(result.frames),
+        "frames": result.frames, "boxes": result.boxes, "face_fallback": result.face_fallback,
+        "source_path": clip["source"], "fps": stream.fps,
+    }, result.num_decoded
+
+
+class ClipWorker:
+    """Ray Data actor: holds one detector and writes shards of at most ~``target_bytes`` each."""
+
+    def __init__(self, storage_root: str, rel_dir: str, prep: dict, out_hash: str, target_bytes: int):
+        import cv2
+
+        from pipeline.data.faces import ClipCropper, build_detector
+
+        # One worker = cpus_per_worker cores: OpenCV's own thread pool would oversubscribe them.
+        cv2.setNumThreads(max(1, int(prep["cpus_per_worker"])))
+        self.storage = Storage(storage_root)
+        self.rel_dir, self.out_hash, self.target_bytes = rel_dir, out_hash, target_bytes
+        detector = build_detector(prep["detector"], prep["yunet_model"], prep["detect_max_side"])
+        self.cropper = ClipCropper(detector, detect_every=prep["detect_every"], margin=prep["margin"],
+                                   crop_size=prep["crop_size"], jpeg_quality=prep["jpeg_quality"],
+                                   max_frames=prep["max_frames"])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        summary: list[dict] = []
+        rows: list[dict] = []
+        pending: list[dict] = []  # summaries of the rows not yet written
+        size = 0
+
+        def flush() -> None:
+            nonlocal rows, pending, size
+            if rows:
+                name, nbytes = sh.write_shard(self.storage, self.rel_dir, rows, self.out_hash)
+                for s in pending:
+                    s.update(shard=name, shard_bytes=nbytes)
+                summary.extend(pending)
+            rows, pending, size = [], [], 0
+
+        for clip in batch.to_pylist():
+            base = {"clip_id": clip["clip_id"], "source_path": clip["source"], "shard": "", "shard_bytes": 0}
+            try:
+                row, decoded = process_clip(clip, self.cropper)
+            except Exception as exc:  # noqa: BLE001 — any per-clip failure goes to the error table
+                summary.append({**base, "ok": False, "reason": _reason(exc), "num_frames": 0, "decoded": 0,
+                                "face_fallback": False})
+                continue
+            rows.append(row)
+            pending.append({**base, "ok": True, "reason": "", "num_frames": row["num_frames"],
+                            "decoded": decoded, "face_fallback": row["face_fallback"]})
+            size += sum(len(f) for f in row["frames"])
+            if size >= self.target_bytes:
+                flush()
+        flush()
+        return pa.Table.from_pylist(summary, schema=_SUMMARY_SCHEMA)
+
+
+def _reason(exc: Exception) -> str:
+    from pipeline.data.video import UnreadableClip
+
+    text = str(exc).strip() or type(exc).__name__
+    return text if isinstance(exc, UnreadableClip) else f"{type(exc).__name__}: {text}"
+
+
+def _table_for(dataset: DatasetConfig, clips: Iterable | None) -> ClipTable:
+    if clips is None:
+        return load_clip_table(dataset)
+    return clips_from_records(clips, dataset.name, dataset.class_names)
+
+
+def run_preprocess(storage_root: str, dataset: DatasetConfig, prep: PreprocessConfig, *,
+                   clips: Iterable | None = None, overwrite: bool = False, retry_errors: bool = False,
+                   log: Callable[[str], None] = print) -> dict:
+    """Preprocess every clip not yet in the shards; returns the manifest dict (module doc)."""
+    problems = prep.validate()
+    if problems:
+        raise UserError("preprocess: " + "; ".join(problems))
+    storage = Storage(storage_root)
+    rel_dir = sh.shard_dir(storage, dataset.name)
+    table = _table_for(dataset, clips)
+    if not table.clips:
+        raise UserError(f"dataset {dataset.name}: the annotation lists no clips")
+    out_hash = output_hash(dataset.name, table.classes, prep)
+    if overwrite:
+        storage.delete(rel_dir)
+    done, hashes = sh.finished_clips(storage, rel_dir)
+    if done and hashes != {out_hash}:
+        raise UserError(f"{storage.path(rel_dir)} holds shards made with other preprocess settings or classes; "
+                        "re-run with --overwrite (or a different storage.root) to rebuild them")
+    # Clips that failed before stay failed (a corrupt file stays corrupt) unless asked to retry.
+    old_errors = [] if retry_errors else [e for e in sh.read_errors(storage, rel_dir).to_pylist()
+                                          if e["clip_id"] not in done]
+    failed = {e["clip_id"] for e in old_errors}
+    todo = [c for c in table.clips if c.clip_id not in done and c.clip_id not in failed]
+    table_ids = {c.clip_id for c in table.clips}
+    old_errors = [e for e in old_errors if e["clip_id"] in table_ids]
+    for note in table.notes:
+        log(f"preprocess: {note}")
+    log(f"preprocess {dataset.name}: {len(table.clips)} clips, {len(done & table_ids)} "
+        f"already in shards, {len(old_errors)} failed before (retry with --retry-errors), {len(todo)} to do "
+        f"-> {storage.path(rel_dir)}")
+
+    started = time.perf_counter()
+    errors: list[dict] = list(old_errors)
+    frames = 0
+    if todo:
+        new_errors, frames = _run_ray(storage, rel_dir, dataset.name, todo, prep, out_hash, log)
+        errors += new_errors
+    elapsed = time.perf_counter() - started
+    sh.write_errors(storage, rel_dir, errors)
+    counts = sh.shard_counts(storage, rel_dir)
+    stale = len(done - table_ids)
+    if stale:
+        log(f"preprocess: warning: {stale} clip(s) in the shards are no longer in the annotation; "
+            "use --overwrite to rebuild without them")
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "dataset": dataset.name,
+        "classes": table.classes,
+        "counts": counts,
+        "clips_in_annotation": len(table.clips),
+        "num_errors": len(errors),
+        "stale_clips": stale,
+        "shards": sh.shard_files(storage, rel_dir),
+        "preprocess": to_dict(prep),
+        "config_hash": config_hash(prep),
+        "output_hash": out_hash,
+        "inputs_hash": table.inputs_hash(),
+        "annotation_files": table.annotation_files,
+        "notes": table.notes,
+        "last_run": {"clips": len(todo), "frames_decoded": frames, "seconds": round(elapsed, 3),
+                     "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+    }
+    sh.write_manifest(storage, rel_dir, manifest)
+    log(f"preprocess {dataset.name}: {counts['clips']} clips in {len(manifest['shards'])} shards, "
+        f"{len(errors)} errors" + (f" (see {storage.path(rel_dir, 'errors.parquet')})" if errors else ""))
+    return manifest
+
+
+def is_up_to_date(storage_root: str, dataset: DatasetConfig, prep: PreprocessConfig, *,
+                  clips: Iterable | None = None) -> bool:
+    """True when the shards were made from these inputs with these output settings and every
+    clip was attempted (what ``dferclip run`` checks before skipping preprocess)."""
+    storage = Storage(storage_root)
+    rel_dir = sh.shard_dir(storage, dataset.name)
+    if not storage.exists(rel_dir, MANIFEST_NAME):
+        return False
+    manifest = sh.read_manifest(storage, rel_dir)
+    table = _table_for(dataset, clips)
+    return (manifest.get("schema_version") == SCHEMA_VERSION
+            and manifest.get("output_hash") == output_hash(dataset.name, table.classes, prep)
+            and manifest.get("inputs_hash") == table.inputs_hash())
+
+
+def _run_ray(storage: Storage, rel_dir: str, dataset_name: str, todo: list,
+             prep: PreprocessConfig, out_hash: str, log) -> tuple[list[dict], int]:
+    import ray
+
+    from pipeline.raycluster import check_resources, ensure_ray
+
+    ensure_ray()
+    check_resources("preprocess worker", cpus=prep.cpus_per_worker, key="preprocess.cpus_per_worker")
+    target = int(prep.shard_target_mb * 1024 * 1024)
+    clip_bytes = (prep.max_frames or _FRAMES_GUESS) * prep.crop_size ** 2 * _BYTES_PER_PIXEL
+    # A batch is about one shard, but small enough that every worker gets several batches.
+    per_batch = max(1, min(int(target // clip_bytes) or 1, -(-len(todo) // (4 * prep.num_workers))))
+    items = [{"clip_id": c.clip_id, "source": c.source, "label": c.label, "label_name": c.label_name,
+              "splits": list(c.splits), "dataset": dataset_name} for c in todo]
+    blocks = max(1, -(-len(items) // per_batch))
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ds.map_batches(
+        ClipWorker,
+        # Absolute: a Ray worker's current directory need not be the driver's.
+        fn_constructor_kwargs=dict(storage_root=storage.root if storage.is_local else storage.uri, rel_dir=rel_dir, prep=to_dict(prep),
+                                   out_hash=out_hash, target_bytes=target),
+        batch_size=per_batch, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=min(prep.num_workers, blocks)), num_cpus=prep.cpus_per_worker,
+    )
+    errors: list[dict] = []
+    done = frames = 0
+    seen: set[str] = set()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows = batch.to_pylist()
+        done += len(rows)
+        for r in rows:
+            if not r["ok"]:
+                errors.append({"clip_id": r["clip_id"], "source_path": r["source_path"], "reason": r["reason"]})
+                log(f"  error {r['clip_id']}: {r['reason']}")
+            frames += r["decoded"]
+        for r in rows:
+            if r["shard"] and r["shard"] not in seen:
+                seen.add(r["shard"])
+                n = sum(1 for x in rows if x["shard"] == r["shard"])
+                log(f"  shard {r['shard']}: {n} clips, {r['shard_bytes'] / 1e6:.1f} MB "
+                    f"[{done}/{len(todo)} clips, {len(errors)} errors]")
+    return errors, frames

@@ -1,0 +1,101 @@
+"""Readers and the face cropper on real encoded media (no Ray)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from pipeline.data.faces import ClipCropper, HaarDetector, build_detector, square_crop, uniform_indices
+from pipeline.data.video import UnreadableClip, list_frame_files, natural_key, open_frames
+from pipeline.errors import UserError
+
+
+def decode(jpeg: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+
+
+def test_natural_sort(tmp_path):
+    for name in ("10.jpg", "2.jpg", "1.png", "frame_3.JPG", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in list_frame_files(tmp_path)] == ["1.png", "2.jpg", "10.jpg", "frame_3.JPG"]
+    assert sorted(["f10", "f9", "f100"], key=natural_key) == ["f9", "f10", "f100"]
+
+
+def test_frame_folder_order_preserved(tmp_path):
+    # Frame i has uniform brightness 20*i; names 1..12 unpadded, so a string sort would scramble them.
+    for i in range(1, 13):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.full((40, 60, 3), 20 * i, np.uint8))
+    res = ClipCropper(None, crop_size=32).run(open_frames(tmp_path).frames)
+    means = [decode(f).mean() for f in res.frames]
+    assert np.all(np.diff(means) > 10), means
+    assert res.boxes[0] == [0.0, 0.0, 60.0, 40.0] and res.num_decoded == 12
+
+
+def test_video_frame_count_fps_vfr_rotation_gray(media):
+    s = open_frames(media["face_mp4"])
+    frames = list(s.frames)
+    assert len(frames) == 24 and frames[0].shape == (240, 320, 3) and s.fps == pytest.approx(25)
+    assert len(list(open_frames(media["vfr_mp4"]).frames)) == 10
+    rotated = list(open_frames(media["rotated_mp4"]).frames)
+    assert rotated[0].shape == (320, 240, 3)  # displayed upright (portrait)
+    assert len(HaarDetector().detect(rotated[0])) == 1  # an upside/sideways face would not be found
+    gray = list(open_frames(media["gray_odd_mkv"]).frames)
+    assert len(gray) == 8 and gray[0].shape == (243, 321, 3)
+    png = list(open_frames(media["frames_gray_png_odd"]).frames)
+    assert png[0].shape == (171, 223, 3)
+
+
+@pytest.mark.parametrize("key, reason", [("zero_mp4", "empty file"), ("text_mp4", "not a readable video"),
+                                         ("empty_dir", "no .jpg"),
+                                         ("corrupt_mp4", "decode error|not a readable")])
+def test_unreadable_sources(media, key, reason):
+    with pytest.raises(UnreadableClip, match=reason):
+        list(open_frames(media[key]).frames)
+
+
+def test_crops_contain_the_face_and_follow_it(media, haar):
+    res = ClipCropper(HaarDetector(), detect_every=5).run(open_frames(media["face_mp4"]).frames)
+    assert len(res.frames) == 24 and not res.face_fallback and res.detector_calls == 6  # 0,5,..,20 + last
+    for jpeg in res.frames[::6]:
+        crop = decode(jpeg)
+        assert crop.shape == (224, 224, 3)
+        faces = haar.detectMultiScale(cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY), 1.1, 5)
+        assert len(faces) == 1
+        x, y, w, h = faces[0]
+        assert abs(x + w / 2 - 112) < 30 and abs(y + h / 2 - 112) < 30  # centred
+    centres = [(b[0] + b[2]) / 2 for b in res.boxes]
+    # The face drifts right by 3 px a frame; interpolated boxes follow it in order.
+    assert centres[-1] - centres[0] > 40 and np.all(np.diff(centres) > -2)
+    drawn = 160 - 3 * 23 // 2 + 3 * np.arange(24)  # where drawing.face_frames put the face centre
+    assert np.max(np.abs(np.array(centres) - drawn)) < 12
+
+
+def test_no_face_one_frame_and_max_frames(media):
+    cropper = ClipCropper(HaarDetector(), detect_every=3, crop_size=64)
+    res = cropper.run(open_frames(media["noface_mp4"]).frames)
+    assert res.face_fallback and len(res.frames) == 10
+    assert res.boxes[0] == [40.0, 0.0, 280.0, 240.0]  # centre square of a 320x240 frame
+    one = cropper.run(open_frames(media["one_frame_mp4"]).frames)
+    assert len(one.frames) == 1 and not one.face_fallback
+    capped = ClipCropper(HaarDetector(), max_frames=5, crop_size=64).run(open_frames(media["face_mp4"]).frames)
+    assert len(capped.frames) == 5 and capped.num_decoded == 24
+    assert uniform_indices(24, 5) == [0, 6, 12, 17, 23] and uniform_indices(3, 5) == [0, 1, 2]
+
+
+def test_square_crop_at_border_pads():
+    img = np.full((100, 80, 3), 200, np.uint8)
+    crop = square_crop(img, np.array([0, 0, 80, 100], np.float32), 0.25, 50)
+    assert crop.shape == (50, 50, 3)
+    assert crop[25, 0].max() == 0 and crop[25, 25].min() == 200  # black padding left/right
+
+
+def test_build_detector_errors(tmp_path):
+    assert build_detector("none") is None
+    with pytest.raises(UserError, match="yunet_model"):
+        build_detector("yunet")
+    with pytest.raises(UserError, match="not found"):
+        build_detector("yunet", str(tmp_path / "missing.onnx"))
+    (tmp_path / "bad.onnx").write_bytes(b"not onnx")
+    with pytest.raises(UserError, match="cannot load"):
+        build_detector("yunet", str(tmp_path / "bad.onnx"))
