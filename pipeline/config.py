@@ -97,8 +97,9 @@ class ModelConfig:
 
 @dataclass
 class DescribeConfig:
-    # Description set used by training: a YAML path, or null for the shipped default of the
-    # dataset's class set. The describe stage writes a new set and points training at it.
+    # Description set used by training: a YAML path (or a shipped set's name, e.g. default-11),
+    # or null for the shipped default of the dataset's classes. The describe stage writes its
+    # set to <storage.root>/descriptions/<output_name>.yaml; put that path here to train on it.
     description_set: str | None = None
     enabled: bool = False  # run the LLM at all; false keeps the shipped/offline set
     # Any OpenAI-compatible endpoint: OpenAI https://api.openai.com/v1, vLLM

@@ -1,0 +1,41 @@
+"""LLM-generated class descriptions: prompt templates, validated and cached answers, description sets.
+
+Training needs only :func:`load_description_set` (and :func:`default_description_set_path`);
+the describe stage (stages/describe.py) uses the rest. Importing this package does not import
+the ``openai`` client — that happens only when a request is actually made.
+"""
+
+from pipeline.llm.cache import AnswerCache, cache_key
+from pipeline.llm.diff import diff_description_sets
+from pipeline.llm.prompts import (ClassSet, PromptTemplate, list_class_sets, list_templates, load_class_set,
+                                  load_template, render_messages)
+from pipeline.llm.runner import DescribeResult, generate_descriptions, llm_description_set
+from pipeline.llm.sets import (DESCRIPTIONS_DIR, DescriptionSet, default_description_set_path, dump_description_set,
+                               load_description_set, read_description_set, resolve_set_path, write_description_set)
+from pipeline.llm.validation import InvalidAnswer, parse_answer
+
+__all__ = [
+    "load_description_set",
+    "default_description_set_path",
+    "DescriptionSet",
+    "DESCRIPTIONS_DIR",
+    "read_description_set",
+    "write_description_set",
+    "dump_description_set",
+    "resolve_set_path",
+    "diff_description_sets",
+    "PromptTemplate",
+    "ClassSet",
+    "load_template",
+    "load_class_set",
+    "list_templates",
+    "list_class_sets",
+    "render_messages",
+    "AnswerCache",
+    "cache_key",
+    "InvalidAnswer",
+    "parse_answer",
+    "DescribeResult",
+    "generate_descriptions",
+    "llm_description_set",
+]
