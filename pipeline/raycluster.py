@@ -15,18 +15,37 @@ from pipeline.errors import UserError
 __all__ = ["ensure_ray", "check_resources", "cluster_capacity"]
 
 
-def ensure_ray(num_cpus: int | None = None) -> None:
-    """Join the cluster at RAY_ADDRESS if set, else start a local Ray (idempotent)."""
+def ensure_ray(num_cpus: int | None = None, *, dashboard: bool = False) -> None:
+    """Join the cluster at RAY_ADDRESS if set, else start a local Ray (idempotent).
+
+    A local Ray starts without the dashboard unless asked (``dashboard=True``, as the tune stage
+    does: the State API behind it is what frees the resources of a trial that Tune stops early).
+    The dashboard can fail to come up in time on a loaded machine; the stage then goes on without
+    it rather than failing.
+    """
     import ray
 
     if ray.is_initialized():
         return
     kwargs: dict = {"log_to_driver": True, "configure_logging": False}
-    if not os.environ.get("RAY_ADDRESS"):
-        # Local: keep the dashboard (State API) on, bound to loopback only.
-        kwargs.update(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1")
-    ray.init(**kwargs)
-
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(**kwargs)
+        return
+    kwargs.update(num_cpus=num_cpus, include_dashboard=dashboard)
+    if dashboard:
+        kwargs["dashboard_host"] = "127.0.0.1"  # loopback only
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:  # the dashboard's start-up timeout raises a bare Exception
+        if not dashboard:
+            raise
+        print(f"warning: Ray's dashboard did not start ({str(exc).strip().splitlines()[0][:120]}); "
+              "continuing without it", flush=True)
+        if ray.is_initialized():
+            ray.shutdown()
+        kwargs.update(include_dashboard=False)
+        kwargs.pop("dashboard_host", None)
+        ray.init(**kwargs)
 
 def cluster_capacity(live_nodes: list[dict], cluster_config=None) -> tuple[dict, dict]:
     """(total, largest single node) resources the cluster has or can scale up to.

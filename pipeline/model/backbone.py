@@ -11,6 +11,8 @@ activation is taken from the tag's own metadata unless the user says otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,26 @@ def list_architectures() -> list[str]:
 
     _register_configs()
     return open_clip.list_models()
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning(active: bool):
+    """open_clip warns on every random init; here it is asked for (tests, the demo, or a
+    checkpoint about to overwrite the weights), so the warning would only mislead."""
+    if not active:
+        yield
+        return
+    root, flt = logging.getLogger(), _DropRandomInitWarning()
+    root.addFilter(flt)
+    try:
+        yield
+    finally:
+        root.removeFilter(flt)
 
 
 @dataclass
@@ -96,9 +118,10 @@ def load_clip(
         source = None
     use_quick_gelu = _resolve_quick_gelu(name, pretrained, weights, quick_gelu)
     try:
-        model = open_clip.create_model(
-            name, pretrained=source, force_quick_gelu=use_quick_gelu, cache_dir=cache_dir, weights_only=True
-        )
+        with _quiet_random_init_warning(source is None):
+            model = open_clip.create_model(
+                name, pretrained=source, force_quick_gelu=use_quick_gelu, cache_dir=cache_dir, weights_only=True
+            )
     except Exception as exc:  # network errors surface as many different types
         if source is None or weights:
             raise

@@ -1,0 +1,331 @@
+"""Predict the expression of your own videos with a saved checkpoint — no Ray, no training config.
+
+Each input goes through exactly the path a clip takes from raw video to the model during
+evaluation, built from the same functions:
+
+1. :func:`pipeline.data.video.open_frames` decodes a video file (PyAV) or reads a frame folder;
+2. :class:`pipeline.data.faces.ClipCropper` detects, tracks and crops the face and JPEG-encodes
+   the crops, as the preprocess stage does when it writes a shard row (the checkpoint does not
+   record the preprocess settings, so they are arguments here with the preprocess defaults —
+   pass the ones your training data was preprocessed with; :func:`crop_options` reads them
+   from a config's ``preprocess`` section);
+3. :func:`pipeline.train.sampling.sample_indices` picks the T evaluation frames (segment
+   middles) and :class:`pipeline.train.transforms.ClipTransform` (evaluation mode) decodes them
+   and resizes them to the model's input size, as ``dferclip evaluate`` does.
+
+So a video's probabilities here equal what evaluation computes for the same video after
+preprocessing. The JPEG round trip in step 2 costs little (a few ms per clip) and is kept for
+that reason: the model was trained on JPEG-decoded crops.
+
+Many inputs are batched: a small thread pool decodes and crops the next clips while the model
+runs on the current batch (OpenCV, PyAV and PyTorch all release the GIL in their heavy parts).
+Results come back in input order. An input that cannot be read yields a :class:`Prediction`
+with ``error`` set; the others are unaffected.
+
+    from pipeline.predict import predict_paths
+    for p in predict_paths("runs/train/<run>/final/model.pt", ["a.mp4", "clips/"]):
+        print(p.path, p.label, p.probability, p.error)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import PreprocessConfig
+from pipeline.errors import UserError
+
+__all__ = [
+    "Prediction",
+    "ClipLoader",
+    "VIDEO_EXTENSIONS",
+    "expand_inputs",
+    "crop_options",
+    "predict_paths",
+    "iter_predictions",
+    "resolve_device",
+]
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
+_PREP = PreprocessConfig()  # the preprocess defaults, used as this module's defaults
+_CROP_FIELDS = ("detector", "yunet_model", "detect_every", "detect_max_side", "margin", "crop_size",
+                "jpeg_quality", "max_frames")
+
+
+@dataclass
+class Prediction:
+    """The result for one input clip. ``error`` is None on success; then ``label`` is the most
+    probable class, ``probability`` its probability and ``probabilities`` every class's, in the
+    model's class order. ``face_fallback``: no face was found in any frame, so the centre of the
+    frame was used (as preprocessing does). ``frames``: frames decoded from the input."""
+
+    path: str
+    label: str | None = None
+    probability: float | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    face_fallback: bool = False
+    frames: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def top(self, k: int | None = None) -> list[tuple[str, float]]:
+        """The ``k`` most probable classes (all when None), most probable first."""
+        ranked = sorted(self.probabilities.items(), key=lambda kv: -kv[1])
+        return ranked if k is None else ranked[:k]
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "ok": self.ok, "label": self.label, "probability": self.probability,
+                "probabilities": dict(self.probabilities), "face_fallback": self.face_fallback,
+                "frames": self.frames, "error": self.error}
+
+
+def crop_options(prep: PreprocessConfig) -> dict:
+    """The keyword arguments of :func:`predict_paths` that a preprocess section fixes."""
+    return {name: getattr(prep, name) for name in _CROP_FIELDS}
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[tuple[str, str | None]]:
+    """Command-line inputs -> clips as ``(path, error or None)``, in the given order.
+
+    A file is one clip (whatever its extension: the decoder decides). A folder holding frame
+    images is one clip; a folder holding video files (by extension, not recursive) expands to
+    each video in natural order. A missing path or a folder with neither becomes an error entry
+    so that it is reported with the others rather than stopping the run.
+    """
+    from pipeline.data.video import FRAME_EXTENSIONS, list_frame_files, natural_key
+
+    out: list[tuple[str, str | None]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            try:
+                frames = list_frame_files(path)
+                videos = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS),
+                                key=lambda p: natural_key(p.name))
+            except Exception as exc:  # noqa: BLE001 — unreadable folder: report it, go on
+                out.append((str(path), f"cannot list folder: {exc}"))
+                continue
+            if frames:
+                out.append((str(path), None))
+            elif videos:
+                out.extend((str(v), None) for v in videos)
+            else:
+                out.append((str(path), f"folder has no frame images ({'/'.join(FRAME_EXTENSIONS)}) "
+                                       f"and no videos ({'/'.join(VIDEO_EXTENSIONS)})"))
+        elif path.exists():
+            out.append((str(path), None))
+        else:
+            out.append((str(path), "file not found"))
+    return out
+
+
+@dataclass
+class LoadedClip:
+    video: np.ndarray  # (T, S, S, 3) uint8 RGB, the model's input for this clip
+    face_fallback: bool
+    frames: int  # frames decoded
+
+
+class ClipLoader:
+    """Turns one input path into the model's frames, as preprocessing + evaluation would.
+
+    Thread-safe: each thread gets its own detector (OpenCV detectors keep per-call state).
+    """
+
+    def __init__(self, num_frames: int, image_size: int, prep: PreprocessConfig):
+        from pipeline.data.faces import build_detector
+        from pipeline.train.transforms import ClipTransform
+
+        problems = prep.validate()
+        if problems:
+            raise UserError("predict: " + "; ".join(problems))
+        self.prep, self.T = prep, int(num_frames)
+        self._local = threading.local()
+        # Built once here so a bad detector setting fails before any work starts; the first
+        # thread that loads a clip takes it over (loading the Haar cascade costs ~30 ms).
+        self._spare = [build_detector(prep.detector, prep.yunet_model, prep.detect_max_side)]
+        self._lock = threading.Lock()
+        # Rows given to the transform hold exactly the T sampled frames, as after SelectFrames.
+        # Its constructor sets OpenCV to one thread process-wide: parallelism here comes from
+        # the loader threads, and the detector then runs as in a 1-CPU preprocess worker.
+        self.transform = ClipTransform(num_frames, image_size, train=False, preselected=True)
+
+    def _cropper(self):
+        from pipeline.data.faces import ClipCropper, build_detector
+
+        cropper = getattr(self._local, "cropper", None)
+        if cropper is None:
+            p = self.prep
+            with self._lock:
+                spare = self._spare.pop() if self._spare else False
+            detector = build_detector(p.detector, p.yunet_model, p.detect_max_side) if spare is False else spare
+            cropper = ClipCropper(detector, detect_every=p.detect_every, margin=p.margin, crop_size=p.crop_size,
+                                  jpeg_quality=p.jpeg_quality, max_frames=p.max_frames)
+            self._local.cropper = cropper
+        return cropper
+
+    def load(self, path: str | os.PathLike) -> LoadedClip:
+        """Raises :class:`~pipeline.data.video.UnreadableClip` (or another error) when it cannot."""
+        import pyarrow as pa
+
+        from pipeline.data.video import open_frames
+        from pipeline.train.sampling import sample_indices
+
+        stream = open_frames(path, threads=1)
+        crops = self._cropper().run(stream.frames)  # every stored frame, JPEG, as in a shard row
+        idx = sample_indices(len(crops.frames), self.T, train=False)  # (T,)
+        row = pa.table({
+            "clip_id": pa.array([str(path)]),
+            "label": pa.array([0], pa.int64()),
+            "frames": pa.array([[crops.frames[i] for i in idx]], pa.list_(pa.binary())),
+        })
+        video = self.transform(row)["video"][0]  # (T, S, S, 3)
+        return LoadedClip(video, crops.face_fallback, crops.num_decoded)
+
+
+def resolve_device(device: str | None):
+    """``"auto"``/None: CUDA when available, else CPU; otherwise ``torch.device(device)``."""
+    import torch
+
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UserError(f"predict: bad device {device!r}: {exc}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"predict: device {device!r} asked for, but this PyTorch sees no CUDA GPU")
+    return dev
+
+
+def _reason(exc: Exception) -> str:
+    from pipeline.data.video import UnreadableClip
+
+    text = str(exc).strip() or type(exc).__name__
+    return text if isinstance(exc, UnreadableClip) else f"{type(exc).__name__}: {text}"
+
+
+def iter_predictions(
+    checkpoint_or_model,
+    paths: Sequence[str | os.PathLike],
+    *,
+    detector: str = _PREP.detector,
+    yunet_model: str | None = _PREP.yunet_model,
+    detect_every: int = _PREP.detect_every,
+    detect_max_side: int = _PREP.detect_max_side,
+    margin: float = _PREP.margin,
+    crop_size: int = _PREP.crop_size,
+    jpeg_quality: int = _PREP.jpeg_quality,
+    max_frames: int | None = _PREP.max_frames,
+    batch_size: int = 8,
+    device: str = "cpu",
+    workers: int = 2,
+    expand: bool = True,
+) -> Iterator[Prediction]:
+    """Like :func:`predict_paths`, but yields each :class:`Prediction` (in input order) as soon
+    as its batch is done, so a caller can print results while later clips are still running."""
+    import torch
+
+    from pipeline.model.checkpoint import load_checkpoint
+
+    if batch_size < 1:
+        raise UserError(f"predict: batch size must be >= 1, got {batch_size}")
+    if workers < 1:
+        raise UserError(f"predict: workers must be >= 1, got {workers}")
+    dev = resolve_device(device)
+    if isinstance(checkpoint_or_model, (str, os.PathLike)):
+        model, _ = load_checkpoint(checkpoint_or_model, map_location="cpu")
+    else:
+        model = checkpoint_or_model
+    model = getattr(model, "module", model)  # a DDP-wrapped model works too
+    model.eval().to(dev)  # note: a model object passed in is moved to ``device`` and left in eval mode
+    prep = PreprocessConfig(detector=detector, yunet_model=yunet_model, detect_every=detect_every,
+                            detect_max_side=detect_max_side, margin=margin, crop_size=crop_size,
+                            jpeg_quality=jpeg_quality, max_frames=max_frames)
+    loader = ClipLoader(model.num_frames, model.image_size, prep)
+    items = expand_inputs(paths) if expand else [(str(p), None) for p in paths]
+    names = list(model.class_names)
+
+    def load(path: str) -> LoadedClip | str:
+        try:
+            return loader.load(path)
+        except Exception as exc:  # noqa: BLE001 — one bad input must not stop the others
+            return _reason(exc)
+
+    def run(group: list[tuple[str, LoadedClip | str]]) -> Iterator[Prediction]:
+        ok = [clip for _, clip in group if isinstance(clip, LoadedClip)]
+        probs = np.zeros((0, len(names)), np.float32)
+        if ok:
+            video = torch.from_numpy(np.stack([c.video for c in ok]))  # (B, T, S, S, 3) uint8
+            video = video.permute(0, 1, 4, 2, 3).to(dev, non_blocking=True)  # (B, T, 3, S, S)
+            with torch.no_grad():
+                probs = model(video).float().softmax(dim=1).cpu().numpy()  # (B, C)
+        rows = iter(probs)
+        for path, clip in group:
+            if not isinstance(clip, LoadedClip):
+                yield Prediction(path, error=clip)
+                continue
+            p = next(rows)
+            k = int(p.argmax())
+            yield Prediction(path, names[k], float(p[k]), {n: float(v) for n, v in zip(names, p)},
+                             clip.face_fallback, clip.frames)
+
+    # Decode ahead by about two batches: enough to keep the model busy, bounded memory.
+    ahead = 2 * batch_size + workers
+    group: list[tuple[str, LoadedClip | str]] = []
+    loaded = 0
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="predict-load") as pool:
+        queue: deque[tuple[str, Future | str]] = deque()
+        todo = iter(items)
+
+        def refill() -> None:
+            while len(queue) < ahead:
+                item = next(todo, None)
+                if item is None:
+                    return
+                path, error = item
+                queue.append((path, error if error is not None else pool.submit(load, path)))
+
+        refill()
+        while queue:
+            path, job = queue.popleft()
+            refill()
+            clip = job if isinstance(job, str) else job.result()
+            group.append((path, clip))
+            loaded += isinstance(clip, LoadedClip)
+            if loaded == batch_size:
+                yield from run(group)
+                group, loaded = [], 0
+        if group:
+            yield from run(group)
+
+
+def predict_paths(checkpoint_or_model, paths: Sequence[str | os.PathLike], **options) -> list[Prediction]:
+    """Predict every input; returns one :class:`Prediction` per clip, in input order.
+
+    ``checkpoint_or_model``: a checkpoint path (``save_checkpoint`` format) or a loaded
+    ``DferClip``. ``paths``: video files and folders (see :func:`expand_inputs`; pass
+    ``expand=False`` to treat each path as exactly one clip). Keyword options:
+
+    - crop settings, defaults = the preprocess defaults — ``detector`` ("haar", "yunet",
+      "none"), ``yunet_model``, ``detect_every``, ``detect_max_side``, ``margin``,
+      ``crop_size``, ``jpeg_quality``, ``max_frames`` (``**crop_options(cfg.preprocess)``
+      passes a config's);
+    - ``batch_size`` (8) clips per forward pass, ``device`` ("cpu", "cuda", "auto"),
+      ``workers`` (2) decode/crop threads.
+
+    A bad setting (unknown detector, missing YuNet file, bad checkpoint) raises
+    :class:`~pipeline.errors.UserError`; a bad input only sets its Prediction's ``error``.
+    """
+    return list(iter_predictions(checkpoint_or_model, paths, **options))
+
