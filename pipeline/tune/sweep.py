@@ -1,0 +1,105 @@
+"""Running a sweep with Ray Tune: search space, ASHA, concurrency, storage and resume.
+
+The experiment folder is ``<storage.root>/tune/<sweep name>/`` (Tune's own state, one folder
+per trial, and this project's ``sweep.json`` recording what the sweep was started with).
+Running a sweep whose folder already holds Tune state *restores* it (``Tuner.restore``):
+finished trials are kept, unfinished ones continue from their last checkpoint, errored ones are
+retried from theirs. A folder started with different settings is refused rather than mixed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.config import TuneConfig
+from pipeline.errors import UserError
+from pipeline.storage import Storage
+from pipeline.tune.space import param_space
+
+__all__ = ["SWEEP_FILE", "sweep_rel", "run_sweep"]
+
+SWEEP_FILE = "sweep.json"
+
+
+def sweep_rel(name: str) -> str:
+    """Relative path of a sweep's folder below the storage root."""
+    return f"tune/{name}"
+
+
+def _check_same_sweep(storage: Storage, rel: str, signature: dict) -> None:
+    if not storage.exists(rel, SWEEP_FILE):
+        return
+    old = json.loads(storage.read_text(rel, SWEEP_FILE)).get("signature", {})
+    changed = sorted(k for k in set(old) | set(signature) if old.get(k) != signature.get(k))
+    if changed:
+        raise UserError(
+            f"{storage.path(rel)} holds a sweep started with different settings ({', '.join(changed)} differ); "
+            f"resuming would mix them. Set tune.name to a new name, or delete that folder to start over.")
+
+
+def run_sweep(
+    trainable: Callable,
+    cfg: TuneConfig,
+    *,
+    storage: Storage,
+    name: str,
+    max_epochs: int,
+    seed: int,
+    signature: dict[str, Any],
+    callbacks: list | None = None,
+    keep_checkpoints: int = 2,
+):
+    """Run (or resume) the sweep; returns Tune's ``ResultGrid``.
+
+    ``trainable`` is a Tune function trainable already wrapped with its resources and
+    parameters. ``signature`` identifies the sweep's settings (search space, metric, mode,
+    model/train/data); a restore is refused when it differs. ``max_epochs`` bounds ASHA.
+    """
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    rel = sweep_rel(name)
+    path = storage.path(rel)
+    fs = None if storage.is_local else storage.fs
+    if tune.Tuner.can_restore(path, storage_filesystem=fs):
+        _check_same_sweep(storage, rel, signature)
+        print(f"[tune] resuming the interrupted sweep in {path}", flush=True)
+        # Errored trials resume from their last checkpoint too: an interruption (a killed
+        # node, Ctrl+C mid-report) is the usual cause, not the trial's configuration.
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=fs)
+        return tuner.fit()
+
+    space, num_samples = param_space(cfg, seed)
+    storage.write_text(json.dumps({"name": name, "signature": signature}, indent=2, default=str) + "\n", rel, SWEEP_FILE)
+    scheduler = None
+    if cfg.scheduler == "asha":
+        # time_attr "epoch" (reported by the trial) rather than Tune's training_iteration: a full
+        # trial that resumes its Train run mid-way restarts Tune's count but not the epoch number.
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=min(cfg.grace_period, max_epochs),
+                                  reduction_factor=cfg.reduction_factor)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric=cfg.metric,
+            mode=cfg.mode,
+            scheduler=scheduler,
+            # Seeded for reproducible random search. The limit goes to the generator itself: Tune
+            # ignores TuneConfig.max_concurrent_trials when given a generator instance.
+            search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=cfg.max_concurrent_trials),
+            num_samples=num_samples,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage.path("tune"),
+            storage_filesystem=fs,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
+            callbacks=callbacks,
+            verbose=1,
+        ),
+    )
+    return tuner.fit()

@@ -1,0 +1,94 @@
+"""The tune stage end to end in frozen-encoder mode: 4 trials, ASHA, outputs, resume after an interrupt."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from ray import tune
+
+import stages.tune as stage
+from pipeline.config import load_config
+from pipeline.errors import UserError
+
+from .conftest import EXAMPLE_CONFIG
+
+PARAMS = ["n_ctx", "temporal_depth"]
+
+
+def _config(root, *overrides):
+    return load_config(EXAMPLE_CONFIG, [f"storage.root={root}", *overrides])
+
+
+def _check_outputs(out, cfg):
+    table = pd.read_parquet(os.path.join(out.path, "results.parquet"))
+    csv = pd.read_csv(os.path.join(out.path, "results.csv"))
+    assert len(table) == len(csv) == 4
+    assert sorted(map(tuple, table[PARAMS].to_numpy().tolist())) == [(2, 0), (2, 2), (8, 0), (8, 2)]
+    for col in ("trial", "best_value", "best_epoch", "epochs_run", "wall_time_s", "status"):
+        assert col in table
+    assert (table["wall_time_s"] > 0).all() and table["best_value"].notna().all()
+    # Best first (val_loss, mode min), and the best config is that trial's values.
+    assert table["best_value"].is_monotonic_increasing
+    assert out.best == {p: int(table.iloc[0][p]) for p in PARAMS}
+    # ASHA stopped at least one trial after the grace period; the others ran every epoch.
+    stopped = table[table["status"] == "stopped_early"]
+    assert len(stopped) >= 1 and (stopped["epochs_run"] < cfg.train.epochs).all()
+    assert (stopped["epochs_run"] >= cfg.tune.grace_period).all()
+    done = table[table["status"] == "completed"]
+    assert len(done) >= 1 and (done["epochs_run"] == cfg.train.epochs).all()
+    assert done["test_uar"].between(0, 1).all()  # validation mode: test evaluated once at the end
+
+    img = cv2.imread(os.path.join(out.path, "heatmap.png"))
+    assert img is not None and img.shape[0] > 100 and img.shape[1] > 100
+
+    best = load_config(os.path.join(out.path, "best_config.yaml"))
+    assert best.model.n_ctx == out.best["n_ctx"] and best.model.temporal_depth == out.best["temporal_depth"]
+    assert best.train.epochs == cfg.train.epochs and best.model.clip_model == cfg.model.clip_model
+    return table
+
+
+@pytest.mark.timeout(900)
+def test_fast_sweep_outputs_and_early_stopping(ray_local, shard_root):
+    cfg = _config(shard_root)
+    out = stage.main(cfg)
+    assert not out.interrupted
+    _check_outputs(out, cfg)
+    # The cache was made once, below the storage root, keyed by backbone.
+    assert len(os.listdir(shard_root / "embeddings" / "demo")) == 1
+
+    # Same folder, different search space: refused instead of mixing two sweeps.
+    with pytest.raises(UserError, match="different settings"):
+        stage.main(_config(shard_root, "tune.n_ctx=[4, 8]"))
+
+
+class _InterruptAfterFirstTrial(tune.Callback):
+    """Ctrl+C as a user would press it, once the first trial has finished."""
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        if not getattr(self, "sent", False):
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.timeout(900)
+def test_interrupted_sweep_resumes(ray_local, shard_root):
+    cfg = _config(shard_root, "tune.name=resumed")
+    first = stage.main(cfg, callbacks=[_InterruptAfterFirstTrial()])
+    assert first.interrupted and not os.path.exists(os.path.join(first.path, "best_config.yaml"))
+    finished = first.table[first.table["status"].isin(["completed", "stopped_early"])]
+    # Ctrl+C left trials unfinished, or stopped the sweep before it created them all.
+    assert 1 <= len(finished) < 4 and (len(first.table) < 4 or (first.table["status"] == "unfinished").any())
+
+    second = stage.main(cfg)
+    assert not second.interrupted
+    table = _check_outputs(second, cfg)
+    # The first run's trials are kept, and the ones finished before the interrupt were not run again.
+    assert set(first.table["trial"]) <= set(table["trial"])
+    keep = ["trial", "best_value", "epochs_run", "wall_time_s"]
+    again = table.set_index("trial").loc[finished["trial"], keep[1:]]
+    np.testing.assert_allclose(again.to_numpy(dtype=float), finished.set_index("trial")[keep[1:]].to_numpy(dtype=float))
