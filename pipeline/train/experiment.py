@@ -1,0 +1,207 @@
+"""Runs of the train stage: one fold, the k-fold protocol, and resuming an interrupted run.
+
+Layout below ``<storage.root>/train/`` (Ray's ``storage_path``)::
+
+    <experiment>-fold<k>-<timestamp>/     one run (Ray Train's folder + ours, see outputs.py)
+    <experiment>-kfold-<timestamp>/       folds.csv, folds.md, summary.json of a k-fold protocol
+    latest.json                           the latest completed run (and k-fold table)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import posixpath
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from pipeline.config import ExperimentConfig, dump_config
+from pipeline.datasets import get_dataset
+from pipeline.errors import UserError
+from pipeline.storage import Storage
+from pipeline.train.driver import TrainJob, fit, new_run_name
+from pipeline.train.outputs import clean_json
+from pipeline.typed import apply_override, from_dict, to_dict
+
+__all__ = ["train_storage_path", "resolve_descriptions", "run_fold", "run_folds", "resume_run", "parse_folds",
+           "fold_table", "TRAIN_DIR"]
+
+TRAIN_DIR = "train"
+
+
+def train_storage_path(root: str) -> str:
+    """Ray's storage_path for training runs: ``<root>/train`` (absolute for local roots)."""
+    return Storage(root).path(TRAIN_DIR) if "://" not in root else root.rstrip("/") + "/" + TRAIN_DIR
+
+
+def resolve_descriptions(cfg: ExperimentConfig) -> dict[str, list[str]] | None:
+    """The description set that defines the class prompts (None when the texts are not descriptions).
+
+    ``describe.description_set`` when given; otherwise the set the describe stage wrote for this
+    experiment (``<root>/descriptions/<output_name or name>.yaml``) when describe is enabled and it
+    exists; otherwise the shipped default for the dataset's classes.
+    """
+    if cfg.model.text_source != "descriptions":
+        return None
+    from pipeline.llm import DESCRIPTIONS_DIR, load_description_set
+
+    path = cfg.describe.description_set
+    if path is None and cfg.describe.enabled:
+        storage = Storage(cfg.storage.root)
+        name = f"{cfg.describe.output_name or cfg.name}.yaml"
+        if storage.exists(DESCRIPTIONS_DIR, name):
+            path = storage.path(DESCRIPTIONS_DIR, name)
+    return load_description_set(path, cfg.dataset.class_names)
+
+
+def parse_folds(text: str | None, dataset: str, default: int) -> list[int]:
+    """``all`` -> the registry's folds; ``1,3`` -> [1, 3]; None -> [default]."""
+    known = list(get_dataset(dataset).folds)
+    if text is None:
+        return [default]
+    if text.strip().lower() == "all":
+        return known
+    try:
+        folds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--folds: expected 'all' or comma-separated fold numbers, got {text!r}") from None
+    bad = [f for f in folds if f not in known]
+    if not folds or bad:
+        raise UserError(f"--folds: {dataset} has folds {known}, got {text!r}")
+    return folds
+
+
+def _write_latest(root: str, data: dict) -> None:
+    Storage(root).write_text(json.dumps(clean_json(data), indent=2) + "\n", TRAIN_DIR, "latest.json")
+
+
+def _run(cfg: ExperimentConfig, name: str, log: Callable[[str], None], callbacks=None) -> dict:
+    storage = Storage(cfg.storage.root)
+    descriptions = resolve_descriptions(cfg)
+    job = TrainJob(model=cfg.model, train=cfg.train, class_names=cfg.dataset.class_names, descriptions=descriptions,
+                   storage_root=cfg.storage.root, dataset=cfg.dataset.name, fold=cfg.train.fold,
+                   storage_path=train_storage_path(cfg.storage.root), name=name, experiment=to_dict(cfg))
+    result = fit(job, callbacks=callbacks)
+    if result.error is not None:
+        raise result.error
+    summary = json.loads(storage.read_text(TRAIN_DIR, name, "summary.json"))
+    test = summary["test"]
+    log(f"[{name}] done: best epoch {summary['best_epoch']} ({summary['selection']} selection on "
+        f"{summary['best_metric']}); test UAR {100 * (test['uar'] or math.nan):.2f} WAR {100 * (test['war'] or math.nan):.2f}"
+        f"; model {summary['paths']['final_checkpoint']}")
+    _write_latest(cfg.storage.root, {"run_name": name, "run_dir": storage.path(TRAIN_DIR, name),
+                                     "summary": storage.path(TRAIN_DIR, name, "summary.json"),
+                                     "final_checkpoint": summary["paths"]["final_checkpoint"],
+                                     "experiment": cfg.name, "dataset": cfg.dataset.name, "fold": cfg.train.fold,
+                                     "test": {"uar": test["uar"], "war": test["war"]},
+                                     "completed_at": summary["completed_at"]})
+    return summary
+
+
+def run_fold(cfg: ExperimentConfig, fold: int, *, log: Callable[[str], None] = print) -> dict:
+    """Train one fold as a fresh run; returns its summary.json."""
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, fold=fold))
+    name = new_run_name(cfg.name, fold)
+    # Saved first, so `--resume` can rebuild this exact run even if it dies in epoch 1.
+    Storage(cfg.storage.root).write_text(dump_config(cfg), TRAIN_DIR, name, "config.yaml")
+    return _run(cfg, name, log)
+
+
+def fold_table(summaries: list[dict]) -> list[dict]:
+    """Per-fold rows (percentages) plus mean and standard deviation rows."""
+    rows = []
+    for s in summaries:
+        row = {"fold": str(s["fold"]), "run": s["run_name"], "best_epoch": s["best_epoch"],
+               "test_uar": 100 * s["test"]["uar"], "test_war": 100 * s["test"]["war"]}
+        if s["selection"] == "validation":
+            row["val_uar"] = 100 * s["best"]["val_uar"]
+            row["val_war"] = 100 * s["best"]["val_war"]
+        rows.append(row)
+    metrics = [k for k in rows[0] if k.endswith(("_uar", "_war"))]
+    for label, fn in (("mean", lambda v: sum(v) / len(v)),
+                      ("std", lambda v: math.sqrt(sum((x - sum(v) / len(v)) ** 2 for x in v) / len(v)))):
+        rows.append({"fold": label, "run": "", "best_epoch": None, **{m: fn([r[m] for r in rows[: len(summaries)]])
+                                                                      for m in metrics}})
+    return rows
+
+
+def _markdown(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    fmt = lambda v: "" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(fmt(r.get(k)) for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def run_folds(cfg: ExperimentConfig, folds: list[int], *, log: Callable[[str], None] = print) -> dict:
+    """The k-fold protocol: one fresh run per fold, one after the other, then the table."""
+    summaries = []
+    for k in folds:
+        log(f"== {cfg.name}: fold {k} ({len(summaries) + 1}/{len(folds)}) ==")
+        summaries.append(run_fold(cfg, k, log=log))
+    if len(folds) == 1:
+        return {"runs": summaries}
+    import polars as pl
+
+    rows = fold_table(summaries)
+    storage = Storage(cfg.storage.root)
+    name = f"{cfg.name}-kfold-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+    storage.write_text(pl.DataFrame(rows, infer_schema_length=None).write_csv(), TRAIN_DIR, name, "folds.csv")
+    table = _markdown(rows)
+    storage.write_text(table, TRAIN_DIR, name, "folds.md")
+    mean = rows[len(summaries)]
+    summary = {"experiment": cfg.name, "dataset": cfg.dataset.name, "folds": folds,
+               "runs": [s["run_name"] for s in summaries], "rows": rows,
+               "mean": {"test_uar": mean["test_uar"], "test_war": mean["test_war"]},
+               "table_csv": storage.path(TRAIN_DIR, name, "folds.csv"),
+               "table_md": storage.path(TRAIN_DIR, name, "folds.md"),
+               "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    storage.write_text(json.dumps(clean_json(summary), indent=2) + "\n", TRAIN_DIR, name, "summary.json")
+    latest = json.loads(storage.read_text(TRAIN_DIR, "latest.json"))
+    _write_latest(cfg.storage.root, {**latest, "kfold": {"dir": storage.path(TRAIN_DIR, name),
+                                                         "summary": storage.path(TRAIN_DIR, name, "summary.json"),
+                                                         "mean": summary["mean"]}})
+    log(f"{cfg.name}: {len(folds)} folds (UAR/WAR in %)\n{table}")
+    return {"runs": summaries, "kfold": summary}
+
+
+def resume_run(ref: str, *, root: str | None = None, overrides: list[str] | tuple[str, ...] = (),
+               log: Callable[[str], None] = print) -> dict:
+    """Continue an interrupted run from its latest checkpoint.
+
+    ``ref`` is the run folder, or its name below ``<root>/train``. The run's own config.yaml
+    is used, with ``overrides`` (``train.epochs=80`` to train further) applied on top.
+    """
+    if "://" in ref or Path(ref).expanduser().is_dir():
+        run_uri = ref.rstrip("/") if "://" in ref else str(Path(ref).expanduser().resolve())
+    elif root is not None:
+        run_uri = train_storage_path(root) + "/" + ref
+    else:
+        raise UserError(f"--resume {ref!r}: no such folder; give the run folder, or its name with --config")
+    storage = Storage(run_uri)
+    if not storage.exists("config.yaml"):
+        raise UserError(f"--resume: {storage.path('config.yaml')} not found (is {run_uri} a training run folder?)")
+    data = yaml.safe_load(storage.read_text("config.yaml")) or {}
+    source = storage.path("config.yaml")
+    for text in overrides:
+        apply_override(data, text)
+    cfg: ExperimentConfig = from_dict(ExperimentConfig, data, source)
+    name = posixpath.basename(run_uri.rstrip("/"))
+    expected = train_storage_path(cfg.storage.root) + "/" + name
+    if Storage(expected).path() != storage.path():
+        raise UserError(f"--resume: {run_uri} is not below its config's storage root {cfg.storage.root}; "
+                        "runs must be resumed where they were started")
+    if storage.exists("summary.json"):
+        done = json.loads(storage.read_text("summary.json"))
+        if done.get("epochs") == cfg.train.epochs:
+            log(f"[{name}] already complete ({done['epochs']} epochs); nothing to resume "
+                "(raise train.epochs with --set to train further)")
+            return done
+    storage.write_text(dump_config(cfg), "config.yaml")
+    log(f"[{name}] resuming from its latest checkpoint (up to {cfg.train.epochs} epochs)")
+    return _run(cfg, name, log)
+

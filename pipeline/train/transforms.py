@@ -1,0 +1,278 @@
+"""The per-batch clip transform of the data path: sample T frames, decode only those, augment.
+
+Input is a batch of shard rows as a ``pyarrow.Table`` (``clip_id``, ``label``, ``num_frames``,
+``frames``: list of JPEG bytes); output is ``{"video": (B, T, S, S, 3) uint8 RGB, "label": (B,)
+int64}``. It runs inside Ray Data ``map_batches`` tasks (and in-process in bench/data_path.py).
+The consumer turns a batch into the model's (B, T, 3, S, S) with :func:`model_layout`, a
+permuted *view*: writing channels-first here would cost a strided copy per frame (~20 % of a
+JPEG decode), while PyTorch's convolutions take the channels-last strides as they are.
+
+Speed choices (bench/data_path.py measures them against the published per-file PIL loader):
+- Only the T sampled JPEGs of a clip are decoded, with OpenCV, straight from the Arrow buffers.
+- When the stored crop is at least twice the model input, libjpeg decodes at 1/2 (1/4, 1/8)
+  scale (DCT scaling), which costs a fraction of a full decode and loses nothing the model sees.
+- The clip-consistent geometry (random resized crop, small rotation) is drawn once per clip and
+  applied per frame: a crop view, the BGR->RGB swap fused with the brightness factor in one
+  3x3 colour transform, a flip, and a resize written straight into the batch array (or one
+  affine warp when rotating). Arithmetic stays in uint8; the model converts to float on its
+  own device.
+
+Randomness: each clip draws from ``default_rng([seed, epoch, crc32(clip_id)])``, so a clip's
+frames and augmentation in a given epoch are the same whichever worker, batch or order it
+lands in, and differ from epoch to epoch. The epoch comes from :class:`EpochClock`, which rank 0
+of the training run advances before each epoch's data starts flowing.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import pyarrow as pa
+
+from pipeline.train.sampling import sample_indices
+
+__all__ = ["AugmentSpec", "ClipTransform", "model_layout", "SelectFrames", "EpochClock", "clip_rng", "jpeg_size", "reduction_for"]
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Clip-level training augmentation (DESIGN.md §1); one draw per clip, shared by its frames."""
+
+    scale: tuple[float, float] = (0.2, 1.0)  # random resized crop: area fraction range
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # and aspect ratio range (as torchvision)
+    hflip: bool = True
+    brightness: float = 0.0  # factor drawn from [max(0, 1-b), 1+b]; 0 disables
+    rotation_deg: float = 0.0  # angle drawn from [-r, r]; 0 disables
+
+
+def model_layout(video):
+    """(B, T, S, S, 3) batch (numpy or torch) -> torch (B, T, 3, S, S) view, no copy."""
+    import torch
+
+    return torch.as_tensor(video).permute(0, 1, 4, 2, 3)
+
+
+class EpochClock:
+    """A tiny Ray actor holding the current epoch for the data tasks (created by the driver)."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+
+    def set(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def get(self) -> int:
+        return self.epoch
+
+
+def clip_rng(seed: int, epoch: int, clip_id: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), zlib.crc32(clip_id.encode("utf-8"))])
+
+
+def jpeg_size(buf) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's SOF header without decoding; None if not found."""
+    data = memoryview(buf).cast("B")  # pyarrow buffers present as signed bytes
+    n, i = len(data), 2
+    if n < 4 or data[0] != 0xFF or data[1] != 0xD8:
+        return None
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            i += 1 if marker == 0xFF else 2
+            continue
+        length = (data[i + 2] << 8) | data[i + 3]
+        # SOF0..SOF15 except DHT (C4), JPG (C8) and DAC (CC) carry the frame size.
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return (data[i + 5] << 8) | data[i + 6], (data[i + 7] << 8) | data[i + 8]
+        i += 2 + length
+    return None
+
+
+_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def reduction_for(stored: tuple[int, int] | None, out_size: int) -> int:
+    """Largest JPEG DCT reduction (1, 2, 4, 8) that still leaves the short side >= out_size."""
+    if stored is None:
+        return 1
+    short = min(stored)
+    for r in (8, 4, 2):
+        if short // r >= out_size:
+            return r
+    return 1
+
+
+def _frame_lists(table: pa.Table) -> tuple[np.ndarray, pa.BinaryArray]:
+    """The ``frames`` column as (offsets (B+1,), flat binary values) without copying bytes."""
+    col = table.column("frames").combine_chunks()
+    # For a sliced array ``offsets`` is sliced too while ``values`` is not, so they stay consistent.
+    return col.offsets.to_numpy(), col.values
+
+
+def _random_crop(rng: np.random.Generator, h: int, w: int, spec: AugmentSpec) -> tuple[int, int, int, int]:
+    """(x0, y0, cw, ch) as torchvision's RandomResizedCrop draws it (10 tries, then a centre crop)."""
+    area = h * w
+    log_lo, log_hi = math.log(spec.ratio[0]), math.log(spec.ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(spec.scale[0], spec.scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch
+    aspect = w / h
+    if aspect < spec.ratio[0]:
+        cw, ch = w, int(round(w / spec.ratio[0]))
+    elif aspect > spec.ratio[1]:
+        ch, cw = h, int(round(h * spec.ratio[1]))
+    else:
+        cw, ch = w, h
+    return (w - cw) // 2, (h - ch) // 2, cw, ch
+
+
+class ClipTransform:
+    """Sample, decode and augment a batch of clips (see the module docstring).
+
+    ``preselected``: the rows' ``frames`` already hold exactly the T frames to use, in order
+    (the output of :class:`SelectFrames`), so no sampling happens here.
+    """
+
+    def __init__(self, num_frames: int, image_size: int, train: bool, augment: AugmentSpec | None = None,
+                 seed: int = 0, clock=None, preselected: bool = False, keep_ids: bool = False):
+        self.T, self.S, self.train = int(num_frames), int(image_size), bool(train)
+        self.augment = augment or AugmentSpec()
+        self.seed, self.clock, self.preselected, self.keep_ids = seed, clock, preselected, keep_ids
+        self.epoch = 0  # used when there is no clock (bench, tests)
+        # One Ray Data task holds one CPU; OpenCV's own thread pool would oversubscribe it.
+        cv2.setNumThreads(1)
+
+    def current_epoch(self) -> int:
+        if self.clock is None:
+            return self.epoch
+        import ray
+
+        return int(ray.get(self.clock.get.remote()))
+
+    def __call__(self, table: pa.Table) -> dict[str, np.ndarray]:
+        B, T, S = table.num_rows, self.T, self.S
+        epoch = self.current_epoch() if self.train else 0
+        ids = table.column("clip_id").to_pylist()
+        offsets, values = _frame_lists(table)
+        video = np.empty((B, T, S, S, 3), np.uint8)  # channels last: see model_layout()
+        for i in range(B):
+            stored = int(offsets[i + 1] - offsets[i])
+            if stored < 1:
+                raise ValueError(f"clip {ids[i]!r} has no frames in its shard row")
+            rng = clip_rng(self.seed, epoch, ids[i]) if self.train else None
+            if self.preselected:
+                idx = np.arange(stored) if stored == T else sample_indices(stored, T, False)
+            else:
+                # num_frames should equal the stored count; trust what is actually there.
+                idx = sample_indices(stored, T, self.train, rng)
+            bufs = [values[int(offsets[i] + j)].as_buffer() for j in idx]
+            self._clip(bufs, rng, video[i], ids[i])
+        out = {"video": video, "label": table.column("label").to_numpy().astype(np.int64)}
+        if self.keep_ids:
+            out["clip_id"] = np.asarray(ids, dtype=object)
+        return out
+
+    def _clip(self, bufs: list, rng: np.random.Generator | None, out: np.ndarray, clip_id: str) -> None:
+        """Decode T JPEGs and write the clip, (T, S, S, 3) RGB, into ``out``."""
+        S = self.S
+        flags = _REDUCED[reduction_for(jpeg_size(bufs[0]), S)]
+        geometry = color = None
+        flip = False
+        for t, b in enumerate(bufs):
+            img = cv2.imdecode(np.frombuffer(b, np.uint8), flags)  # (h, w, 3) BGR
+            if img is None:
+                raise ValueError(f"clip {clip_id!r}: frame {t} of its sample is not a decodable JPEG")
+            if geometry is None:
+                geometry = self._geometry(img.shape[0], img.shape[1], rng)
+                flip, factor = self._photometric(rng)
+                # BGR->RGB and the brightness factor as one 3x3 colour matrix (one saturating
+                # SIMD pass); without jitter a plain channel swap.
+                color = None if factor == 1.0 else np.eye(3, dtype=np.float32)[::-1] * np.float32(factor)
+            elif img.shape[:2] != geometry[0]:
+                img = cv2.resize(img, geometry[0][::-1], interpolation=cv2.INTER_AREA)
+            _, op, arg = geometry
+            if op == "warp":
+                m = arg
+                if flip:
+                    m = np.array([[-1.0, 0.0, S - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack([m, [0.0, 0.0, 1.0]])
+                img = cv2.warpAffine(img, m, (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+                self._color(img, color, out[t])
+                continue
+            x0, y0, cw, ch, interp = arg
+            # Colour and flip on the crop (usually smaller than S x S), then resize straight into
+            # the batch: no intermediate full-size copies.
+            crop = img[y0:y0 + ch, x0:x0 + cw]
+            if (cw, ch) == (S, S):
+                self._color(crop, color, out[t])
+                if flip:
+                    out[t] = out[t][:, ::-1].copy()
+                continue
+            crop = self._color(crop, color)
+            if flip:
+                crop = cv2.flip(crop, 1)
+            cv2.resize(crop, (S, S), dst=out[t], interpolation=interp)
+
+    @staticmethod
+    def _color(img: np.ndarray, color: np.ndarray | None, dst: np.ndarray | None = None) -> np.ndarray:
+        if color is None:
+            return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=dst)
+        return cv2.transform(img, color, dst=dst)
+
+    def _geometry(self, h: int, w: int, rng: np.random.Generator | None):
+        """One geometric transform for every frame of the clip: ((h, w), "crop"|"warp", params)."""
+        S, spec = self.S, self.augment
+        if not self.train:
+            side = min(h, w)  # centre square (face crops are square already), then resize to S
+            interp = cv2.INTER_AREA if side > S else cv2.INTER_LINEAR
+            return (h, w), "crop", ((w - side) // 2, (h - side) // 2, side, side, interp)
+        x0, y0, cw, ch = _random_crop(rng, h, w, spec)
+        angle = rng.uniform(-spec.rotation_deg, spec.rotation_deg) if spec.rotation_deg > 0 else 0.0
+        if not angle:
+            return (h, w), "crop", (x0, y0, cw, ch, cv2.INTER_LINEAR)
+        # Rotate the whole frame about its centre, then crop and scale: one warp per frame.
+        rot = np.vstack([cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0), [0, 0, 1]])
+        crop = np.array([[S / cw, 0, -x0 * S / cw], [0, S / ch, -y0 * S / ch], [0, 0, 1]])
+        return (h, w), "warp", (crop @ rot)[:2]
+
+    def _photometric(self, rng: np.random.Generator | None) -> tuple[bool, float]:
+        if not self.train:
+            return False, 1.0
+        spec = self.augment
+        flip = bool(spec.hflip and rng.random() < 0.5)
+        factor = rng.uniform(max(0.0, 1.0 - spec.brightness), 1.0 + spec.brightness) if spec.brightness > 0 else 1.0
+        return flip, factor
+
+
+class SelectFrames:
+    """Evaluation rows -> the same rows holding only their T evaluation frames (deterministic).
+
+    Runs once before ``materialize()``, so each epoch's evaluation reads T JPEGs per clip
+    from memory instead of whole clips from the shards.
+    """
+
+    def __init__(self, num_frames: int):
+        self.T = int(num_frames)
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        offsets, values = _frame_lists(table)
+        counts = np.diff(offsets)
+        if (counts < 1).any():
+            ids = table.column("clip_id").to_pylist()
+            raise ValueError(f"clips with no frames in their shard rows: {[ids[i] for i in np.flatnonzero(counts < 1)][:5]}")
+        take = [offsets[i] + sample_indices(int(counts[i]), self.T, False) for i in range(table.num_rows)]
+        flat = np.concatenate(take) if take else np.zeros(0, np.int64)
+        new_offsets = pa.array(np.arange(0, len(flat) + 1, self.T, dtype=np.int32))
+        frames = pa.ListArray.from_arrays(new_offsets, values.take(pa.array(flat)))
+        keep = [c for c in ("clip_id", "label", "num_frames") if c in table.column_names]
+        return table.select(keep).append_column("frames", frames)

@@ -1,0 +1,168 @@
+"""End-to-end tests of the train and evaluate stages on a local Ray cluster (2 CPU workers)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import CLASSES, tiny_config  # noqa: E402
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.errors import UserError  # noqa: E402
+from pipeline.model.checkpoint import load_checkpoint  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def trained(train_store, tmp_path_factory):
+    """One 2-epoch run with 2 workers in the paper's protocol (selection on test)."""
+    from stages.train import main
+
+    cfg_path = tiny_config(train_store, tmp_path_factory.mktemp("cfg") / "tiny.yaml")
+    out = main(load_config(cfg_path))
+    summary = out["runs"][0]
+    return {"cfg_path": cfg_path, "summary": summary, "run_dir": Path(summary["paths"]["run_dir"])}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_train_two_workers_writes_metrics_plots_and_checkpoints(trained, train_store):
+    summary, run = trained["summary"], trained["run_dir"]
+    assert summary["epochs"] == 2 and summary["selection"] == "test" and summary["resumed_from"] == []
+    metrics = pl.read_csv(run / "metrics.csv")
+    assert metrics["epoch"].to_list() == [1, 2]
+    # the class-coloured clips are learnable: the training loss goes down
+    loss = metrics["train_loss"].to_list()
+    assert loss[1] < loss[0], loss
+    for col in ("lr", "test_loss", "test_uar", "test_war", "best_uar", "best_epoch", "test_recall_anger"):
+        assert col in metrics.columns
+    assert pl.read_parquet(run / "metrics.parquet").shape == metrics.shape
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    for png in ("curves.png", "confusion_test.png"):
+        assert (run / png).read_bytes().startswith(PNG)
+    # one Ray checkpoint per epoch (keep_checkpoints = 2)
+    assert sorted(p.name for p in run.glob("checkpoint_epoch*")) == ["checkpoint_epoch0001", "checkpoint_epoch0002"]
+    # the reported test metrics are the selected epoch's, and match the confusion matrix by hand
+    best = metrics.filter(pl.col("epoch") == summary["best_epoch"]).row(0, named=True)
+    cm = np.array(summary["test"]["confusion"])
+    recall = np.diag(cm) / cm.sum(axis=1)
+    assert summary["test"]["war"] == pytest.approx(np.trace(cm) / cm.sum())
+    assert summary["test"]["uar"] == pytest.approx(recall.mean())
+    assert summary["test"]["uar"] == pytest.approx(best["test_uar"])
+    assert cm.sum() == 12  # fold 1 test: 4 clips per class
+    latest = json.loads((train_store / "train" / "latest.json").read_text())
+    assert latest["run_name"] == summary["run_name"] and Path(latest["final_checkpoint"]).is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_exported_checkpoint_reloads_with_identical_logits(trained):
+    run, summary = trained["run_dir"], trained["summary"]
+    final, extra = load_checkpoint(run / "final" / "model.pt")
+    assert extra["epoch"] == summary["best_epoch"] and final.class_names == CLASSES
+    # the Ray checkpoint of the selected epoch is in the same project format
+    ray_ckpt, ray_extra = load_checkpoint(run / f"checkpoint_epoch{summary['best_epoch']:04d}" / "model.pt")
+    assert ray_extra["epoch"] == summary["best_epoch"] and "optimizer" in ray_extra
+    again, _ = load_checkpoint(run / "final" / "model.pt")
+    video = torch.randint(0, 256, (2, 16, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        a, b, c = final(video), again(video), ray_ckpt(video)
+    assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_evaluate_checkpoint_matches_training_metrics_and_zero_shot(trained, train_store):
+    from stages.evaluate import main as evaluate
+
+    cfg = load_config(trained["cfg_path"])
+    summary = trained["summary"]
+    res = evaluate(cfg, checkpoint=summary["paths"]["final_checkpoint"], split="test")
+    assert res["uar"] == pytest.approx(summary["test"]["uar"]) and res["war"] == pytest.approx(summary["test"]["war"])
+    assert res["confusion"] == summary["test"]["confusion"]
+    out = Path(res["output_dir"])
+    assert (out / "confusion.png").read_bytes().startswith(PNG)
+    preds = pl.read_csv(out / "predictions.csv")
+    assert preds.height == 12 and set(preds["label_name"]) == set(CLASSES)
+    zs = evaluate(cfg, zero_shot=True, split="test")
+    assert zs["zero_shot"] and 0.0 <= zs["war"] <= 1.0 and sum(map(sum, zs["confusion"])) == 12
+    with pytest.raises(UserError):
+        evaluate(cfg, split="test")  # neither a checkpoint nor --zero-shot
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_resume_continues_from_the_last_checkpoint(trained):
+    from pipeline.train.experiment import resume_run
+
+    run = trained["run_dir"]
+    before = pl.read_csv(run / "metrics.csv")
+    # already complete: nothing to do
+    assert resume_run(str(run))["epochs"] == 2
+    summary = resume_run(str(run), overrides=["train.epochs=3"])
+    after = pl.read_csv(run / "metrics.csv")
+    assert after["epoch"].to_list() == [1, 2, 3]
+    assert after.head(2)["train_loss"].to_list() == before["train_loss"].to_list()  # kept, not re-run
+    assert summary["resumed_from"] == [2] and summary["epochs"] == 3
+    assert (run / "checkpoint_epoch0003").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_killed_worker_restarts_from_last_checkpoint(train_store, tmp_path):
+    """Rank 1 exits (os._exit) in epoch 2; Ray Train restarts the group from epoch 1's checkpoint.
+    Also covers the honest protocol: selection on a validation split, test reported once."""
+    from stages.train import main
+
+    cfg = load_config(tiny_config(train_store, tmp_path / "fail.yaml", fail_once_at_epoch=2,
+                                  selection="validation", val_fraction=0.34))
+    summary = main(cfg)["runs"][0]
+    run = Path(summary["paths"]["run_dir"])
+    assert (run / "fault_injected_epoch2").is_file()
+    assert summary["resumed_from"] == [1]  # the restarted attempt continued from epoch 1
+    metrics = pl.read_csv(run / "metrics.csv")
+    assert metrics["epoch"].to_list() == [1, 2]
+    assert sorted(p.name for p in run.glob("checkpoint_epoch*")) == ["checkpoint_epoch0001", "checkpoint_epoch0002"]
+    # validation selection: val_* every epoch, test_* only in the final row
+    assert metrics["val_uar"].null_count() == 0
+    assert metrics["test_uar"].to_list()[0] is None and metrics["test_uar"].to_list()[1] is not None
+    assert summary["test"]["uar"] == pytest.approx(metrics["test_uar"].to_list()[1])
+    assert (run / "confusion_val.png").is_file() and (run / "confusion_test.png").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_kfold_command_writes_per_fold_and_mean_table(train_store, tmp_path):
+    from stages.train import cli
+
+    cfg_path = tiny_config(train_store, tmp_path / "kfold.yaml")
+    assert cli(["--config", str(cfg_path), "--folds", "1,2", "--set", "train.epochs=1",
+                "--set", "train.num_workers=1", "--set", "train.batch_size=4"]) == 0
+    latest = json.loads((train_store / "train" / "latest.json").read_text())
+    table = pl.read_csv(Path(latest["kfold"]["dir"]) / "folds.csv")
+    assert table["fold"].to_list() == ["1", "2", "mean", "std"]
+    uar = table["test_uar"].to_list()
+    assert uar[2] == pytest.approx((uar[0] + uar[1]) / 2)
+    assert "| mean |" in (Path(latest["kfold"]["dir"]) / "folds.md").read_text()
+    for run in table["run"].to_list()[:2]:
+        assert (train_store / "train" / run / "final" / "model.pt").is_file()
+
+
+@pytest.mark.timeout(120)
+def test_bad_inputs_fail_with_clear_messages(tmp_path, train_store):
+    from stages.train import cli, main
+
+    empty = load_config(tiny_config(tmp_path / "nowhere", tmp_path / "empty.yaml"))
+    with pytest.raises(UserError, match="preprocess"):
+        main(empty)
+    assert cli(["--config", str(tiny_config(train_store, tmp_path / "c.yaml")), "--folds", "7"]) == 2
+    assert cli(["--resume", str(tmp_path / "no-such-run")]) == 2
+    assert cli(["--config", str(tmp_path / "c.yaml"), "--set", "train.milestones=[5,2]"]) == 2
