@@ -85,15 +85,10 @@ def _run_preprocess(cfg: ExperimentConfig) -> dict:
 def _run_train(cfg: ExperimentConfig) -> dict:
     from stages import train
 
-    result = train.main(cfg)
-    runs = result.get("runs", [])
-    out: dict[str, Any] = {"runs": runs}
-    if runs:
-        last = runs[-1]
-        for key in ("run_dir", "checkpoint", "test_uar", "test_war"):
-            if isinstance(last, dict) and key in last:
-                out[key] = last[key]
-    return out
+    runs = train.main(cfg).get("runs", [])
+    last = runs[-1]  # the configured fold: one run
+    return {"run_dir": last["paths"]["run_dir"], "checkpoint": last["paths"]["final_checkpoint"],
+            "test_uar": last["test"]["uar"], "test_war": last["test"]["war"], "best_epoch": last["best_epoch"]}
 
 
 def _run_tune(cfg: ExperimentConfig) -> dict:

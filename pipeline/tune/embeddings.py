@@ -103,12 +103,12 @@ def decode_frames(jpegs: list[bytes], size: int, clip_id: str = "?") -> np.ndarr
     """JPEG bytes -> (n, 3, size, size) uint8 RGB with the training code's *evaluation* transform.
 
     That transform (centre square, resize; JPEG DCT downscaling for large crops) is applied by
-    :class:`pipeline.train.transforms.ClipTransform` to T frames at a time stacked along the
-    channels; OpenCV caps channels at 512, so long clips go through it in chunks of 16 frames.
+    :class:`pipeline.train.transforms.ClipTransform` to T frames at a time, so long clips go
+    through it in chunks of 16 frames.
     """
     from pipeline.train.transforms import ClipTransform
 
-    out = np.empty((len(jpegs), 3, size, size), dtype=np.uint8)
+    out = np.empty((len(jpegs), size, size, 3), dtype=np.uint8)  # the transform writes channels-last
     transforms: dict[int, ClipTransform] = {}
     for start in range(0, len(jpegs), _DECODE_CHUNK):
         bufs = [memoryview(b) for b in jpegs[start : start + _DECODE_CHUNK]]
@@ -117,7 +117,7 @@ def decode_frames(jpegs: list[bytes], size: int, clip_id: str = "?") -> np.ndarr
             t._clip(bufs, None, out[start : start + len(bufs)], clip_id)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    return out
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))  # (n, 3, S, S), the model's layout
 
 
 class _FrameEncoder:

@@ -16,7 +16,7 @@ from pipeline.datasets import CLASSES_7
 from pipeline.model.build import build_model
 from pipeline.storage import Storage
 from pipeline.train.sampling import sample_indices
-from pipeline.train.transforms import ClipTransform
+from pipeline.train.transforms import ClipTransform, model_layout
 from pipeline.tune.embeddings import MANIFEST, backbone_key, ensure_embeddings, load_embeddings
 
 MICRO = ModelConfig(clip_model="dferclip-micro", pretrained=None, temporal_heads=2, temporal_head_dim=32,
@@ -58,7 +58,7 @@ def test_cache_is_computed_once_and_matches_the_training_eval_path(ray_local, sh
     row = shards.filter(pa.compute.equal(shards.column("clip_id"), es.clip_ids[3]))
     video = ClipTransform(16, 32, train=False)(row.select(["clip_id", "label", "num_frames", "frames"]))["video"]
     with torch.no_grad():
-        expected = model.encode_frames(torch.from_numpy(video))[0].numpy()  # (16, E)
+        expected = model.encode_frames(model_layout(video))[0].numpy()  # (16, E)
     n = int(es.offsets[4] - es.offsets[3])
     cached = es.frames[es.offsets[3] + sample_indices(n, 16, False)]
     np.testing.assert_allclose(cached, expected, rtol=1e-4, atol=1e-4)
