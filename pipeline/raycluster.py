@@ -15,13 +15,13 @@ from pipeline.errors import UserError
 __all__ = ["ensure_ray", "check_resources", "cluster_capacity"]
 
 
-def ensure_ray(num_cpus: int | None = None, *, dashboard: bool = False) -> None:
+def ensure_ray(num_cpus: int | None = None, *, dashboard: bool = True) -> None:
     """Join the cluster at RAY_ADDRESS if set, else start a local Ray (idempotent).
 
-    A local Ray starts without the dashboard unless asked (``dashboard=True``, as the tune stage
-    does: the State API behind it is what frees the resources of a trial that Tune stops early).
-    The dashboard can fail to come up in time on a loaded machine; the stage then goes on without
-    it rather than failing.
+    A local Ray starts with its dashboard bound to loopback: the State API behind it is what Ray
+    Train's placement-group cleaner queries, and what frees the resources of a trial that Tune
+    stops early. The dashboard can fail to come up in time on a heavily loaded machine; the stage
+    then goes on without it rather than failing.
     """
     import ray
 

@@ -78,7 +78,7 @@ def main(cfg: ExperimentConfig, *, callbacks: list | None = None) -> SweepOutcom
     if not shard_files(storage, shards):
         raise UserError(f"no shards in {storage.path(shards)}: run `dferclip preprocess` first")
     # build
-    ensure_ray(dashboard=True)
+    ensure_ray()
     if t.frozen_encoder:
         from pipeline.tune.embeddings import ensure_embeddings, load_embeddings
         from pipeline.tune.fast import FastSetup, fast_trial
