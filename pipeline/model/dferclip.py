@@ -15,9 +15,20 @@ from pipeline.model.backbone import Backbone
 from pipeline.model.prompts import PromptLearner, TextEncoder
 from pipeline.model.temporal import TemporalTransformer
 
-__all__ = ["DferClip", "LOGIT_SCALE", "class_texts"]
+__all__ = ["DferClip", "LOGIT_SCALE", "class_texts", "frames_to_pixels"]
 
 LOGIT_SCALE = 1.0 / 0.01
+
+
+def frames_to_pixels(video: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, 3, H, W) uint8 or float in [0, 1] -> (B*T, 3, H, W) float image-encoder input.
+
+    ``mean``/``std`` (shape (1, 3, 1, 1)) apply CLIP's normalisation; None feeds [0, 1] as the
+    published code does.
+    """
+    x = video.flatten(0, 1)  # (B*T, 3, H, W)
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    return (x - mean) / std if mean is not None else x
 
 
 def class_texts(source: str, class_names: list[str], descriptions: dict[str, list[str]] | None) -> list[list[str]]:
@@ -83,11 +94,8 @@ class DferClip(nn.Module):
     def encode_frames(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) uint8 or float in [0, 1] -> (B, T, E) per-frame CLIP embeddings."""
         b, t = video.shape[:2]
-        x = video.flatten(0, 1)  # (B*T, 3, H, W)
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        if self.normalize_input:
-            x = (x - self.pixel_mean) / self.pixel_std
-        return self.image_encoder(x).view(b, t, -1)
+        mean, std = (self.pixel_mean, self.pixel_std) if self.normalize_input else (None, None)
+        return self.image_encoder(frames_to_pixels(video, mean, std)).view(b, t, -1)
 
     def text_features(self) -> torch.Tensor:
         """(C, E) class text embeddings, L2-normalised.

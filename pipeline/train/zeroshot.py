@@ -15,7 +15,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.model.backbone import load_clip
-from pipeline.model.dferclip import class_texts
+from pipeline.model.dferclip import frames_to_pixels, class_texts
 
 __all__ = ["ZeroShotClip"]
 
@@ -42,10 +42,7 @@ class ZeroShotClip(nn.Module):
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) uint8 or float in [0, 1] -> (B, C) logits."""
         b, t = video.shape[:2]
-        x = video.flatten(0, 1)  # (B*T, 3, H, W)
-        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-        if self.normalize_input:
-            x = (x - self.pixel_mean) / self.pixel_std
-        frames = F.normalize(self.visual(x), dim=-1).view(b, t, -1)  # (B, T, E)
+        mean, std = (self.pixel_mean, self.pixel_std) if self.normalize_input else (None, None)
+        frames = F.normalize(self.visual(frames_to_pixels(video, mean, std)), dim=-1).view(b, t, -1)  # (B, T, E)
         clip_emb = F.normalize(frames.mean(dim=1), dim=-1)  # (B, E)
         return 100.0 * clip_emb @ self.text.t()
