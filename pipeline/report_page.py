@@ -22,9 +22,9 @@ import yaml
 __all__ = ["face_grid_png", "write_report"]
 
 
-def face_grid_png(shard_dir: str | Path, class_names: list[str], frames_per_row: int = 6, tile: int = 96) -> bytes:
+def face_grid_png(shard_files: list[str], class_names: list[str], frames_per_row: int = 6, tile: int = 96) -> bytes:
     """One row per class: frames of one clip from first to last (onset -> apex), as PNG bytes."""
-    table = pads.dataset(str(shard_dir), format="parquet").to_table(columns=["label_name", "frames"])
+    table = pads.dataset(shard_files, format="parquet").to_table(columns=["label_name", "frames"])
     names = table.column("label_name").to_pylist()
     rows = []
     for cls in class_names:
@@ -40,7 +40,7 @@ def face_grid_png(shard_dir: str | Path, class_names: list[str], frames_per_row:
         cv2.putText(label, cls, (6, tile // 2 + 6), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
         rows.append(np.hstack([label, *tiles]))
     if not rows:
-        raise ValueError(f"no clips of any class in {shard_dir}")
+        raise ValueError(f"no clips of any class in {shard_files[:1]}...")
     ok, png = cv2.imencode(".png", np.vstack(rows))
     return png.tobytes()
 
@@ -63,7 +63,7 @@ def write_report(
     description_set: str | Path,
     train_dir: str | Path,
     evaluation: dict,
-    shard_dir: str | Path,
+    shard_files: list[str],
     timings: dict[str, float],
 ) -> Path:
     """Write ``out_dir/report.html`` and the PNGs it shows; returns the HTML path."""
@@ -81,7 +81,7 @@ def write_report(
     if eval_png.exists():
         shutil.copyfile(eval_png, out / "confusion.png")
         images["confusion"] = "confusion.png"
-    (out / "faces.png").write_bytes(face_grid_png(shard_dir, class_names))
+    (out / "faces.png").write_bytes(face_grid_png(shard_files, class_names))
     images["faces"] = "faces.png"
 
     counts = manifest.get("counts", {})

@@ -28,7 +28,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 def main(cfg: ExperimentConfig, *, clips_per_class: int = 20, seed: int = 0, log=print) -> dict:
-    from pipeline.data.shards import read_manifest, shard_dir
+    from pipeline.data.shards import read_manifest, shard_dir, shard_paths
     from pipeline.report_page import write_report
     from pipeline.storage import Storage
     from stages import demo_data, evaluate, run
@@ -73,7 +73,7 @@ def main(cfg: ExperimentConfig, *, clips_per_class: int = 20, seed: int = 0, log
         description_set=summary.records["describe"].outputs["description_set"],
         train_dir=run_dir,
         evaluation=evaluation,
-        shard_dir=storage.path(rel),
+        shard_files=shard_paths(storage, rel),
         timings=timings,
     )
     timings["report"] = time.monotonic() - t
