@@ -24,7 +24,7 @@ from torch import nn
 from pipeline.config import ModelConfig
 from pipeline.llm import load_description_set
 from pipeline.datasets import CLASSES_7
-from pipeline.model import LOGIT_SCALE, build_model
+from pipeline.model import build_model
 
 
 class NaiveDferClip(nn.Module):
@@ -64,7 +64,7 @@ class NaiveDferClip(nn.Module):
     def forward(self, video):
         frames = self.ours.encode_frames(video)
         v = F.normalize(self.temporal(frames), dim=-1)
-        return v @ self.text().t() * LOGIT_SCALE
+        return v @ self.text().t() * self.ours.logit_scale
 
 
 def timed(fn, n):

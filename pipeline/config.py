@@ -84,6 +84,10 @@ class ModelConfig:
     text_source: Literal["descriptions", "class_names", "expression_of"] = "descriptions"
     # "clip": CLIP's mean/std (our default); "none": raw [0, 1] input, as the published code.
     input_normalization: Literal["clip", "none"] = "clip"
+    # Fixed multiplier of the cosine logits. null: the backbone's own CLIP logit scale, i.e. 100
+    # with OpenAI's weights (the paper's fixed temperature 0.01) and CLIP's initial 1/0.07 for a
+    # random initialisation, where 100 makes the first losses ~15 and training unstable.
+    logit_scale: float | None = None
 
     def validate(self) -> list[str]:
         problems = []
@@ -92,6 +96,8 @@ class ModelConfig:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.temporal_depth < 0:
             problems.append(f"temporal_depth: must be >= 0, got {self.temporal_depth}")
+        if self.logit_scale is not None and self.logit_scale <= 0:
+            problems.append(f"logit_scale: must be > 0 or null, got {self.logit_scale}")
         return problems
 
 
@@ -213,10 +219,16 @@ class TrainConfig:
     lr_image_encoder: float = 1e-5
     lr_temporal: float = 1e-2
     lr_prompt: float = 1e-3
+    # "sgd" (the paper, with momentum) or "adamw" (for training a small CLIP from scratch).
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    # "multistep": x lr_gamma at each of `milestones` (the paper); "cosine": decay to the last epoch.
+    lr_schedule: Literal["multistep", "cosine"] = "multistep"
     milestones: list[int] = field(default_factory=lambda: [30, 40])
     lr_gamma: float = 0.1
+    # Linear warm-up of every learning rate over the first epochs (0: none, as in the paper).
+    warmup_epochs: int = 0
     # "test": pick the best epoch on the test split (the paper's protocol, reproducible);
     # "validation": carve a validation split from train, select on it, report test once.
     selection: Literal["test", "validation"] = "test"
@@ -250,6 +262,8 @@ class TrainConfig:
         for name in ("lr_image_encoder", "lr_temporal", "lr_prompt", "cpus_per_worker"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            problems.append(f"warmup_epochs: must be in 0..epochs-1 ({self.epochs - 1}), got {self.warmup_epochs}")
         if any(m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
             problems.append(f"milestones: must be increasing epochs >= 1, got {self.milestones}")
         if self.use_gpu and self.gpus_per_worker <= 0:

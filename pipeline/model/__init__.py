@@ -3,6 +3,6 @@
 from pipeline.model.backbone import load_clip, list_architectures
 from pipeline.model.build import build_model
 from pipeline.model.checkpoint import load_checkpoint, save_checkpoint
-from pipeline.model.dferclip import LOGIT_SCALE, DferClip
+from pipeline.model.dferclip import PAPER_LOGIT_SCALE, DferClip
 
-__all__ = ["DferClip", "LOGIT_SCALE", "build_model", "load_clip", "list_architectures", "load_checkpoint", "save_checkpoint"]
+__all__ = ["DferClip", "PAPER_LOGIT_SCALE", "build_model", "load_clip", "list_architectures", "load_checkpoint", "save_checkpoint"]

@@ -43,8 +43,10 @@ def build_model(
         class_specific_contexts=cfg.class_specific_contexts,
         class_token_position=cfg.class_token_position,
         input_normalization=cfg.input_normalization,
+        logit_scale=cfg.logit_scale,
     )
-    resolved = dataclasses.replace(cfg, quick_gelu=backbone.quick_gelu)
+    # Resolved values: a checkpoint rebuilds the same model without the weights that chose them.
+    resolved = dataclasses.replace(cfg, quick_gelu=backbone.quick_gelu, logit_scale=model.logit_scale)
     model.spec = {
         "model": dataclasses.asdict(resolved),
         "class_names": list(class_names),

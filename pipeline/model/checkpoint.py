@@ -18,7 +18,7 @@ import torch
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.model.build import build_model
-from pipeline.model.dferclip import DferClip
+from pipeline.model.dferclip import PAPER_LOGIT_SCALE, DferClip
 from pipeline.typed import ConfigError, from_dict
 
 __all__ = ["FORMAT", "VERSION", "checkpoint_payload", "save_checkpoint", "load_checkpoint", "model_from_payload"]
@@ -56,8 +56,11 @@ def model_from_payload(payload: dict[str, Any], source: str = "<checkpoint>") ->
     if payload.get("version", 0) > VERSION:
         raise UserError(f"{source}: checkpoint version {payload['version']} is newer than this code ({VERSION})")
     spec = payload["spec"]
+    model_spec = dict(spec["model"])
+    # Checkpoints written before model.logit_scale existed were trained at the paper's fixed 100.
+    model_spec.setdefault("logit_scale", PAPER_LOGIT_SCALE)
     try:
-        cfg = from_dict(ModelConfig, spec["model"], source)
+        cfg = from_dict(ModelConfig, model_spec, source)
     except ConfigError as exc:
         raise UserError(f"{source}: its model config does not fit this code: {exc}") from None
     model = build_model(cfg, spec["class_names"], spec.get("descriptions"), load_weights=False)

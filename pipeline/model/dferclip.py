@@ -1,6 +1,8 @@
 """DFER-CLIP: CLIP image encoder per frame -> temporal Transformer -> cosine logits against learnt class prompts.
 
-``logits = (v/|v|) . (t_c/|t_c|) / 0.01`` — the temperature is fixed, as in the paper.
+``logits = s * (v/|v|) . (t_c/|t_c|)`` with a fixed scale ``s``: 100 (temperature 0.01) as in the
+paper with OpenAI's weights; by default the backbone's own CLIP logit scale, which is that 100
+for OpenAI's CLIP and CLIP's initial 1/0.07 for a random initialisation.
 Trainable: the image encoder, the temporal model and the context vectors, each with its own
 learning rate (:meth:`DferClip.param_groups`). The text tower and token embeddings are frozen.
 """
@@ -15,9 +17,14 @@ from pipeline.model.backbone import Backbone
 from pipeline.model.prompts import PromptLearner, TextEncoder
 from pipeline.model.temporal import TemporalTransformer
 
-__all__ = ["DferClip", "LOGIT_SCALE", "class_texts", "frames_to_pixels"]
+__all__ = ["DferClip", "PAPER_LOGIT_SCALE", "backbone_logit_scale", "class_texts", "frames_to_pixels"]
 
-LOGIT_SCALE = 1.0 / 0.01
+PAPER_LOGIT_SCALE = 1.0 / 0.01
+
+
+def backbone_logit_scale(clip: nn.Module) -> float:
+    """The CLIP model's own (exponentiated) logit scale: 100 for OpenAI's weights, 1/0.07 at init."""
+    return float(clip.logit_scale.detach().exp())
 
 
 def frames_to_pixels(video: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:
@@ -63,6 +70,7 @@ class DferClip(nn.Module):
         class_specific_contexts: bool = True,
         class_token_position: str = "end",
         input_normalization: str = "clip",
+        logit_scale: float | None = None,
     ):
         super().__init__()
         clip = backbone.model
@@ -84,6 +92,7 @@ class DferClip(nn.Module):
         embed_dim = clip.text_projection.shape[1] if isinstance(clip.text_projection, torch.Tensor) else clip.text_projection.out_features
         self.temporal = TemporalTransformer(embed_dim, num_frames, temporal_depth, temporal_heads, temporal_head_dim, temporal_mlp_dim)
         self.normalize_input = input_normalization == "clip"
+        self.logit_scale = float(logit_scale) if logit_scale is not None else backbone_logit_scale(clip)
         self.register_buffer("pixel_mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
         self.text_encoder.requires_grad_(False)
@@ -125,7 +134,7 @@ class DferClip(nn.Module):
 
     def logits_from_frames(self, frame_features: torch.Tensor) -> torch.Tensor:
         """Logits from precomputed frame embeddings (the frozen-encoder sweep path)."""
-        return self.video_features(frame_features) @ self.text_features().t() * LOGIT_SCALE
+        return self.video_features(frame_features) @ self.text_features().t() * self.logit_scale
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) -> (B, C) logits."""

@@ -40,6 +40,7 @@ from pipeline.model.build import build_model
 from pipeline.model.checkpoint import checkpoint_payload
 from pipeline.storage import Storage
 from pipeline.train.evaluation import autocast_for, evaluate_batches
+from pipeline.train.optim import build_optimizer, build_scheduler
 from pipeline.train.outputs import RunFiles
 from pipeline.train.transforms import model_layout
 from pipeline.typed import from_dict
@@ -111,8 +112,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # Buffers (pixel statistics, token embeddings) are constants: no need to broadcast them.
     ddp = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": False, "forward_sync_buffers": False})
-    optimizer = torch.optim.SGD(groups, lr=tcfg.lr_temporal, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(tcfg.milestones), gamma=tcfg.lr_gamma)
+    optimizer = build_optimizer(groups, tcfg)
+    scheduler = build_scheduler(optimizer, tcfg)
     use_scaler = device.type == "cuda" and tcfg.precision == "fp16"
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 

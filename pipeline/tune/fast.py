@@ -34,6 +34,7 @@ from pipeline.config import ModelConfig, TrainConfig
 from pipeline.metrics import EvalMetrics, confusion_matrix, is_better
 from pipeline.model.build import build_model
 from pipeline.train.data import plan_splits
+from pipeline.train.optim import build_optimizer, build_scheduler
 from pipeline.train.sampling import sample_indices
 from pipeline.train.transforms import clip_rng
 from pipeline.tune.embeddings import EmbeddingSet
@@ -104,8 +105,8 @@ def fast_trial(config: dict, *, data: EmbeddingSet, setup: FastSetup) -> None:
     device = torch.device("cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu")
     model, groups = build_frozen_model(mcfg, tcfg, setup.class_names, setup.descriptions)
     model.to(device)
-    optimizer = torch.optim.SGD(groups, lr=tcfg.lr_temporal, momentum=tcfg.momentum, weight_decay=tcfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(tcfg.milestones), gamma=tcfg.lr_gamma)
+    optimizer = build_optimizer(groups, tcfg)
+    scheduler = build_scheduler(optimizer, tcfg)
     best: dict = {"epoch": None, "value": None}
     best_state: dict[str, torch.Tensor] | None = None
     start_epoch = 1

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import ModelConfig
-from pipeline.model import LOGIT_SCALE, build_model
+from pipeline.model import PAPER_LOGIT_SCALE, build_model
 
 CLASSES = ["happiness", "sadness", "anger"]
 DESCRIPTIONS = {
@@ -154,7 +154,7 @@ def test_logits_match_independent_rederivation(normalization):
     import open_clip
 
     torch.manual_seed(1)
-    cfg = micro(input_normalization=normalization, temporal_depth=2)
+    cfg = micro(input_normalization=normalization, temporal_depth=2, logit_scale=PAPER_LOGIT_SCALE)
     m = build_model(cfg, CLASSES, DESCRIPTIONS).eval()
     video = torch.rand(3, 8, 3, 32, 32)
     with torch.no_grad():
@@ -177,5 +177,13 @@ def test_logits_match_independent_rederivation(normalization):
         t = torch.stack([t_rows[[i for i, (c, _) in enumerate(rows) if c == k]].mean(0) for k in range(3)])
 
         ref = (v / v.norm(dim=-1, keepdim=True)) @ (t / t.norm(dim=-1, keepdim=True)).t() / 0.01
-    assert LOGIT_SCALE == 100.0
+    assert PAPER_LOGIT_SCALE == 100.0
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=2e-4)
+
+
+def test_logit_scale_defaults_to_the_backbones_and_is_recorded():
+    # Random init: CLIP's starting temperature 0.07, not the pretrained model's 100.
+    m = build_model(micro(), CLASSES, DESCRIPTIONS)
+    assert m.logit_scale == pytest.approx(1 / 0.07, rel=1e-5)
+    assert m.spec["model"]["logit_scale"] == pytest.approx(1 / 0.07, rel=1e-5)
+    assert build_model(micro(logit_scale=100.0), CLASSES, DESCRIPTIONS).logit_scale == 100.0

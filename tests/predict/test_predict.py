@@ -22,7 +22,7 @@ from pipeline.train.transforms import ClipTransform, SelectFrames, model_layout
 from stages.predict import cli
 
 MICRO = ModelConfig(clip_model="dferclip-micro", pretrained=None, num_frames=8, temporal_heads=2, temporal_head_dim=32,
-                    temporal_mlp_dim=128, n_ctx=4, text_source="class_names")
+                    temporal_mlp_dim=128, n_ctx=4, text_source="class_names", logit_scale=100.0)
 LABELS = ["happiness", "sadness", "surprise"]
 
 
@@ -30,7 +30,7 @@ LABELS = ["happiness", "sadness", "surprise"]
 def ckpt(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(MICRO, list(CLASSES_7))
-    # Random weights give near one-hot softmaxes (logit scale 100); shrink the temporal output so
+    # Random weights at the paper's logit scale 100 give near one-hot softmaxes; shrink the temporal output so
     # the probabilities are spread out and a wrong crop shows up as a clear difference.
     with torch.no_grad():
         for p in model.temporal.parameters():
