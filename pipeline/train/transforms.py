@@ -95,7 +95,11 @@ def jpeg_size(buf) -> tuple[int, int] | None:
     return None
 
 
-_REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+# Decode straight to RGB (libjpeg-turbo writes RGB as cheaply as BGR: no channel-swap pass),
+# at 1/r scale in the DCT where the stored crop is at least r times the output size.
+_REDUCED = {r: (flag & ~cv2.IMREAD_COLOR) | cv2.IMREAD_COLOR_RGB
+            for r, flag in {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+                            8: cv2.IMREAD_REDUCED_COLOR_8}.items()}
 
 
 def reduction_for(stored: tuple[int, int] | None, out_size: int) -> int:
@@ -190,15 +194,13 @@ class ClipTransform:
         geometry = color = None
         flip = False
         for t, b in enumerate(bufs):
-            img = cv2.imdecode(np.frombuffer(b, np.uint8), flags)  # (h, w, 3) BGR
+            img = cv2.imdecode(np.frombuffer(b, np.uint8), flags)  # (h, w, 3) RGB
             if img is None:
                 raise ValueError(f"clip {clip_id!r}: frame {t} of its sample is not a decodable JPEG")
             if geometry is None:
                 geometry = self._geometry(img.shape[0], img.shape[1], rng)
                 flip, factor = self._photometric(rng)
-                # BGR->RGB and the brightness factor as one 3x3 colour matrix (one saturating
-                # SIMD pass); without jitter a plain channel swap.
-                color = None if factor == 1.0 else np.eye(3, dtype=np.float32)[::-1] * np.float32(factor)
+                color = None if factor == 1.0 else float(factor)  # brightness: one saturating SIMD pass
             elif img.shape[:2] != geometry[0]:
                 img = cv2.resize(img, geometry[0][::-1], interpolation=cv2.INTER_AREA)
             _, op, arg = geometry
@@ -224,10 +226,14 @@ class ClipTransform:
             cv2.resize(crop, (S, S), dst=out[t], interpolation=interp)
 
     @staticmethod
-    def _color(img: np.ndarray, color: np.ndarray | None, dst: np.ndarray | None = None) -> np.ndarray:
-        if color is None:
-            return cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=dst)
-        return cv2.transform(img, color, dst=dst)
+    def _color(img: np.ndarray, factor: float | None, dst: np.ndarray | None = None) -> np.ndarray:
+        """Brightness ``factor`` (None: none), written into ``dst`` when given."""
+        if factor is None:
+            if dst is None:
+                return img
+            np.copyto(dst, img)
+            return dst
+        return cv2.convertScaleAbs(img, dst, alpha=factor)
 
     def _geometry(self, h: int, w: int, rng: np.random.Generator | None):
         """One geometric transform for every frame of the clip: ((h, w), "crop"|"warp", params)."""
