@@ -39,9 +39,9 @@ def test_train_two_workers_writes_metrics_plots_and_checkpoints(trained, train_s
     assert summary["epochs"] == 2 and summary["selection"] == "test" and summary["resumed_from"] == []
     metrics = pl.read_csv(run / "metrics.csv")
     assert metrics["epoch"].to_list() == [1, 2]
-    # Training ran and produced finite losses. (A "loss goes down" check was flaky here: with the
-    # fixed logit scale of 100 a random-init tiny CLIP starts with a loss of ~13 and its first
-    # epochs oscillate — the same open problem as the demo's accuracy, see README.)
+    # Training ran and produced finite losses. Whether the loss falls is not asserted: two epochs
+    # of six batch-2 steps from random init fall by 0.1-0.2 from ~1.4 (measured twice), too
+    # small a margin against the streaming order's randomness for a CI gate.
     loss = metrics["train_loss"].to_list()
     assert all(np.isfinite(loss)) and len(loss) == 2, loss
     for col in ("lr", "test_loss", "test_uar", "test_war", "best_uar", "best_epoch", "test_recall_anger"):
