@@ -47,7 +47,11 @@ def _validate(cfg: ExperimentConfig) -> None:
 
 
 def main(cfg: ExperimentConfig, *, callbacks: list | None = None) -> SweepOutcome:
-    """Run (or resume) the sweep and write its outputs. ``callbacks``: extra Ray Tune callbacks."""
+    """Run (or resume) the sweep and write its outputs.
+
+    ``callbacks``: extra Ray Tune callbacks for a new sweep. Tune saves them with the sweep and a
+    resumed sweep runs those again (with the state their ``get_state()`` saved), not new ones.
+    """
     from ray import tune
 
     from pipeline.data.shards import shard_dir, shard_files
@@ -90,12 +94,12 @@ def main(cfg: ExperimentConfig, *, callbacks: list | None = None) -> SweepOutcom
         trainable = tune.with_resources(tune.with_parameters(fast_trial, data=load_embeddings(storage, info), setup=setup),
                                         {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial})
     else:
-        from pipeline.tune.full import FullSetup, full_trial, runs_path
+        from pipeline.tune.full import FullSetup, full_trainable, runs_path
 
         # The driver only waits on its Train workers; they hold the trial's real resources.
         setup = FullSetup(cfg.model, cfg.train, class_names, descriptions, cfg.storage.root, cfg.dataset.name,
                           cfg.train.fold, runs_path(storage.path(sweep_rel(name))), swept, to_dict(cfg))
-        trainable = tune.with_resources(tune.with_parameters(full_trial, setup=setup), {"cpu": t.driver_cpus})
+        trainable = full_trainable(setup, driver_cpus=t.driver_cpus)
     # run
     print(f"[tune] {mode} sweep {name!r}: {t.search} search over {', '.join(swept)}; metric {t.metric} ({t.mode}); "
           f"up to {cfg.train.epochs} epochs per trial, {t.max_concurrent_trials} at a time", flush=True)

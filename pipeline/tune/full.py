@@ -9,6 +9,10 @@ workers report, and the callback forwards the metrics to Tune, where ASHA can st
 The Train run is named after the trial, below the sweep folder (``runs/<trial name>``), so a
 restored sweep restarts the trial's driver, which finds its Train checkpoints under the same
 name and continues from the last finished epoch instead of starting over.
+
+When Tune stops a trial (ASHA, Ctrl+C, the end of the sweep) the trial aborts its Train run
+before its actor goes (:mod:`pipeline.tune.stopping`): otherwise the run's placement group
+outlives the trial and starves the next one. :func:`full_trainable` wires that up.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from dataclasses import dataclass
 from pipeline.config import ModelConfig, TrainConfig
 from pipeline.tune.space import apply_params, apply_params_to_dict
 
-__all__ = ["FullSetup", "full_trial", "runs_path"]
+__all__ = ["FullSetup", "full_trial", "full_trainable", "runs_path"]
 
 
 @dataclass
@@ -37,11 +41,12 @@ class FullSetup:
 
 
 def full_trial(config: dict, *, setup: FullSetup) -> None:
-    """Ray Tune function trainable: ``tune.with_resources(tune.with_parameters(full_trial, setup=...), {"cpu": 0.5})``."""
+    """Ray Tune function trainable; give it to Tune through :func:`full_trainable`."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipeline.train.driver import TrainJob, fit
+    from pipeline.tune.stopping import TrainRunGuard
 
     params = {k: config[k] for k in setup.swept if k in config}
     mcfg, tcfg = apply_params(setup.model, setup.train, params)
@@ -50,7 +55,27 @@ def full_trial(config: dict, *, setup: FullSetup) -> None:
                    storage_root=setup.storage_root, dataset=setup.dataset, fold=setup.fold,
                    storage_path=setup.runs_path, name=name,
                    experiment=apply_params_to_dict(setup.experiment, params))
-    fit(job, name=name, callbacks=[TuneReportCallback()])
+    guard = TrainRunGuard(tune.get_context().get_trial_id())
+    try:
+        fit(job, name=name, callbacks=[guard.callback(), TuneReportCallback()])
+    except Exception:
+        if not guard.aborted:
+            raise
+        # Tune stopped the trial and its cleanup() aborted the Train run: nothing went wrong.
+    finally:
+        guard.close()
+
+
+def full_trainable(setup: FullSetup, driver_cpus: float):
+    """The Tune trainable of a full sweep: :func:`full_trial` with ``setup``, ``driver_cpus`` CPUs
+    for the driver, and the mixin that aborts the trial's Train run when Tune stops the trial."""
+    from ray import tune
+
+    from pipeline.tune.stopping import StopTrainRunWithTrial
+
+    fn = tune.with_parameters(full_trial, setup=setup)
+    fn.__mixins__ = (StopTrainRunWithTrial,)  # read by Tune's wrap_function
+    return tune.with_resources(fn, {"cpu": driver_cpus})
 
 
 def runs_path(sweep_path: str) -> str:

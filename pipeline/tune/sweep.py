@@ -56,6 +56,7 @@ def run_sweep(
     ``trainable`` is a Tune function trainable already wrapped with its resources and
     parameters. ``signature`` identifies the sweep's settings (search space, metric, mode,
     model/train/data); a restore is refused when it differs. ``max_epochs`` bounds ASHA.
+    ``callbacks`` (Ray Tune callbacks) apply to a new sweep; a restored one runs its own.
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -68,7 +69,10 @@ def run_sweep(
         _check_same_sweep(storage, rel, signature)
         print(f"[tune] resuming the interrupted sweep in {path}", flush=True)
         # Errored trials resume from their last checkpoint too: an interruption (a killed
-        # node, Ctrl+C mid-report) is the usual cause, not the trial's configuration.
+        # node, Ctrl+C mid-report) is the usual cause, not the trial's configuration. Tune
+        # restores the search (trials not generated yet are generated now), the scheduler and
+        # the callbacks the sweep was started with, from tuner.pkl and the experiment state:
+        # ``callbacks`` given now are not used.
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)
         return tuner.fit()
@@ -79,8 +83,10 @@ def run_sweep(
     if cfg.scheduler == "asha":
         # time_attr "epoch" (reported by the trial) rather than Tune's training_iteration: a full
         # trial that resumes its Train run mid-way restarts Tune's count but not the epoch number.
+        # stop_last_trials=False: a trial that reaches max_t (its last epoch) ends by itself
+        # instead of being stopped at its last report, while its Train run is still finishing.
         scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=min(cfg.grace_period, max_epochs),
-                                  reduction_factor=cfg.reduction_factor)
+                                  reduction_factor=cfg.reduction_factor, stop_last_trials=False)
     tuner = tune.Tuner(
         trainable,
         param_space=space,
