@@ -25,6 +25,9 @@ def ray_local():
     """
     import ray
 
+    from pipeline.raycluster import local_ray_env
+
+    local_ray_env()
     tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     os.environ["RAY_TMPDIR"] = tmp
     ray.init(
