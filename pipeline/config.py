@@ -245,6 +245,10 @@ class TrainConfig:
     max_failures: int = 2
     # Batches each worker prefetches from Ray Data while the current one trains.
     data_loader_threads: int = 2
+    # Hold the training clips' shard rows in Ray's object store after the first read when they
+    # take at most this many MB (their share of the shard files); larger sets stream from the
+    # shards every epoch. 0: always stream.
+    cache_train_mb: float = 512.0
     # Clips in each worker's local shuffle buffer (on top of the random block order);
     # null: twice the per-worker batch; 0: no local shuffle.
     shuffle_buffer: int | None = None
@@ -257,6 +261,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size", "num_workers"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.cache_train_mb < 0:
+            problems.append(f"cache_train_mb: must be >= 0, got {self.cache_train_mb}")
         if not 0.0 < self.val_fraction < 1.0:
             problems.append(f"val_fraction: must be in (0, 1), got {self.val_fraction}")
         for name in ("lr_image_encoder", "lr_temporal", "lr_prompt", "cpus_per_worker"):

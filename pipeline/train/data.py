@@ -5,8 +5,11 @@ decide which clips belong to train / validation / test of the requested fold; th
 then read the frames of exactly those clips (``filter`` on ``clip_id``, pushed down to the
 Parquet scan).
 
-- Train: streamed from the shards every epoch (never materialised: it holds every frame),
-  block order randomised, then :class:`~pipeline.train.transforms.ClipTransform` samples,
+- Train: streamed from the shards every epoch (it holds every frame), or, when its share of
+  the shards is small (``train.cache_train_mb``), read once and held in the object store:
+  re-scanning the shards costs seconds per epoch, which dominates a small dataset's epoch.
+  A cached set is shuffled whole every epoch; a streamed one gets a random block order and
+  each worker's local shuffle buffer. Then :class:`~pipeline.train.transforms.ClipTransform` samples,
   decodes and augments in Ray Data tasks; each worker pulls an equal share.
 - Evaluation: the T evaluation frames of each clip are selected **once** and the result is
   ``materialize()``-d (small: T JPEGs per clip); decoding runs per epoch after that, so no
@@ -49,6 +52,13 @@ class ShardSet:
     def class_names(self) -> list[str] | None:
         names = self.manifest.get("classes") or self.manifest.get("class_names")
         return list(names) if names else None
+
+    def share_mb(self, num_clips: int, total_clips: int) -> float:
+        """Estimated MB of ``num_clips`` of the ``total_clips`` clips (their share of the files' size)."""
+        if total_clips <= 0:
+            return 0.0
+        total = sum(info.size or 0 for info in self.filesystem.get_file_info(self.paths))
+        return total * num_clips / total_clips / 2**20
 
     def index(self) -> pa.Table:
         """clip_id, label, splits of every clip (reads only those columns)."""
@@ -129,9 +139,18 @@ def _read(shards: ShardSet, ids: list[str]):
 
 
 def train_dataset(shards: ShardSet, ids: list[str], *, num_frames: int, image_size: int, augment: AugmentSpec,
-                  seed: int, clock=None):
-    """Streaming training dataset of ``{"video": (T, 3, S, S) uint8, "label": int64}`` rows."""
-    ds = _read(shards, ids).randomize_block_order()
+                  seed: int, clock=None, cache: bool = False):
+    """Training dataset of ``{"video": (T, 3, S, S) uint8, "label": int64}`` rows.
+
+    ``cache``: read the clips' shard rows once and keep them in the object store; otherwise every
+    epoch streams them from the shards. Sampling and augmentation run per epoch either way.
+    """
+    ds = _read(shards, ids)
+    # A cached set is shuffled whole each epoch (cheap: JPEG bytes, before decoding). A streamed
+    # one only gets a random block order plus each worker's local buffer, so a set held in a few
+    # blocks would see almost the same clip order every epoch (measured on the demo data: test
+    # UAR 0.80 against 0.86 with a full shuffle).
+    ds = ds.materialize().random_shuffle() if cache else ds.randomize_block_order()
     transform = ClipTransform(num_frames, image_size, train=True, augment=augment, seed=seed, clock=clock)
     return ds.map_batches(transform, batch_size=DECODE_BATCH, batch_format="pyarrow", zero_copy_batch=True)
 

@@ -98,12 +98,16 @@ def fit(job: TrainJob, *, name: str | None = None, callbacks: list | None = None
     if shards.class_names is not None and list(shards.class_names) != list(job.class_names):
         raise UserError(f"{shards.uri}: the shards were made with classes {shards.class_names}, the config has "
                         f"{job.class_names}; set dataset.classes to match or preprocess again")
-    plan = plan_splits(shards.index(), job.fold, t.selection, t.val_fraction, t.seed, shards.uri)
+    index = shards.index()
+    plan = plan_splits(index, job.fold, t.selection, t.val_fraction, t.seed, shards.uri)
+    train_mb = shards.share_mb(len(plan.train), index.num_rows)
+    cache = 0 < train_mb <= t.cache_train_mb
     size = _image_size(job.model)
     T = job.model.num_frames
     clock = ray.remote(num_cpus=0)(EpochClock).remote()
     datasets = {"train": train_dataset(shards, plan.train, num_frames=T, image_size=size,
-                                       augment=augment_spec(t.augment, job.dataset), seed=t.seed, clock=clock)}
+                                       augment=augment_spec(t.augment, job.dataset), seed=t.seed, clock=clock,
+                                       cache=cache)}
     eval_splits = ["test"] + (["val"] if t.selection == "validation" else [])
     for split in eval_splits:
         datasets[split] = eval_dataset(shards, getattr(plan, split), num_frames=T, image_size=size)
@@ -113,6 +117,9 @@ def fit(job: TrainJob, *, name: str | None = None, callbacks: list | None = None
     run_uri = posixpath.join(job.storage_path, name) if "://" in job.storage_path else f"{job.storage_path.rstrip('/')}/{name}"
     print(f"[{name}] fold {job.fold}: {plan.counts()} clips; {t.num_workers} worker(s) x {resources}; "
           f"run folder {run_uri}", flush=True)
+    print(f"[{name}] training clips: ~{train_mb:.0f} MB of shards, "
+          + ("held in the object store" if cache else f"streamed every epoch (train.cache_train_mb={t.cache_train_mb:g})"),
+          flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=loop_config(job, name, run_uri, eval_splits, clock),
