@@ -48,6 +48,7 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "expand_inputs",
     "crop_options",
+    "recorded_preprocess",
     "predict_paths",
     "iter_predictions",
     "resolve_device",
@@ -87,6 +88,15 @@ class Prediction:
         return {"path": self.path, "ok": self.ok, "label": self.label, "probability": self.probability,
                 "probabilities": dict(self.probabilities), "face_fallback": self.face_fallback,
                 "frames": self.frames, "error": self.error}
+
+
+def recorded_preprocess(extra: dict) -> PreprocessConfig | None:
+    """The crop settings a training run recorded in its checkpoint (``extra["preprocess"]``: the
+    preprocess section its shards were made with), or None for a checkpoint without them."""
+    recorded = extra.get("preprocess") if isinstance(extra, dict) else None
+    if not isinstance(recorded, dict):
+        return None
+    return PreprocessConfig(**{k: recorded[k] for k in _CROP_FIELDS if k in recorded})
 
 
 def crop_options(prep: PreprocessConfig) -> dict:

@@ -27,7 +27,7 @@ __all__ = ["main", "cli", "DEFAULT_CONFIG"]
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
-def main(cfg: ExperimentConfig, *, clips_per_class: int = 20, seed: int = 0, log=print) -> dict:
+def main(cfg: ExperimentConfig, *, clips_per_class: int = 60, seed: int = 0, log=print) -> dict:
     from pipeline.data.shards import read_manifest, shard_dir, shard_paths
     from pipeline.report_page import write_report
     from pipeline.storage import Storage
@@ -89,7 +89,7 @@ def main(cfg: ExperimentConfig, *, clips_per_class: int = 20, seed: int = 0, log
 
 def cli(argv=None) -> int:
     parser = stage_parser("dferclip demo", __doc__, config_required=False)
-    parser.add_argument("--clips-per-class", type=int, default=20, help="clips generated per class (default 20)")
+    parser.add_argument("--clips-per-class", type=int, default=60, help="clips generated per class (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated dataset")
     args = parser.parse_args(argv)
     return run_cli(lambda: (main(load_config(args.config or DEFAULT_CONFIG, args.overrides),

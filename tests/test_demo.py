@@ -8,15 +8,14 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.predict import predict_paths
+from pipeline.model import load_checkpoint
+from pipeline.predict import crop_options, predict_paths, recorded_preprocess
 from pipeline.synth import generate_dataset
 from stages import demo
 
-SHORT = [
-    "model.clip_model=dferclip-micro", "model.num_frames=8", "model.temporal_heads=2", "model.temporal_head_dim=32",
-    "model.temporal_mlp_dim=128", "preprocess.crop_size=48", "preprocess.num_workers=1",
-    "train.epochs=2", "train.batch_size=8", "train.milestones=[1]",
-]
+# The demo's model, crops and optimiser; fewer frames, clips and epochs.
+SHORT = ["model.num_frames=8", "preprocess.num_workers=1", "train.epochs=2", "train.batch_size=8",
+         "train.warmup_epochs=1"]
 
 
 @pytest.mark.slow
@@ -41,7 +40,10 @@ def test_short_demo_writes_report_and_its_checkpoint_predicts_fresh_videos(ray_l
     labels = generate_dataset(tmp_path / "fresh", 1, seed=123, num_frames=12)
     rows = [line.split(",") for line in labels.read_text().splitlines()[1:]]
     videos = [str(labels.parent / r[0]) for r in rows]
-    preds = predict_paths(result["checkpoint"], videos, detector="haar", crop_size=48)
+    # The checkpoint records how the shards were cropped, so predict crops new videos alike.
+    _, extra = load_checkpoint(result["checkpoint"])
+    assert crop_options(recorded_preprocess(extra)) == crop_options(cfg.preprocess)
+    preds = predict_paths(result["checkpoint"], videos, **crop_options(cfg.preprocess))
     assert [p.path for p in preds] == videos and all(p.ok for p in preds)
     for p in preds:
         assert set(p.probabilities) == set(cfg.dataset.class_names)

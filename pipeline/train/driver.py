@@ -58,12 +58,15 @@ def augment_spec(cfg: AugmentConfig, dataset: str) -> AugmentSpec:
                        rotation_deg=float(rotation))
 
 
-def loop_config(job: TrainJob, name: str, run_uri: str, eval_splits: list[str], clock=None) -> dict:
+def loop_config(job: TrainJob, name: str, run_uri: str, eval_splits: list[str], clock=None,
+                preprocess: dict | None = None) -> dict:
     """The plain-data config handed to :func:`train_loop_per_worker` on every worker."""
     return {
         "model": to_dict(job.model), "train": to_dict(job.train), "class_names": list(job.class_names),
         "descriptions": job.descriptions, "run_uri": run_uri, "run_name": name, "experiment": job.experiment,
         "dataset": job.dataset, "fold": job.fold, "eval_splits": eval_splits, "clock": clock,
+        # How the shards' face crops were made: checkpoints record it so predict crops alike.
+        "preprocess": preprocess,
     }
 
 
@@ -122,7 +125,7 @@ def fit(job: TrainJob, *, name: str | None = None, callbacks: list | None = None
           flush=True)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(job, name, run_uri, eval_splits, clock),
+        train_loop_config=loop_config(job, name, run_uri, eval_splits, clock, shards.manifest.get("preprocess")),
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name,

@@ -207,7 +207,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if rank == 0:
                 if improved:
                     _write_model(storage, ("best", CHECKPOINT_FILE), model,
-                                 {"epoch": epoch, "metrics": dict(row), "run_name": run_name})
+                                 {"epoch": epoch, "metrics": dict(row), "run_name": run_name,
+                                  "preprocess": loop_config.get("preprocess")})
                 extra = {
                     "epoch": epoch, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if use_scaler else None,
@@ -270,7 +271,8 @@ def _write_final(files: RunFiles, storage: Storage, model, loop_config: dict, tc
                 "confusion": best_cms.get("test")}
     extra = {"epoch": best_epoch, "selection": tcfg.selection, "best_metric": tcfg.best_metric,
              "metrics": best_row, "test": test, "run_name": loop_config["run_name"],
-             "dataset": loop_config.get("dataset"), "fold": loop_config.get("fold")}
+             "dataset": loop_config.get("dataset"), "fold": loop_config.get("fold"),
+             "preprocess": loop_config.get("preprocess")}
     final_path = _write_model(storage, ("final", CHECKPOINT_FILE), model, extra)
     paths = {"run_dir": storage.root, "final_checkpoint": final_path,
              "metrics_csv": files.path("metrics.csv"), "metrics_parquet": files.path("metrics.parquet"),

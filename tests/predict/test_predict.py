@@ -194,3 +194,24 @@ def test_cli_bad_checkpoint_or_option_exits_2(ckpt, inputs, tmp_path, capsys):
     assert cli(["--checkpoint", str(ckpt), "--detector", "yunet", "--yunet-model", str(tmp_path / "no.onnx"),
                 str(inputs["frames"])]) == 2
     assert "no.onnx" in capsys.readouterr().err
+
+
+def test_cli_crops_as_the_checkpoint_records_unless_told_otherwise(ckpt, inputs, tmp_path, capsys):
+    """A checkpoint from the train stage carries its shards' preprocess settings; predict uses them."""
+    model, extra = load_checkpoint(ckpt)
+    recorded = PreprocessConfig(margin=0.0, crop_size=40, detect_every=3)
+    with_crops = save_checkpoint(model, tmp_path / "with_crops.pt",
+                                 {**extra, "preprocess": {**crop_options(recorded), "num_workers": 2}})
+    path = inputs["video_files"][0]
+
+    def cli_probs(*args) -> np.ndarray:
+        assert cli(["--checkpoint", str(with_crops), "--json", *args, str(path)]) == 0
+        row = json.loads(capsys.readouterr().out.splitlines()[0])
+        return np.array([row["probabilities"][c] for c in CLASSES_7])
+
+    np.testing.assert_allclose(cli_probs(), _eval_path_probs(model, path, recorded), atol=1e-5)
+    # a flag overrides one recorded setting and keeps the others
+    np.testing.assert_allclose(cli_probs("--margin", "0.6"),
+                               _eval_path_probs(model, path, PreprocessConfig(margin=0.6, crop_size=40, detect_every=3)),
+                               atol=1e-5)
+    assert np.abs(cli_probs() - _eval_path_probs(model, path, PreprocessConfig())).max() > 1e-3
