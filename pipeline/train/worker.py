@@ -76,12 +76,39 @@ class _Dist:
             dist.barrier()
 
 
-def _restore(model, checkpoint) -> dict | None:
-    """Load weights from a Ray checkpoint into ``model``; return its training state."""
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as d:
-        payload = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+def _persisted_checkpoint(storage: Storage) -> dict | None:
+    """The newest loadable ``checkpoint_epoch*`` payload in the run folder, or None.
+
+    Ray Train hands a restarted worker group the last checkpoint its controller has registered.
+    A worker that dies within moments of an epoch's report can beat the controller's poll: the
+    epoch's checkpoint is already persisted in the run folder but the restart gets none (seen in
+    the kill-worker test once cached data made epochs start at once), and would start over.
+    """
+    import pyarrow.fs as pafs
+
+    infos = storage.fs.get_file_info(pafs.FileSelector(storage.path(), allow_not_found=True))
+    names = sorted((i.base_name for i in infos
+                    if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_epoch")), reverse=True)
+    for name in names:
+        try:
+            payload = torch.load(io.BytesIO(storage.read_bytes(name, CHECKPOINT_FILE)), map_location="cpu",
+                                 weights_only=True)
+            print(f"Ray Train handed this attempt no checkpoint; resuming from {storage.path(name)}", flush=True)
+            return payload
+        except Exception:  # noqa: BLE001 — a copy cut short by the crash: try the one before
+            continue
+    return None
+
+
+def _restore(model, checkpoint, storage: Storage) -> dict | None:
+    """Load weights from a Ray checkpoint (else the run folder's newest) into ``model``; return its training state."""
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            payload = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    else:
+        payload = _persisted_checkpoint(storage)
+        if payload is None:
+            return None
     model.load_state_dict(payload["state_dict"])
     return payload["extra"]
 
@@ -106,7 +133,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(tcfg.seed)  # identical initialisation on every rank (DDP also broadcasts rank 0's)
     model = build_model(mcfg, class_names, loop_config.get("descriptions"))
     groups = model.param_groups(tcfg.lr_image_encoder, tcfg.lr_temporal, tcfg.lr_prompt)
-    state = _restore(model, ray.train.get_checkpoint())
+    storage = Storage(run_uri)
+    state = _restore(model, ray.train.get_checkpoint(), storage)
     # The frozen text tower has no trainable parameters, so DDP registers none of them and every
     # registered parameter receives a gradient each step: no unused-parameter search needed.
     # Buffers (pixel statistics, token embeddings) are constants: no need to broadcast them.
@@ -138,7 +166,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
         _log(rank, f"[{run_name}] train.precision={tcfg.precision} applies on GPU only; training in fp32 on CPU")
 
     files = RunFiles(run_uri) if rank == 0 else None
-    storage = Storage(run_uri)
     train_it = ray.train.get_dataset_shard("train")
     eval_its = {s: ray.train.get_dataset_shard(s) for s in ("val", "test") if s in loop_config["eval_splits"]}
     batch = max(1, math.ceil(tcfg.batch_size / world))  # train.batch_size is the global batch
