@@ -76,6 +76,11 @@ class _Dist:
             dist.barrier()
 
 
+def _read_payload(storage: Storage, folder: str) -> dict:
+    """A checkpoint payload written by this loop (tensors and plain data only: ``weights_only``)."""
+    return torch.load(io.BytesIO(storage.read_bytes(folder, CHECKPOINT_FILE)), map_location="cpu", weights_only=True)
+
+
 def _persisted_checkpoint(storage: Storage) -> dict | None:
     """The newest loadable ``checkpoint_epoch*`` payload in the run folder, or None.
 
@@ -91,8 +96,7 @@ def _persisted_checkpoint(storage: Storage) -> dict | None:
                     if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_epoch")), reverse=True)
     for name in names:
         try:
-            payload = torch.load(io.BytesIO(storage.read_bytes(name, CHECKPOINT_FILE)), map_location="cpu",
-                                 weights_only=True)
+            payload = _read_payload(storage, name)
             print(f"Ray Train handed this attempt no checkpoint; resuming from {storage.path(name)}", flush=True)
             return payload
         except Exception:  # noqa: BLE001 — a copy cut short by the crash: try the one before
@@ -275,7 +279,7 @@ def _write_model(storage: Storage, parts: tuple[str, ...], model, extra: dict) -
 
 def _finalize(model, storage: Storage, evaluate, selection_split: str) -> EvalMetrics | None:
     """Load the best epoch's weights on every rank; in validation mode evaluate test once."""
-    payload = torch.load(io.BytesIO(storage.read_bytes("best", CHECKPOINT_FILE)), map_location="cpu", weights_only=True)
+    payload = _read_payload(storage, "best")
     model.load_state_dict(payload["state_dict"])
     if selection_split == "val":
         return evaluate("test")
