@@ -87,12 +87,15 @@ def cluster_capacity(live_nodes: list[dict], cluster_config=None) -> tuple[dict,
     return total, largest
 
 
-def check_resources(what: str, *, cpus: float = 0.0, gpus: float = 0.0, count: int = 1, key: str = "") -> None:
+def check_resources(what: str, *, cpus: float = 0.0, gpus: float = 0.0, count: int = 1, key: str = "",
+                    spare_cpus: float = 0.0, spare_for: str = "") -> None:
     """Fail at once when ``count`` requests of ``cpus``/``gpus`` each can never be placed.
 
     One request (a worker, a trial) must fit on a single node, and ``count`` of them (the
     training workers, which start together) in the whole cluster; Ray would otherwise queue
-    them forever. ``key`` names the config entries to change.
+    them forever. ``spare_cpus`` must stay free beside them for ``spare_for`` (Ray Data's tasks
+    feeding the training workers: with every CPU held by the workers they never start and
+    training waits forever, DESIGN.md §6). ``key`` names the config entries to change.
     """
     import ray
 
@@ -111,6 +114,9 @@ def check_resources(what: str, *, cpus: float = 0.0, gpus: float = 0.0, count: i
         elif each * count > total.get(name, 0.0):
             problems.append(f"{count} x {each:g} {name}s for {count} {what}s at once "
                             f"(the cluster has {total.get(name, 0.0):g})")
+    if not problems and spare_cpus and cpus * count + spare_cpus > total.get("CPU", 0.0):
+        problems.append(f"{count} x {cpus:g} CPUs for {count} {what}s, leaving less than {spare_cpus:g} of the "
+                        f"cluster's {total.get('CPU', 0.0):g} CPUs for {spare_for}")
     if problems:
         where = f"; lower {key}" if key else ""
         raise UserError(f"{what} asks for {' and '.join(problems)}: it would wait forever{where}")

@@ -95,8 +95,9 @@ def fit(job: TrainJob, *, name: str | None = None, callbacks: list | None = None
     t = job.train
     if t.num_workers > 1 and t.batch_size < t.num_workers:
         raise UserError(f"train.batch_size ({t.batch_size}) is the global batch; it must be >= train.num_workers ({t.num_workers})")
-    check_resources("a training worker", cpus=t.cpus_per_worker, gpus=t.gpus_per_worker if t.use_gpu else 0.0,
-                    key="train.cpus_per_worker / train.gpus_per_worker")
+    check_resources("training worker", cpus=t.cpus_per_worker, gpus=t.gpus_per_worker if t.use_gpu else 0.0,
+                    count=t.num_workers, key="train.num_workers / train.cpus_per_worker / train.gpus_per_worker",
+                    spare_cpus=1.0, spare_for="Ray Data's read and decode tasks (try train.cpus_per_worker: 0.5)")
     shards = open_shards(job.storage_root, job.dataset)
     if shards.class_names is not None and list(shards.class_names) != list(job.class_names):
         raise UserError(f"{shards.uri}: the shards were made with classes {shards.class_names}, the config has "

@@ -26,6 +26,11 @@ def test_check_resources_refuses_what_the_cluster_cannot_provide(ray_local):
         check_resources("training worker", cpus=2, count=3, key="train.num_workers / train.cpus_per_worker")
 
     check_resources("training worker", cpus=1, count=4, key="train.num_workers")  # exactly fits
+
+    # Training workers that hold every CPU starve the Ray Data tasks that feed them.
+    with pytest.raises(UserError, match=r"leaving less than 1 of the cluster's 4 CPUs for Ray Data.*train.num_workers"):
+        check_resources("training worker", cpus=1, count=4, key="train.num_workers", spare_cpus=1, spare_for="Ray Data")
+    check_resources("training worker", cpus=1, count=3, key="train.num_workers", spare_cpus=1, spare_for="Ray Data")
     check_resources("sweep trial", cpus=0.5, key="tune.cpus_per_trial")
 
 

@@ -23,10 +23,17 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def trained(train_store, tmp_path_factory):
-    """One 2-epoch run with 2 workers in the paper's protocol (selection on test)."""
+    """One 2-epoch run with 2 workers in the paper's protocol (selection on test).
+
+    AdamW at 1e-3 for every group (the demo's optimiser): from random initialisation, the
+    paper's SGD recipe moves the loss by +-0.1 in two epochs of six steps (measured: 1.51 ->
+    1.38, 1.35 -> 1.44), while AdamW reliably takes it down by ~40 % (1.31 -> 0.72, 1.30 ->
+    0.80). The paper's SGD path runs end to end in the kill-worker test below.
+    """
     from stages.train import main
 
-    cfg_path = tiny_config(train_store, tmp_path_factory.mktemp("cfg") / "tiny.yaml")
+    cfg_path = tiny_config(train_store, tmp_path_factory.mktemp("cfg") / "tiny.yaml", optimizer="adamw",
+                           lr_image_encoder=1e-3, lr_temporal=1e-3, lr_prompt=1e-3, weight_decay=0.0)
     out = main(load_config(cfg_path))
     summary = out["runs"][0]
     return {"cfg_path": cfg_path, "summary": summary, "run_dir": Path(summary["paths"]["run_dir"])}
@@ -39,11 +46,12 @@ def test_train_two_workers_writes_metrics_plots_and_checkpoints(trained, train_s
     assert summary["epochs"] == 2 and summary["selection"] == "test" and summary["resumed_from"] == []
     metrics = pl.read_csv(run / "metrics.csv")
     assert metrics["epoch"].to_list() == [1, 2]
-    # Training ran and produced finite losses. Whether the loss falls is not asserted: two epochs
-    # of six batch-2 steps from random init fall by 0.1-0.2 from ~1.4 (measured twice), too
-    # small a margin against the streaming order's randomness for a CI gate.
-    loss = metrics["train_loss"].to_list()
+    # The model learns: the mean training loss of epoch 2 is well below epoch 1's (the class cue,
+    # colour, is easy), and so is the test loss.
+    loss, test_loss = metrics["train_loss"].to_list(), metrics["test_loss"].to_list()
     assert all(np.isfinite(loss)) and len(loss) == 2, loss
+    assert loss[1] < 0.85 * loss[0], loss
+    assert test_loss[1] < test_loss[0], test_loss
     for col in ("lr", "test_loss", "test_uar", "test_war", "best_uar", "best_epoch", "test_recall_anger"):
         assert col in metrics.columns
     assert pl.read_parquet(run / "metrics.parquet").shape == metrics.shape
