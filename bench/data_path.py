@@ -1,13 +1,17 @@
 """Data path benchmark: training-mode clips/s on one core, three ways, in one run.
 
 1. shards (ours): the train stage's per-batch transform (``ClipTransform``) on row batches read
-   from the Parquet shards — sample 16 frames per clip, decode only those with OpenCV, clip-level
-   random resized crop + flip + brightness on uint8, output (B, 16, 224, 224, 3) uint8 (the
-   model reads it through a permuted view and converts to float on its device).
+   from the Parquet shards, with a DFEW training run's settings — sample 16 frames per clip,
+   decode only those (simplejpeg), clip-level random resized crop (scale 0.2-1) + flip +
+   brightness 0.5 on uint8, output (B, 16, 224, 224, 3) uint8 (the model reads it through a
+   permuted view and converts to float on its device); with and without the fast decode.
 2. per-file PIL baseline (the published code's approach): glob the clip's frame folder, open each
    sampled frame file with PIL, per-image brightness jitter, random sized crop + resize and flip
    with PIL, stack along channels and convert to a float tensor.
-3. pure decode (the limit): OpenCV decode of the same 16 sampled JPEGs from memory, nothing else.
+3. pure decode (the limit): decode of the same 16 sampled JPEGs from memory, nothing else, with
+   the data path's decoder (simplejpeg, libjpeg-turbo) at full size: fast DCT and upsampling as
+   training uses by default (``train.augment.fast_decode``), exact, and exact with OpenCV's
+   ``imdecode`` for reference (the decoder this data path used before: same pixels, slower).
 
 Run: ``.venv/bin/python bench/data_path.py [--clips 24] [--frames 48] [--sizes 224,448]``.
 Two scenarios: stored crops at the model's input size (224: the paper's DFEW crops; every frame
@@ -20,10 +24,12 @@ Targets (issue 5): shards >= 5x the PIL baseline and >= 65 % of pure decode, per
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import math
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -32,14 +38,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow.parquet as pq
+import simplejpeg
 import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.data.schema import SHARD_SCHEMA  # noqa: E402
+from pipeline.train.data import DECODE_BATCH  # noqa: E402
 from pipeline.train.sampling import sample_indices  # noqa: E402
-from pipeline.train.transforms import AugmentSpec, ClipTransform, clip_rng  # noqa: E402
+from pipeline.config import AugmentConfig  # noqa: E402
+from pipeline.train.driver import augment_spec  # noqa: E402
+from pipeline.train.transforms import ClipTransform, clip_rng  # noqa: E402
 
 T = 16
 
@@ -82,8 +92,10 @@ def build(tmp: Path, clips: int, frames: int, size: int) -> tuple[Path, Path]:
     return shard, folders
 
 
-def run_shards(shard: Path, out_size: int, batch: int, epoch: int) -> int:
-    transform = ClipTransform(T, out_size, train=True, augment=AugmentSpec(brightness=0.5), seed=0)
+def run_shards(shard: Path, out_size: int, batch: int, epoch: int, fast_decode: bool) -> int:
+    # What a DFEW training run uses: the config's defaults plus the registry's brightness 0.5.
+    spec = dataclasses.replace(augment_spec(AugmentConfig(), "dfew"), fast_decode=fast_decode)
+    transform = ClipTransform(T, out_size, train=True, augment=spec, seed=0)
     transform.epoch = epoch
     n = 0
     pf = pq.ParquetFile(shard)
@@ -132,7 +144,15 @@ def run_pil(folders: Path, out_size: int, epoch: int) -> int:
     return n
 
 
-def run_decode(shard: Path, epoch: int) -> int:
+DECODERS = {
+    "fast": lambda data: simplejpeg.decode_jpeg(data, "RGB", fastdct=True, fastupsample=True),
+    "exact": lambda data: simplejpeg.decode_jpeg(data, "RGB"),
+    "opencv": lambda data: cv2.imdecode(data, cv2.IMREAD_COLOR),
+}
+
+
+def run_decode(shard: Path, epoch: int, decoder: str) -> int:
+    decode = DECODERS[decoder]
     table = pq.read_table(shard, columns=["clip_id", "frames"])
     ids = table.column("clip_id").to_pylist()
     col = table.column("frames").combine_chunks()
@@ -141,26 +161,34 @@ def run_decode(shard: Path, epoch: int) -> int:
     for i, cid in enumerate(ids):
         idx = sample_indices(int(offsets[i + 1] - offsets[i]), T, True, clip_rng(0, epoch, cid))
         for j in idx:
-            img = cv2.imdecode(np.frombuffer(values[int(offsets[i] + j)].as_buffer(), np.uint8), cv2.IMREAD_COLOR)
+            img = decode(np.frombuffer(values[int(offsets[i] + j)].as_buffer(), np.uint8))
             assert img is not None
         n += 1
     return n
 
 
-def timed(fns: dict, repeats: int) -> dict[str, float]:
-    """Best clips per CPU-second of each method over ``repeats`` rounds.
+def timed(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Clips per CPU-second of each method in each of ``repeats`` rounds, after one untimed round.
 
     CPU time of this (single-threaded) process is the per-core cost and is not inflated by other
-    processes competing for the cores; the methods take turns within a round so cache and
-    frequency effects hit all alike. Each round is a new epoch (new random draws).
+    processes competing for the cores. The methods take turns within a round, and ratios are
+    taken within a round (then the median over rounds): this machine's speed drifts by up to 2x
+    over a run (a process's first rounds are slowest), which a ratio of independent bests would
+    pick up. Each round is a new epoch (new random draws).
     """
-    best = {name: 0.0 for name in fns}
+    for name, fn in fns.items():
+        fn(repeats)  # warm-up: allocator, caches, clock
+    rates: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(repeats):
         for name, fn in fns.items():
             start = time.process_time()
             clips = fn(r)
-            best[name] = max(best[name], clips / max(time.process_time() - start, 1e-9))
-    return best
+            rates[name].append(clips / max(time.process_time() - start, 1e-9))
+    return rates
+
+
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def main() -> None:
@@ -170,7 +198,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="224,448",
                         help="stored crop sizes (preprocess.crop_size) to run, comma-separated")
     parser.add_argument("--input", type=int, default=224, help="model input size")
-    parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=11)
     args = parser.parse_args()
     # Per core: one thread everywhere.
     cv2.setNumThreads(1)
@@ -179,17 +207,25 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench_data") as d:
             shard, folders = build(Path(d), args.clips, args.frames, size)
             print(f"{args.clips} clips x {args.frames} stored frames at {size} px -> {T} frames at {args.input} px, "
-                  f"train mode, clips per CPU-second on one core, best of {args.repeats}")
-            rates = timed({"ours": lambda e: run_shards(shard, args.input, 8, e),
+                  f"train mode, clips per CPU-second on one core, {args.repeats} rounds, ratios paired within a round")
+            rates = timed({"ours": lambda e: run_shards(shard, args.input, DECODE_BATCH, e, True),
+                           "ours_exact": lambda e: run_shards(shard, args.input, DECODE_BATCH, e, False),
                            "pil": lambda e: run_pil(folders, args.input, e),
-                           "decode": lambda e: run_decode(shard, e)}, args.repeats)
-        ours, pil, decode = rates["ours"], rates["pil"], rates["decode"]
-        print(f"  shards + ClipTransform (ours) : {ours:8.1f} clips/s")
-        print(f"  per-file PIL (published way)  : {pil:8.1f} clips/s")
-        print(f"  pure JPEG decode (the limit)  : {decode:8.1f} clips/s   (full-size decode of the same frames)")
-        print(f"  ours / PIL baseline  = {ours / pil:5.2f}x   (target >= 5x)")
-        print(f"  ours / pure decode   = {100 * ours / decode:5.1f} %  (target >= 65 %)")
-
+                           "decode": lambda e: run_decode(shard, e, "fast"),
+                           "decode_exact": lambda e: run_decode(shard, e, "exact"),
+                           "decode_cv2": lambda e: run_decode(shard, e, "opencv")}, args.repeats)
+        for name, label in (("ours", "shards + ClipTransform (ours)     "),
+                            ("ours_exact", "  the same, augment.fast_decode off"),
+                            ("pil", "per-file PIL (published way)      "),
+                            ("decode", "pure decode, fast (ours' limit)   "),
+                            ("decode_exact", "pure decode, exact                "),
+                            ("decode_cv2", "pure decode, exact, OpenCV        ")):
+            print(f"  {label}: {statistics.median(rates[name]):7.1f} clips/s  (median of rounds; best {max(rates[name]):.1f})")
+        for name, limit, what in (("ours", "decode", "fast decode, the default"), ("ours_exact", "decode_exact", "exact decode")):
+            per_round = [o / p for o, p in zip(rates[name], rates["pil"])]
+            print(f"  {what:24s}: {paired_ratio(rates[name], rates['pil']):5.2f}x the PIL baseline (target >= 5x; rounds "
+                  f"{min(per_round):.2f}-{max(per_round):.2f}), {100 * paired_ratio(rates[name], rates[limit]):5.1f} % "
+                  f"of its pure decode (target >= 65 %)")
 
 if __name__ == "__main__":
     main()

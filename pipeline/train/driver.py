@@ -55,7 +55,7 @@ def augment_spec(cfg: AugmentConfig, dataset: str) -> AugmentSpec:
     rotation = cfg.rotation_deg if cfg.rotation_deg is not None else (4.0 if extra == "rotation" else 0.0)
     lo, hi = cfg.random_resized_crop_scale
     return AugmentSpec(scale=(float(lo), float(hi)), hflip=cfg.hflip, brightness=float(brightness),
-                       rotation_deg=float(rotation))
+                       rotation_deg=float(rotation), fast_decode=cfg.fast_decode)
 
 
 def loop_config(job: TrainJob, name: str, run_uri: str, eval_splits: list[str], clock=None,

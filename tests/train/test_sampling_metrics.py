@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.metrics import EvalMetrics, confusion_matrix, per_class_recall, uar, war
 from pipeline.train.sampling import sample_indices
-from pipeline.train.transforms import AugmentSpec, ClipTransform, SelectFrames, jpeg_size, model_layout, reduction_for
+from pipeline.train.transforms import AugmentSpec, ClipTransform, SelectFrames, decode_rgb, model_layout
 
 
 # ---- sampling --------------------------------------------------------------------------------
@@ -110,12 +110,23 @@ def _table(n_frames=(20, 5), size=64) -> pa.Table:
                                             ("num_frames", pa.int32()), ("frames", pa.list_(pa.binary()))]))
 
 
-def test_jpeg_header_size_and_reduction():
-    buf = _jpeg(np.zeros((90, 130, 3), np.uint8))
-    assert jpeg_size(buf) == (90, 130)
-    assert jpeg_size(b"not a jpeg") is None
-    assert reduction_for((224, 224), 224) == 1
-    assert reduction_for((448, 448), 224) == 2 and reduction_for((200, 200), 32) == 4
+def test_decode_rgb_matches_opencv_and_scales_in_the_dct():
+    rng = np.random.default_rng(0)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8), (0, 0), 3)
+    buf = _jpeg(bgr)
+    full = decode_rgb(buf, 64)  # 90 // 2 < 64: no reduction
+    assert full.shape == (90, 130, 3)
+    assert np.array_equal(full, cv2.imdecode(np.frombuffer(buf, np.uint8), cv2.IMREAD_COLOR)[..., ::-1])
+    # The smallest DCT factor >= 2 that keeps both sides >= the output size, else none.
+    for side, out, decoded in ((448, 224, 224), (600, 224, 225), (200, 32, 50), (300, 224, 300), (40, 32, 40)):
+        assert decode_rgb(_jpeg(np.zeros((side, side, 3), np.uint8)), out).shape == (decoded, decoded, 3), side
+    # fast DCT + fast chroma upsampling: close to the exact pixels, not equal
+    fast = decode_rgb(buf, 64, fast=True).astype(int)
+    assert fast.shape == full.shape and 0 < np.abs(fast - full).mean() < 3
+    with pytest.raises(ValueError, match="not a decodable JPEG"):
+        decode_rgb(b"not a jpeg", 32)
+    with pytest.raises(ValueError, match="not a decodable JPEG"):
+        decode_rgb(buf[: len(buf) // 3], 32)  # cut short
 
 
 def test_eval_transform_is_rgb_ordered_and_deterministic():
@@ -152,6 +163,43 @@ def test_train_transform_is_clip_consistent_seeded_and_varies_by_epoch():
         v = t(table)["video"][0]
         flips.add(bool(v[0, 16, 1, 2] > v[0, 16, 1, 0]))
     assert flips == {True, False}  # the flip is random across epochs
+
+
+def test_train_transform_pixels_match_a_plain_reference():
+    """Crop, brightness, flip and resize (done in place on the decoded frame) give exactly the
+    pixels of the textbook order on copies, for every frame of a clip."""
+    from pipeline.train.transforms import _random_crop, clip_rng
+
+    table = _table(n_frames=(40,), size=48)
+    spec = AugmentSpec(brightness=0.5, hflip=True)
+    t = ClipTransform(16, 32, train=True, augment=spec, seed=11)
+    frames = table.column("frames")[0].as_py()
+    checked_flip = set()
+    for epoch in range(6):
+        t.epoch = epoch
+        video = t(table)["video"][0]
+        rng = clip_rng(11, epoch, "clip0")  # the transform's draws, in its order
+        idx = sample_indices(40, 16, True, rng)
+        x0, y0, cw, ch = _random_crop(rng, 48, 48, spec)
+        flip = rng.random() < 0.5
+        factor = rng.uniform(0.5, 1.5)
+        checked_flip.add(flip)
+        for k, j in enumerate(idx):
+            rgb = cv2.imdecode(np.frombuffer(frames[j], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+            crop = cv2.convertScaleAbs(np.ascontiguousarray(rgb[y0:y0 + ch, x0:x0 + cw]), alpha=factor)
+            if flip:
+                crop = np.ascontiguousarray(crop[:, ::-1])
+            assert np.array_equal(video[k], cv2.resize(crop, (32, 32), interpolation=cv2.INTER_LINEAR)), (epoch, k)
+    assert checked_flip == {True, False}
+
+
+def test_fast_decode_applies_to_training_only():
+    table = _table(n_frames=(40,))
+    exact = ClipTransform(16, 32, train=True, augment=AugmentSpec(), seed=2)(table)["video"].astype(int)
+    fast = ClipTransform(16, 32, train=True, augment=AugmentSpec(fast_decode=True), seed=2)(table)["video"].astype(int)
+    assert 0 < np.abs(fast - exact).mean() < 3  # same draws, slightly different pixels
+    ev = [ClipTransform(16, 32, train=False, augment=AugmentSpec(fast_decode=f))(table)["video"] for f in (False, True)]
+    assert np.array_equal(*ev)
 
 
 def test_brightness_scales_the_clip():
