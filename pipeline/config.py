@@ -208,10 +208,11 @@ class AugmentConfig:
     # null: the dataset registry's choice (DFEW/MAFW brightness 0.5, FERV39k rotation 4 degrees).
     brightness: float | None = None
     rotation_deg: float | None = None
-    # Training decode with libjpeg-turbo's fast integer DCT and fast chroma upsampling: ~15 % more
-    # clips/s (bench/data_path.py) for a mean error of ~1.4 grey levels, far below the jitter
-    # above. Evaluation and predict always decode exactly.
-    fast_decode: bool = True
+    # Training decode with libjpeg-turbo's fast integer DCT and fast chroma upsampling: the decode
+    # is ~10 % faster, the whole transform ~3-6 % (bench/data_path.py), for a mean error of ~1.4
+    # grey levels. Off by default: exact pixels unless throughput is what limits a run.
+    # Evaluation and predict always decode exactly.
+    fast_decode: bool = False
 
 
 @dataclass

@@ -9,8 +9,8 @@ JPEG decode), while PyTorch's convolutions take the channels-last strides as the
 
 Speed choices (bench/data_path.py measures them against the published per-file PIL loader):
 - Only the T sampled JPEGs of a clip are decoded, straight from the Arrow buffers, to RGB with
-  simplejpeg (libjpeg-turbo; :func:`decode_rgb`); training uses its fast DCT and chroma
-  upsampling unless ``train.augment.fast_decode`` is off, evaluation decodes exactly.
+  simplejpeg (libjpeg-turbo; :func:`decode_rgb`); with ``train.augment.fast_decode`` training
+  uses its fast DCT and chroma upsampling, evaluation always decodes exactly.
 - When the stored crop is at least twice the model input, libjpeg-turbo decodes at 1/2 (3/8,
   1/4, 1/8) scale in the DCT, which costs a fraction of a full decode and keeps at least the
   model's input size.
@@ -84,7 +84,7 @@ def decode_rgb(buf, out_size: int, fast: bool = False) -> np.ndarray:
     simplejpeg drives libjpeg-turbo's TurboJPEG API directly: at full size it returns exactly
     OpenCV's pixels in ~10-25 % less time, and its scaled decode costs half of OpenCV's
     IMREAD_REDUCED_* (bench/data_path.py). ``fast``: the integer fast DCT and nearest-neighbour
-    chroma upsampling, ~15 % faster again, off from exact by 1.4 grey levels on average (up to
+    chroma upsampling, ~10 % faster again, off from exact by 1.4 grey levels on average (up to
     ~25 at sharp colour edges, where 4:2:0 JPEG has no chroma detail to begin with).
     """
     data = np.frombuffer(buf, np.uint8)  # pyarrow buffers present as signed bytes
