@@ -191,8 +191,9 @@ class ClipTransform:
                 m = arg
                 if flip:
                     m = np.array([[-1.0, 0.0, S - 1.0], [0.0, 1.0, 0.0]]) @ np.vstack([m, [0.0, 0.0, 1.0]])
-                img = cv2.warpAffine(img, m, (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-                self._color(img, color, out[t])
+                cv2.warpAffine(img, m, (S, S), dst=out[t], flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+                if color is not None:
+                    cv2.convertScaleAbs(out[t], out[t], alpha=color)
                 continue
             x0, y0, cw, ch, interp = arg
             # Brightness and flip in place on the crop (a view into this frame's own decode, usually
@@ -203,16 +204,6 @@ class ClipTransform:
             if flip:
                 cv2.flip(crop, 1, dst=crop)
             cv2.resize(crop, (S, S), dst=out[t], interpolation=interp)
-
-    @staticmethod
-    def _color(img: np.ndarray, factor: float | None, dst: np.ndarray | None = None) -> np.ndarray:
-        """Brightness ``factor`` (None: none), written into ``dst`` when given."""
-        if factor is None:
-            if dst is None:
-                return img
-            np.copyto(dst, img)
-            return dst
-        return cv2.convertScaleAbs(img, dst, alpha=factor)
 
     def _geometry(self, h: int, w: int, rng: np.random.Generator | None):
         """One geometric transform for every frame of the clip: ((h, w), "crop"|"warp", params)."""
