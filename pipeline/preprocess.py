@@ -242,7 +242,7 @@ def _run_ray(storage: Storage, rel_dir: str, dataset_name: str, todo: list,
     ds = ds.map_batches(
         ClipWorker,
         # Absolute: a Ray worker's current directory need not be the driver's.
-        fn_constructor_kwargs=dict(storage_root=storage.root if storage.is_local else storage.uri, rel_dir=rel_dir, prep=to_dict(prep),
+        fn_constructor_kwargs=dict(storage_root=storage.uri(), rel_dir=rel_dir, prep=to_dict(prep),
                                    out_hash=out_hash, target_bytes=target),
         batch_size=per_batch, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=min(prep.num_workers, blocks)), num_cpus=prep.cpus_per_worker,

@@ -15,25 +15,50 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-__all__ = ["Storage"]
+__all__ = ["Storage", "is_uri"]
+
+
+def is_uri(location: str | os.PathLike) -> bool:
+    """True for an object-storage (or ``file://``) URI, False for a plain local path."""
+    return "://" in str(location)
 
 
 class Storage:
-    """A root path plus the pyarrow filesystem that serves it."""
+    """A root path plus the pyarrow filesystem that serves it.
+
+    Build one per run from the config's root and pass it down; :meth:`child` gives the storage
+    of a sub-folder (a run folder, a sweep) and :meth:`uri` the location string to hand to
+    another process (Ray's ``storage_path``, a worker's config), so no caller has to know
+    whether the root is a local folder or a bucket.
+    """
 
     def __init__(self, root: str | os.PathLike):
         root = str(root)
-        if "://" in root:
+        if is_uri(root):
             self.fs, base = pafs.FileSystem.from_uri(root)
             self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
         else:
             self.fs, base = pafs.LocalFileSystem(), str(Path(root).expanduser().resolve())
             self.is_local = True
         self.root = base.rstrip("/") or "/"
-        self.uri = root
+        # Remote roots keep their scheme for other processes; local ones become absolute paths.
+        self.uri_root = self.root if self.is_local and not is_uri(root) else root.rstrip("/")
 
     def __repr__(self) -> str:
-        return f"Storage({self.uri!r})"
+        return f"Storage({self.uri_root!r})"
+
+    def uri(self, *parts: str) -> str:
+        """A location of ``parts`` that another process can open: the URI below a remote root
+        (``s3://bucket/prefix/a/b``), the absolute path below a local one."""
+        if not parts:
+            return self.uri_root
+        if self.is_local:
+            return self.path(*parts)
+        return posixpath.join(self.uri_root, *parts)
+
+    def child(self, *parts: str) -> "Storage":
+        """The storage rooted at the sub-folder ``parts`` (same filesystem)."""
+        return Storage(self.uri(*parts))
 
     def path(self, *parts: str) -> str:
         """Full filesystem path (for pyarrow) of a relative artifact path."""
@@ -41,7 +66,7 @@ class Storage:
 
     def local_path(self, *parts: str) -> Path:
         if not self.is_local:
-            raise ValueError(f"{self.uri} is not a local path; use the pyarrow filesystem API")
+            raise ValueError(f"{self.uri_root} is not a local path; use the pyarrow filesystem API")
         return Path(self.path(*parts))
 
     def exists(self, *parts: str) -> bool:

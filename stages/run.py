@@ -134,7 +134,7 @@ def main(cfg: ExperimentConfig, *, with_tune: bool = False, force: tuple[str, ..
         write_record(storage, record)  # only after success: a failed stage runs again next time
         summary.ran.append(stage)
         summary.records[stage] = record
-    log(summary.render(storage.uri))
+    log(summary.render(storage.uri()))
     return summary
 
 
