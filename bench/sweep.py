@@ -30,6 +30,7 @@ import argparse
 import os
 import statistics
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ from pipeline.config import ModelConfig, TrainConfig
 from pipeline.datasets import CLASSES_7
 from pipeline.llm.sets import load_description_set
 from pipeline.model.build import build_model
+from pipeline.train.recipe import RunSpec
 from pipeline.tune.fast import build_frozen_model
 
 
@@ -114,7 +116,7 @@ def main() -> None:
     full.train()
     full_step(full, opt, video[:M], labels[:M], M)  # warm-up: one micro-batch's worth
     print(f"full step: {B // M + (B % M > 0)} encoder passes of {M} clips x {T} frames each ...", flush=True)
-    t_full = _timed(lambda: full_step(full, opt, video, labels, M), args.full_steps)
+    t_full = _timed(partial(full_step, full, opt, video, labels, M), args.full_steps)
     print(f"  measured: {', '.join(f'{t:.1f}' for t in t_full)} s", flush=True)
 
     # One-time cost: every stored frame through the encoder once, without gradients.
@@ -122,12 +124,14 @@ def main() -> None:
     with torch.inference_mode():
         frames = video[:max(1, 64 // T)]  # 64 frames per forward
         full.encode_frames(frames)
-        t_embed = statistics.mean(_timed(lambda: full.encode_frames(frames), 3)) / (frames.shape[0] * T)
+        t_embed = statistics.mean(_timed(partial(full.encode_frames, frames), 3)) / (frames.shape[0] * T)
         E = full.encode_frames(video[:1, :1]).shape[-1]
     del full, opt
 
-    fast, groups = build_frozen_model(mcfg, tcfg, classes, descriptions)
-    fopt = _sgd(groups, tcfg)
+    spec = RunSpec(model=mcfg, train=tcfg, class_names=tuple(classes), descriptions=descriptions, run_name="bench")
+    fast = build_frozen_model(spec)
+    fopt = _sgd(fast.param_groups(tcfg.lr_image_encoder, tcfg.lr_temporal, tcfg.lr_prompt, train_image_encoder=False),
+                tcfg)
     fast.train()
     feats = torch.randn(B, T, E)  # (B, T, E) cached embeddings
     fast_step(fast, fopt, feats, labels)  # warm-up

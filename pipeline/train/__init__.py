@@ -3,7 +3,8 @@
 - :mod:`~pipeline.train.sampling` — ``sample_indices``: the paper's frame-sampling rule.
 - :mod:`~pipeline.train.transforms` — ``ClipTransform``: decode + clip-level augmentation.
 - :mod:`~pipeline.train.data` — shards -> Ray Datasets for a fold's train/val/test.
-- :mod:`~pipeline.train.worker` — ``train_loop_per_worker`` (also used by the tune stage).
+- :mod:`~pipeline.train.recipe` — ``Recipe``: the one epoch loop (Ray-free), ``RunSpec``, ``RunState``.
+- :mod:`~pipeline.train.worker` — ``train_loop_per_worker``: the recipe on a Ray Train worker.
 - :mod:`~pipeline.train.driver` — ``TrainJob`` and ``fit`` (datasets + TorchTrainer).
 - :mod:`~pipeline.train.experiment` — one fold, k folds, resume; latest.json.
 - :mod:`~pipeline.train.evaluation`, :mod:`~pipeline.train.zeroshot`, :mod:`~pipeline.train.outputs`.
@@ -11,4 +12,4 @@
 Submodules are imported on use (Ray and PyTorch are heavy); nothing runs at import time.
 """
 
-__all__ = ["sampling", "transforms", "data", "worker", "driver", "experiment", "evaluation", "outputs", "zeroshot"]
+__all__ = ["sampling", "transforms", "data", "recipe", "worker", "driver", "experiment", "evaluation", "outputs", "zeroshot"]

@@ -66,9 +66,9 @@ class ShardSet:
         return pa.concat_tables(tables) if tables else pa.table({c: [] for c in INDEX_COLUMNS})
 
 
-def open_shards(root: str, dataset: str) -> ShardSet:
-    """Find the shards of ``dataset`` below the storage ``root``; UserError if there are none."""
-    storage = Storage(root)
+def open_shards(root: Storage | str, dataset: str) -> ShardSet:
+    """Find the shards of ``dataset`` below the storage root; UserError if there are none."""
+    storage = root if isinstance(root, Storage) else Storage(root)
     rel = sh.shard_dir(storage, dataset)
     paths = sh.shard_paths(storage, rel)
     if not paths:

@@ -1,12 +1,12 @@
 """The Ray Train driver: datasets + ``TorchTrainer`` for one run (one fold).
 
-``fit(job)`` is what the train stage calls per fold and what a Tune trial calls with its own
-``name`` and ``callbacks`` (``RunConfig(name=<trial name>, callbacks=[TuneReportCallback()])``)::
+``fit(job)`` is what the train stage calls per fold and what a full Tune trial calls with its
+own callbacks (``callbacks=[TuneReportCallback()]``, ``progress=False``)::
 
-    job = TrainJob(model=cfg.model, train=cfg.train, class_names=..., descriptions=...,
-                   storage_root=cfg.storage.root, dataset=cfg.dataset.name, fold=1,
-                   storage_path=f"{cfg.storage.root}/train", name=new_run_name(cfg.name, 1))
-    result = fit(job)             # ray.train.Result; raises TrainingFailedError on failure
+    spec = RunSpec(model=cfg.model, train=cfg.train, class_names=..., descriptions=...,
+                   run_name=new_run_name(cfg.name, 1), dataset=cfg.dataset.name, fold=1)
+    storage = Storage(cfg.storage.root)
+    result = fit(TrainJob(spec, storage, runs=storage.child("train")))   # ray.train.Result
 
 Run names must be fresh for new runs: Ray Train silently *resumes* a run whose name and
 storage path already hold checkpoints (that is exactly how ``--resume`` works).
@@ -14,33 +14,33 @@ storage path already hold checkpoints (that is exactly how ``--resume`` works).
 
 from __future__ import annotations
 
-import posixpath
-from dataclasses import dataclass, field
+import dataclasses
+import logging
+import threading
+from dataclasses import dataclass
 from datetime import datetime
 
-from pipeline.config import AugmentConfig, ModelConfig, TrainConfig
+from pipeline.config import AugmentConfig, ModelConfig
 from pipeline.datasets import get_dataset
 from pipeline.errors import UserError
+from pipeline.storage import Storage
 from pipeline.train.data import ShardedDataConfig, eval_dataset, open_shards, plan_splits, train_dataset
+from pipeline.train.recipe import RunSpec
 from pipeline.train.transforms import AugmentSpec, EpochClock
 from pipeline.train.worker import train_loop_per_worker
-from pipeline.typed import to_dict
 
 __all__ = ["TrainJob", "fit", "loop_config", "new_run_name", "augment_spec"]
 
+logger = logging.getLogger(__name__)
 
-@dataclass
+
+@dataclass(frozen=True)
 class TrainJob:
-    model: ModelConfig
-    train: TrainConfig
-    class_names: list[str]
-    descriptions: dict[str, list[str]] | None
-    storage_root: str  # shards are read from <storage_root>/shards/<dataset>/
-    dataset: str
-    fold: int
-    storage_path: str  # Ray's storage_path; the run folder is <storage_path>/<name>
-    name: str
-    experiment: dict = field(default_factory=dict)  # the whole config, saved with checkpoints
+    """One training run: what to train, where its data are and where its run folder goes."""
+
+    spec: RunSpec
+    storage: Storage  # the experiment's storage root: shards are read from <root>/shards/<dataset>/
+    runs: Storage  # Ray's storage_path; the run folder is <runs>/<spec.run_name>
 
 
 def new_run_name(experiment: str, fold: int) -> str:
@@ -58,16 +58,9 @@ def augment_spec(cfg: AugmentConfig, dataset: str) -> AugmentSpec:
                        rotation_deg=float(rotation), fast_decode=cfg.fast_decode)
 
 
-def loop_config(job: TrainJob, name: str, run_uri: str, eval_splits: list[str], clock=None,
-                preprocess: dict | None = None) -> dict:
-    """The plain-data config handed to :func:`train_loop_per_worker` on every worker."""
-    return {
-        "model": to_dict(job.model), "train": to_dict(job.train), "class_names": list(job.class_names),
-        "descriptions": job.descriptions, "run_uri": run_uri, "run_name": name, "experiment": job.experiment,
-        "dataset": job.dataset, "fold": job.fold, "eval_splits": eval_splits, "clock": clock,
-        # How the shards' face crops were made: checkpoints record it so predict crops alike.
-        "preprocess": preprocess,
-    }
+def loop_config(spec: RunSpec, run_uri: str, clock=None) -> dict:
+    """The plain data handed to :func:`~pipeline.train.worker.train_loop_per_worker` on every worker."""
+    return {"spec": spec.to_dict(), "run_uri": run_uri, "clock": clock}
 
 
 def _image_size(model: ModelConfig) -> int:
@@ -82,64 +75,112 @@ def _image_size(model: ModelConfig) -> int:
     return int(size if isinstance(size, int) else size[0])
 
 
-def fit(job: TrainJob, *, name: str | None = None, callbacks: list | None = None):
-    """Build the datasets and the TorchTrainer for ``job`` and run it; returns ``ray.train.Result``."""
+def _progress_callback(queue):
+    """A Ray Train callback (it runs in Train's controller) that hands each epoch's row to ``queue``."""
+    from ray.train import UserCallback
+
+    class EpochRows(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint):
+            queue.put(dict(metrics[0]))  # rank 0's row: every rank reports the same all-reduced metrics
+
+    return EpochRows()
+
+
+def _fit_with_progress(trainer, queue, spec: RunSpec):
+    """Run ``trainer.fit()`` in a thread and show one progress bar fed by the epochs' rows."""
+    from pipeline.logs import progress_bar
+    from pipeline.train.recipe import progress_line
+
+    t = spec.train
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 — re-raised in the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"fit-{spec.run_name}", daemon=True)
+    thread.start()
+    split, metric = spec.selection_split, t.best_metric
+    with progress_bar(total=t.epochs, desc=f"train fold {spec.fold}", unit="epoch") as bar:
+        while thread.is_alive() or not queue.empty():
+            try:
+                row = queue.get(timeout=0.5)
+            except Exception:  # noqa: BLE001 — ray.util.queue.Empty: nothing reported yet
+                continue
+            bar.update(int(row["epoch"]) - bar.n)
+            bar.set_postfix_str(f"{split} UAR {row.get(f'{split}_uar', float('nan')):.3f} "
+                                f"best {metric} {row.get(f'best_{metric}') or float('nan'):.3f} @ {row.get('best_epoch')}")
+            logger.debug(progress_line(spec.run_name, row, t.epochs, split, metric))
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def fit(job: TrainJob, *, callbacks: list | None = None, progress: bool = True):
+    """Build the datasets and the TorchTrainer for ``job`` and run it; returns ``ray.train.Result``.
+
+    ``progress``: show a progress bar fed by the epochs' reports (off inside Tune trials).
+    """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
     from pipeline.raycluster import check_resources, ensure_ray
 
     ensure_ray()
-    name = name or job.name
-    t = job.train
+    spec, t = job.spec, job.spec.train
     if t.num_workers > 1 and t.batch_size < t.num_workers:
         raise UserError(f"train.batch_size ({t.batch_size}) is the global batch; it must be >= train.num_workers ({t.num_workers})")
     check_resources("training worker", cpus=t.cpus_per_worker, gpus=t.gpus_per_worker if t.use_gpu else 0.0,
                     count=t.num_workers, key="train.num_workers / train.cpus_per_worker / train.gpus_per_worker",
                     spare_cpus=1.0, spare_for="Ray Data's read and decode tasks (try train.cpus_per_worker: 0.5)")
-    shards = open_shards(job.storage_root, job.dataset)
-    if shards.class_names is not None and list(shards.class_names) != list(job.class_names):
+    shards = open_shards(job.storage, spec.dataset)
+    if shards.class_names is not None and list(shards.class_names) != list(spec.class_names):
         raise UserError(f"{shards.uri}: the shards were made with classes {shards.class_names}, the config has "
-                        f"{job.class_names}; set dataset.classes to match or preprocess again")
+                        f"{list(spec.class_names)}; set dataset.classes to match or preprocess again")
+    spec = dataclasses.replace(spec, preprocess=shards.manifest.get("preprocess"))
     index = shards.index()
-    plan = plan_splits(index, job.fold, t.selection, t.val_fraction, t.seed, shards.uri)
+    plan = plan_splits(index, spec.fold, t.selection, t.val_fraction, t.seed, shards.uri)
     train_mb = shards.share_mb(len(plan.train), index.num_rows)
     cache = 0 < train_mb <= t.cache_train_mb
-    size = _image_size(job.model)
-    T = job.model.num_frames
+    size = _image_size(spec.model)
+    T = spec.model.num_frames
     clock = ray.remote(num_cpus=0)(EpochClock).remote()
     datasets = {"train": train_dataset(shards, plan.train, num_frames=T, image_size=size,
-                                       augment=augment_spec(t.augment, job.dataset), seed=t.seed, clock=clock,
+                                       augment=augment_spec(t.augment, spec.dataset), seed=t.seed, clock=clock,
                                        cache=cache)}
-    eval_splits = ["test"] + (["val"] if t.selection == "validation" else [])
-    for split in eval_splits:
+    for split in spec.eval_splits:
         datasets[split] = eval_dataset(shards, getattr(plan, split), num_frames=T, image_size=size)
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = t.gpus_per_worker
-    run_uri = posixpath.join(job.storage_path, name) if "://" in job.storage_path else f"{job.storage_path.rstrip('/')}/{name}"
-    print(f"[{name}] fold {job.fold}: {plan.counts()} clips; {t.num_workers} worker(s) x {resources}; "
-          f"run folder {run_uri}", flush=True)
-    print(f"[{name}] training clips: ~{train_mb:.0f} MB of shards, "
-          + ("held in the object store" if cache else f"streamed every epoch (train.cache_train_mb={t.cache_train_mb:g})"),
-          flush=True)
+    run_uri = job.runs.uri(spec.run_name)
+    logger.info("[%s] fold %d: %s clips; %d worker(s) x %s; training clips ~%.0f MB of shards, %s",
+                spec.run_name, spec.fold, plan.counts(), t.num_workers, resources, train_mb,
+                "held in the object store" if cache else f"streamed every epoch (train.cache_train_mb={t.cache_train_mb:g})")
+    logger.info("[%s] run folder %s", spec.run_name, run_uri)
+    queue = Queue(actor_options={"num_cpus": 0}) if progress else None
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config(job, name, run_uri, eval_splits, clock, shards.manifest.get("preprocess")),
+        train_loop_config=loop_config(spec, run_uri, clock),
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=name,
-            storage_path=job.storage_path,
+            name=spec.run_name,
+            storage_path=job.runs.uri(),
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
-            callbacks=callbacks or None,
+            callbacks=[*(callbacks or []), *([_progress_callback(queue)] if queue is not None else [])] or None,
         ),
         datasets=datasets,
         dataset_config=ShardedDataConfig(),
     )
     try:
-        return trainer.fit()
+        return _fit_with_progress(trainer, queue, spec) if queue is not None else trainer.fit()
     finally:
         ray.kill(clock)
-
+        if queue is not None:
+            queue.shutdown()

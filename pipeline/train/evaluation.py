@@ -1,13 +1,14 @@
 """One evaluation pass over batches of clips: confusion matrix and summed cross-entropy.
 
-Shared by the training workers (each evaluates its share; the sums are all-reduced) and by
-``dferclip evaluate`` (one process). Metrics are derived in :mod:`pipeline.metrics`.
+Shared by the training recipe (each worker evaluates its share; the sums are all-reduced), the
+frozen-encoder trial (cached embeddings) and ``dferclip evaluate`` (one process). Metrics are
+derived in :mod:`pipeline.metrics`.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 
 from pipeline.train.transforms import model_layout
 
-__all__ = ["autocast_for", "evaluate_batches"]
+__all__ = ["autocast_for", "frame_pairs", "evaluate_pairs", "evaluate_model"]
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -27,30 +28,37 @@ def autocast_for(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def frame_pairs(batches: Iterable[dict], device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(video (B, T, 3, S, S) uint8, labels (B,) long) on ``device`` from the data path's batches
+    ({"video": (B, T, S, S, 3), "label": (B,)}, torch or numpy)."""
+    for batch in batches:
+        video = model_layout(batch["video"]).to(device, non_blocking=True)
+        labels = batch["label"] if torch.is_tensor(batch["label"]) else torch.from_numpy(np.asarray(batch["label"]))
+        yield video, labels.to(device=device, dtype=torch.long)
+
+
 @torch.no_grad()
-def evaluate_batches(model: torch.nn.Module, batches: Iterable[dict], num_classes: int, device: torch.device,
-                     precision: str = "fp32", on_batch=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model`` over ``batches`` ({"video": (B, T, S, S, 3) from the data path, "label": (B,)}).
+def evaluate_pairs(forward: Callable[[torch.Tensor], torch.Tensor], module: torch.nn.Module,
+                   pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int, device: torch.device,
+                   precision: str = "fp32", on_batch=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``forward`` (``module`` or one of its methods) over (inputs, labels) pairs.
 
     Returns (confusion (C, C) float64, loss_sum () float64) as tensors on ``device`` so that a
-    distributed caller can all-reduce them directly. ``on_batch(logits, batch)`` sees each batch
-    (per-clip predictions in ``dferclip evaluate``).
+    distributed caller can all-reduce them directly. ``on_batch(logits)`` sees each batch's
+    logits (per-clip predictions in ``dferclip evaluate``).
     """
-    model.eval()
+    module.eval()
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    for batch in batches:
-        video = model_layout(batch["video"]).to(device, non_blocking=True)  # (B, T, 3, S, S)
-        labels = batch["label"] if torch.is_tensor(batch["label"]) else torch.from_numpy(np.array(batch["label"]))
-        labels = labels.to(device=device, dtype=torch.long)
+    for inputs, labels in pairs:
         with autocast_for(device, precision):
-            logits = model(video)  # (B, C)
+            logits = forward(inputs)  # (B, C)
         logits = logits.float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         preds = logits.argmax(dim=1)
         confusion += torch.bincount(labels * num_classes + preds, minlength=num_classes * num_classes).double()
         if on_batch is not None:
-            on_batch(logits, batch)
+            on_batch(logits)
     return confusion.view(num_classes, num_classes), loss_sum
 
 
@@ -60,15 +68,20 @@ def evaluate_model(model: torch.nn.Module, dataset, num_classes: int, *, batch_s
 
     Returns (confusion (C, C) int64, loss_sum, per-clip predictions).
     """
-    predictions: list[dict] = []
+    ids: list[str] = []
+    labels: list[int] = []
+    probs: list[np.ndarray] = []
 
-    def record(logits: torch.Tensor, batch: dict) -> None:
-        probs = logits.softmax(dim=1).cpu().numpy()
-        for cid, label, p in zip(batch["clip_id"], np.asarray(batch["label"]), probs):
-            predictions.append({"clip_id": str(cid), "label": int(label), "pred": int(p.argmax()),
-                                "confidence": float(p.max())})
+    def pairs():
+        for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
+            ids.extend(str(c) for c in batch["clip_id"])
+            labels.extend(int(v) for v in np.asarray(batch["label"]))
+            yield from frame_pairs([batch], device)
 
     model.to(device)
-    batches = dataset.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2)
-    cm, loss_sum = evaluate_batches(model, batches, num_classes, device, precision, on_batch=record)
+    cm, loss_sum = evaluate_pairs(model, model, pairs(), num_classes, device, precision,
+                                  on_batch=lambda logits: probs.append(logits.softmax(dim=1).cpu().numpy()))
+    p = np.concatenate(probs) if probs else np.zeros((0, num_classes), dtype=np.float32)
+    predictions = [{"clip_id": cid, "label": label, "pred": int(q.argmax()), "confidence": float(q.max())}
+                   for cid, label, q in zip(ids, labels, p)]
     return cm.cpu().numpy().round().astype(np.int64), float(loss_sum.cpu()), predictions

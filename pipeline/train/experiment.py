@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import posixpath
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,23 +22,21 @@ import yaml
 from pipeline.config import ExperimentConfig, dump_config
 from pipeline.datasets import get_dataset
 from pipeline.errors import UserError
-from pipeline.storage import Storage
+from pipeline.storage import Storage, is_uri
 from pipeline.train.driver import TrainJob, fit, new_run_name
 from pipeline.train.outputs import clean_json
-from pipeline.typed import apply_override, from_dict, to_dict
+from pipeline.train.recipe import RunSpec
+from pipeline.typed import apply_override, from_dict
 
-__all__ = ["train_storage_path", "resolve_descriptions", "run_fold", "run_folds", "resume_run", "parse_folds",
+__all__ = ["resolve_descriptions", "run_fold", "run_folds", "resume_run", "parse_folds",
            "fold_table", "TRAIN_DIR"]
+
+logger = logging.getLogger(__name__)
 
 TRAIN_DIR = "train"
 
 
-def train_storage_path(root: str) -> str:
-    """Ray's storage_path for training runs: ``<root>/train`` (absolute for local roots)."""
-    return Storage(root).path(TRAIN_DIR) if "://" not in root else root.rstrip("/") + "/" + TRAIN_DIR
-
-
-def resolve_descriptions(cfg: ExperimentConfig) -> dict[str, list[str]] | None:
+def resolve_descriptions(cfg: ExperimentConfig, storage: Storage | None = None) -> dict[str, list[str]] | None:
     """The description set that defines the class prompts (None when the texts are not descriptions).
 
     ``describe.description_set`` when given; otherwise the set the describe stage wrote for this
@@ -51,7 +49,7 @@ def resolve_descriptions(cfg: ExperimentConfig) -> dict[str, list[str]] | None:
 
     path = cfg.describe.description_set
     if path is None and cfg.describe.enabled:
-        storage = Storage(cfg.storage.root)
+        storage = storage or Storage(cfg.storage.root)
         name = f"{cfg.describe.output_name or cfg.name}.yaml"
         if storage.exists(DESCRIPTIONS_DIR, name):
             path = storage.path(DESCRIPTIONS_DIR, name)
@@ -75,25 +73,22 @@ def parse_folds(text: str | None, dataset: str, default: int) -> list[int]:
     return folds
 
 
-def _write_latest(root: str, data: dict) -> None:
-    Storage(root).write_text(json.dumps(clean_json(data), indent=2) + "\n", TRAIN_DIR, "latest.json")
+def _write_latest(storage: Storage, data: dict) -> None:
+    storage.write_text(json.dumps(clean_json(data), indent=2) + "\n", TRAIN_DIR, "latest.json")
 
 
-def _run(cfg: ExperimentConfig, name: str, log: Callable[[str], None], callbacks=None) -> dict:
-    storage = Storage(cfg.storage.root)
-    descriptions = resolve_descriptions(cfg)
-    job = TrainJob(model=cfg.model, train=cfg.train, class_names=cfg.dataset.class_names, descriptions=descriptions,
-                   storage_root=cfg.storage.root, dataset=cfg.dataset.name, fold=cfg.train.fold,
-                   storage_path=train_storage_path(cfg.storage.root), name=name, experiment=to_dict(cfg))
-    result = fit(job, callbacks=callbacks)
+def _run(cfg: ExperimentConfig, storage: Storage, name: str) -> dict:
+    job = TrainJob(RunSpec.for_experiment(cfg, name, resolve_descriptions(cfg, storage)), storage,
+                   runs=storage.child(TRAIN_DIR))
+    result = fit(job)
     if result.error is not None:
         raise result.error
     summary = json.loads(storage.read_text(TRAIN_DIR, name, "summary.json"))
     test = summary["test"]
-    log(f"[{name}] done: best epoch {summary['best_epoch']} ({summary['selection']} selection on "
-        f"{summary['best_metric']}); test UAR {100 * (test['uar'] or math.nan):.2f} WAR {100 * (test['war'] or math.nan):.2f}"
-        f"; model {summary['paths']['final_checkpoint']}")
-    _write_latest(cfg.storage.root, {"run_name": name, "run_dir": storage.path(TRAIN_DIR, name),
+    logger.info("[%s] done: best epoch %s (%s selection on %s); test UAR %.2f WAR %.2f; model %s", name,
+                summary["best_epoch"], summary["selection"], summary["best_metric"], 100 * (test["uar"] or math.nan),
+                100 * (test["war"] or math.nan), summary["paths"]["final_checkpoint"])
+    _write_latest(storage, {"run_name": name, "run_dir": storage.path(TRAIN_DIR, name),
                                      "summary": storage.path(TRAIN_DIR, name, "summary.json"),
                                      "final_checkpoint": summary["paths"]["final_checkpoint"],
                                      "experiment": cfg.name, "dataset": cfg.dataset.name, "fold": cfg.train.fold,
@@ -102,13 +97,14 @@ def _run(cfg: ExperimentConfig, name: str, log: Callable[[str], None], callbacks
     return summary
 
 
-def run_fold(cfg: ExperimentConfig, fold: int, *, log: Callable[[str], None] = print) -> dict:
+def run_fold(cfg: ExperimentConfig, fold: int, storage: Storage | None = None) -> dict:
     """Train one fold as a fresh run; returns its summary.json."""
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, fold=fold))
+    storage = storage or Storage(cfg.storage.root)
     name = new_run_name(cfg.name, fold)
     # Saved first, so `--resume` can rebuild this exact run even if it dies in epoch 1.
-    Storage(cfg.storage.root).write_text(dump_config(cfg), TRAIN_DIR, name, "config.yaml")
-    return _run(cfg, name, log)
+    storage.write_text(dump_config(cfg), TRAIN_DIR, name, "config.yaml")
+    return _run(cfg, storage, name)
 
 
 def fold_table(summaries: list[dict]) -> list[dict]:
@@ -137,18 +133,19 @@ def _markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_folds(cfg: ExperimentConfig, folds: list[int], *, log: Callable[[str], None] = print) -> dict:
+def run_folds(cfg: ExperimentConfig, folds: list[int]) -> dict:
     """The k-fold protocol: one fresh run per fold, one after the other, then the table."""
+    storage = Storage(cfg.storage.root)
     summaries = []
     for k in folds:
-        log(f"== {cfg.name}: fold {k} ({len(summaries) + 1}/{len(folds)}) ==")
-        summaries.append(run_fold(cfg, k, log=log))
+        if len(folds) > 1:
+            logger.info("== %s: fold %d (%d/%d) ==", cfg.name, k, len(summaries) + 1, len(folds))
+        summaries.append(run_fold(cfg, k, storage))
     if len(folds) == 1:
         return {"runs": summaries}
     import polars as pl
 
     rows = fold_table(summaries)
-    storage = Storage(cfg.storage.root)
     name = f"{cfg.name}-kfold-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
     storage.write_text(pl.DataFrame(rows, infer_schema_length=None).write_csv(), TRAIN_DIR, name, "folds.csv")
     table = _markdown(rows)
@@ -162,27 +159,26 @@ def run_folds(cfg: ExperimentConfig, folds: list[int], *, log: Callable[[str], N
                "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     storage.write_text(json.dumps(clean_json(summary), indent=2) + "\n", TRAIN_DIR, name, "summary.json")
     latest = json.loads(storage.read_text(TRAIN_DIR, "latest.json"))
-    _write_latest(cfg.storage.root, {**latest, "kfold": {"dir": storage.path(TRAIN_DIR, name),
+    _write_latest(storage, {**latest, "kfold": {"dir": storage.path(TRAIN_DIR, name),
                                                          "summary": storage.path(TRAIN_DIR, name, "summary.json"),
                                                          "mean": summary["mean"]}})
-    log(f"{cfg.name}: {len(folds)} folds (UAR/WAR in %)\n{table}")
+    logger.info("%s: %d folds (UAR/WAR in %%)\n%s", cfg.name, len(folds), table)
     return {"runs": summaries, "kfold": summary}
 
 
-def resume_run(ref: str, *, root: str | None = None, overrides: list[str] | tuple[str, ...] = (),
-               log: Callable[[str], None] = print) -> dict:
+def resume_run(ref: str, *, root: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Continue an interrupted run from its latest checkpoint.
 
     ``ref`` is the run folder, or its name below ``<root>/train``. The run's own config.yaml
     is used, with ``overrides`` (``train.epochs=80`` to train further) applied on top.
     """
-    if "://" in ref or Path(ref).expanduser().is_dir():
-        run_uri = ref.rstrip("/") if "://" in ref else str(Path(ref).expanduser().resolve())
+    if is_uri(ref) or Path(ref).expanduser().is_dir():
+        storage = Storage(ref.rstrip("/"))
     elif root is not None:
-        run_uri = train_storage_path(root) + "/" + ref
+        storage = Storage(root).child(TRAIN_DIR, ref)
     else:
         raise UserError(f"--resume {ref!r}: no such folder; give the run folder, or its name with --config")
-    storage = Storage(run_uri)
+    run_uri = storage.uri()
     if not storage.exists("config.yaml"):
         raise UserError(f"--resume: {storage.path('config.yaml')} not found (is {run_uri} a training run folder?)")
     data = yaml.safe_load(storage.read_text("config.yaml")) or {}
@@ -191,17 +187,17 @@ def resume_run(ref: str, *, root: str | None = None, overrides: list[str] | tupl
         apply_override(data, text)
     cfg: ExperimentConfig = from_dict(ExperimentConfig, data, source)
     name = posixpath.basename(run_uri.rstrip("/"))
-    expected = train_storage_path(cfg.storage.root) + "/" + name
-    if Storage(expected).path() != storage.path():
+    root_storage = Storage(cfg.storage.root)
+    if root_storage.child(TRAIN_DIR, name).path() != storage.path():
         raise UserError(f"--resume: {run_uri} is not below its config's storage root {cfg.storage.root}; "
                         "runs must be resumed where they were started")
     if storage.exists("summary.json"):
         done = json.loads(storage.read_text("summary.json"))
         if done.get("epochs") == cfg.train.epochs:
-            log(f"[{name}] already complete ({done['epochs']} epochs); nothing to resume "
-                "(raise train.epochs with --set to train further)")
+            logger.info("[%s] already complete (%d epochs); nothing to resume "
+                        "(raise train.epochs with --set to train further)", name, done["epochs"])
             return done
     storage.write_text(dump_config(cfg), "config.yaml")
-    log(f"[{name}] resuming from its latest checkpoint (up to {cfg.train.epochs} epochs)")
-    return _run(cfg, name, log)
+    logger.info("[%s] resuming from its latest checkpoint (up to %d epochs)", name, cfg.train.epochs)
+    return _run(cfg, root_storage, name)
 

@@ -43,13 +43,19 @@ def clean_json(value):
 class RunFiles:
     """Writer for one run folder."""
 
-    def __init__(self, run_uri: str):
-        self.storage = Storage(run_uri)
+    def __init__(self, storage: Storage):
+        self.storage = storage
         self._tb = None
         self._tb_dir: str | None = None
 
     def path(self, *parts: str) -> str:
         return self.storage.path(*parts)
+
+    def write_epoch(self, history: list[dict], row: dict, title: str, purge_step: int | None = None) -> None:
+        """After each epoch: metrics.csv/.parquet, the TensorBoard scalars of ``row``, curves.png."""
+        self.write_metrics(history)
+        self.tensorboard(row, purge_step=purge_step)
+        self.write_curves(history, title)
 
     def write_metrics(self, history: list[dict]) -> None:
         import polars as pl

@@ -1,15 +1,13 @@
-"""The tune stage's library: search space, frozen-encoder embedding cache and trial, full trial, sweep, outputs."""
+"""The tune stage's library: search space, frozen-encoder embedding cache and trial, full trial, sweep, outputs.
 
-from pipeline.tune.embeddings import EmbeddingSet, backbone_key, ensure_embeddings, load_embeddings
-from pipeline.tune.fast import FastSetup, fast_trial
-from pipeline.tune.full import FullSetup, full_trainable, full_trial
-from pipeline.tune.results import best_config_yaml, heatmap_png, results_table
-from pipeline.tune.space import apply_params, param_space
-from pipeline.tune.sweep import run_sweep
+- :mod:`~pipeline.tune.experiment` — ``run_tune``: a sweep from config to outputs.
+- :mod:`~pipeline.tune.space` — the search space as dotted config paths.
+- :mod:`~pipeline.tune.sweep` — ``run_sweep``: Ray Tune, ASHA, resume.
+- :mod:`~pipeline.tune.full` / :mod:`~pipeline.tune.fast` — the two trial kinds (both drive
+  :class:`pipeline.train.recipe.Recipe`); :mod:`~pipeline.tune.embeddings` — the frame-embedding cache.
+- :mod:`~pipeline.tune.results` — table, heat-map, best config; :mod:`~pipeline.tune.stopping`.
 
-__all__ = [
-    "EmbeddingSet", "backbone_key", "ensure_embeddings", "load_embeddings",
-    "FastSetup", "fast_trial", "FullSetup", "full_trial", "full_trainable",
-    "results_table", "heatmap_png", "best_config_yaml",
-    "apply_params", "param_space", "run_sweep",
-]
+Submodules are imported on use (Ray and PyTorch are heavy); nothing runs at import time.
+"""
+
+__all__ = ["experiment", "space", "sweep", "full", "fast", "embeddings", "results", "stopping"]

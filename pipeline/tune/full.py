@@ -17,27 +17,23 @@ outlives the trial and starves the next one. :func:`full_trainable` wires that u
 
 from __future__ import annotations
 
-import posixpath
 from dataclasses import dataclass
 
-from pipeline.config import ModelConfig, TrainConfig
-from pipeline.tune.space import apply_params, apply_params_to_dict
+from pipeline.config import ExperimentConfig
+from pipeline.storage import Storage
 
-__all__ = ["FullSetup", "full_trial", "full_trainable", "runs_path"]
+__all__ = ["FullSetup", "full_trial", "full_trainable", "RUNS_DIR"]
+
+RUNS_DIR = "runs"  # a sweep's full trials keep their Train runs in <sweep>/runs/<trial name>/
 
 
-@dataclass
+@dataclass(frozen=True)
 class FullSetup:
-    model: ModelConfig
-    train: TrainConfig
-    class_names: list[str]
+    experiment: ExperimentConfig  # the sweep's config; each trial fills in its swept values
     descriptions: dict[str, list[str]] | None
-    storage_root: str
-    dataset: str
-    fold: int
-    runs_path: str  # Ray storage_path of the trials' Train runs
-    swept: list[str]
-    experiment: dict  # the whole input config; each run stores it with the trial's values filled in
+    storage: Storage  # the experiment's storage root (shards)
+    runs: Storage  # Ray storage_path of the trials' Train runs
+    swept: tuple[str, ...]  # dotted config paths
 
 
 def full_trial(config: dict, *, setup: FullSetup) -> None:
@@ -46,18 +42,16 @@ def full_trial(config: dict, *, setup: FullSetup) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from pipeline.train.driver import TrainJob, fit
+    from pipeline.train.recipe import RunSpec
+    from pipeline.tune.space import apply_params, trial_params
     from pipeline.tune.stopping import TrainRunGuard
 
-    params = {k: config[k] for k in setup.swept if k in config}
-    mcfg, tcfg = apply_params(setup.model, setup.train, params)
+    cfg = apply_params(setup.experiment, trial_params(config, list(setup.swept)))
     name = tune.get_context().get_trial_name()
-    job = TrainJob(model=mcfg, train=tcfg, class_names=list(setup.class_names), descriptions=setup.descriptions,
-                   storage_root=setup.storage_root, dataset=setup.dataset, fold=setup.fold,
-                   storage_path=setup.runs_path, name=name,
-                   experiment=apply_params_to_dict(setup.experiment, params))
+    job = TrainJob(RunSpec.for_experiment(cfg, name, setup.descriptions), setup.storage, runs=setup.runs)
     guard = TrainRunGuard(tune.get_context().get_trial_id())
     try:
-        fit(job, name=name, callbacks=[guard.callback(), TuneReportCallback()])
+        fit(job, callbacks=[guard.callback(), TuneReportCallback()], progress=False)
     except Exception:
         if not guard.aborted:
             raise
@@ -76,9 +70,3 @@ def full_trainable(setup: FullSetup, driver_cpus: float):
     fn = tune.with_parameters(full_trial, setup=setup)
     fn.__mixins__ = (StopTrainRunWithTrial,)  # read by Tune's wrap_function
     return tune.with_resources(fn, {"cpu": driver_cpus})
-
-
-def runs_path(sweep_path: str) -> str:
-    """Where a sweep's full trials keep their Train runs (``<sweep>/runs/<trial name>/``)."""
-    return posixpath.join(sweep_path, "runs")
-

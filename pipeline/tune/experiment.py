@@ -1,0 +1,145 @@
+"""A sweep of the tune stage, from config to outputs: validate, build the trainable, run, write.
+
+``run_tune(cfg)`` is what ``dferclip tune`` (and ``dferclip run --tune``) calls. Each trial
+trains DFER-CLIP with the train stage's recipe on ``<storage.root>/shards/<dataset>/``; ASHA
+stops poor trials early on ``tune.metric``. Two modes:
+
+- full (default): every trial is a complete Ray Train run (:mod:`.full`), image encoder fine-tuned;
+- ``tune.frozen_encoder: true``: per-frame CLIP embeddings are computed once by a Ray Data job
+  (cached in ``<storage.root>/embeddings/...``, :mod:`.embeddings`) and each trial trains only
+  the temporal model and the prompts on them (:mod:`.fast`) — far cheaper; faithful only with a
+  frozen image encoder (docs/tune.md).
+
+Outputs in ``<storage.root>/tune/<name>/``: results.parquet/.csv (one row per trial),
+heatmap.png, best_config.yaml (ready for ``dferclip train --config``). Running the same sweep
+again resumes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pipeline.config import ExperimentConfig
+from pipeline.errors import UserError
+from pipeline.storage import Storage
+from pipeline.train.recipe import reported_metrics
+
+__all__ = ["SweepOutcome", "run_tune", "validate_tune"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepOutcome:
+    path: str
+    table: object  # pandas.DataFrame
+    best: dict | None
+    interrupted: bool
+
+
+def validate_tune(cfg: ExperimentConfig) -> None:
+    """Refuse a metric the trials do not report, or a mode that contradicts it."""
+    t = cfg.tune
+    reported = reported_metrics(cfg.train.selection, cfg.train.best_metric)
+    if t.metric not in reported:
+        hint = (" — validation metrics need train.selection: validation (or select on test as the paper does: "
+                "tune.metric: test_uar)") if t.metric.startswith("val_") else ""
+        raise UserError(f"tune.metric: {t.metric!r} is not among the metrics every epoch reports with "
+                        f"train.selection={cfg.train.selection} ({', '.join(reported)}){hint}")
+    if t.metric.endswith("loss") and t.mode == "max":
+        raise UserError(f"tune.mode: {t.metric} is a loss; use mode: min")
+
+
+def _trainable(cfg: ExperimentConfig, storage: Storage, name: str, descriptions, swept: tuple[str, ...]):
+    """The Tune trainable of this sweep's mode, with its resources."""
+    from ray import tune
+
+    from pipeline.raycluster import check_resources
+    from pipeline.tune.sweep import sweep_rel
+
+    t = cfg.tune
+    if not t.frozen_encoder:
+        from pipeline.tune.full import RUNS_DIR, FullSetup, full_trainable
+
+        # The driver only waits on its Train workers; they hold the trial's real resources.
+        setup = FullSetup(cfg, descriptions, storage, storage.child(sweep_rel(name), RUNS_DIR), swept)
+        return full_trainable(setup, driver_cpus=t.driver_cpus)
+    from pipeline.tune.embeddings import ensure_embeddings, load_embeddings
+    from pipeline.tune.fast import FastSetup, fast_trial
+
+    check_resources("a sweep trial", cpus=t.cpus_per_trial, gpus=t.gpus_per_trial,
+                    key="tune.cpus_per_trial / tune.gpus_per_trial")
+    info = ensure_embeddings(storage, cfg.dataset.name, cfg.model, cfg.dataset.class_names, seed=cfg.train.seed,
+                             batch_size=t.embed_batch_size, workers=t.embed_workers, cpus=t.embed_cpus,
+                             gpus=t.embed_gpus)
+    setup = FastSetup(cfg, descriptions, swept, storage.path(info.rel_dir))
+    return tune.with_resources(tune.with_parameters(fast_trial, data=load_embeddings(storage, info), setup=setup),
+                               {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial})
+
+
+def run_tune(cfg: ExperimentConfig, *, callbacks: list | None = None) -> SweepOutcome:
+    """Run (or resume) the sweep and write its outputs.
+
+    ``callbacks``: extra Ray Tune callbacks for a new sweep. Tune saves them with the sweep and a
+    resumed sweep runs those again (with the state their ``get_state()`` saved), not new ones.
+    """
+    from pipeline.data.shards import shard_dir, shard_files
+    from pipeline.llm.sets import load_description_set
+    from pipeline.raycluster import ensure_ray
+    from pipeline.tune import results as res
+    from pipeline.tune.space import apply_params_to_dict, expected_trials, swept_keys
+    from pipeline.tune.sweep import run_sweep, sweep_rel
+    from pipeline.typed import from_dict, to_dict
+
+    # validate
+    validate_tune(cfg)
+    t, storage = cfg.tune, Storage(cfg.storage.root)
+    name = t.name or cfg.name
+    descriptions = (load_description_set(cfg.describe.description_set, cfg.dataset.class_names)
+                    if cfg.model.text_source == "descriptions" else None)
+    swept = tuple(swept_keys(t))
+    mode = "fast" if t.frozen_encoder else "full"
+    search = {k: v for k, v in to_dict(t).items() if k in ("space", "search", "num_samples", "metric", "mode",
+                                                            "scheduler", "grace_period", "reduction_factor")}
+    signature = {"mode": mode, "dataset": to_dict(cfg.dataset), "model": to_dict(cfg.model), "train": to_dict(cfg.train),
+                 "descriptions": descriptions, "search": search}
+    if not shard_files(storage, shard_dir(storage, cfg.dataset.name)):
+        raise UserError(f"no shards in {storage.path(shard_dir(storage, cfg.dataset.name))}: "
+                        "run `dferclip preprocess` first")
+    # build
+    ensure_ray()
+    trainable = _trainable(cfg, storage, name, descriptions, swept)
+    # run
+    logger.info("[tune] %s sweep %r: %s search over %s; metric %s (%s); up to %d epochs per trial, %d at a time",
+                mode, name, t.search, ", ".join(swept), t.metric, t.mode, cfg.train.epochs, t.max_concurrent_trials)
+    results = run_sweep(trainable, t, storage=storage, name=name, max_epochs=cfg.train.epochs, seed=cfg.train.seed,
+                        signature=signature, keep_checkpoints=cfg.train.keep_checkpoints, callbacks=callbacks)
+    # write
+    rel = sweep_rel(name)
+    table = res.results_table(results, list(swept), t.metric, t.mode, cfg.train.epochs, res.trial_statuses(results))
+    pq_path, csv_path = res.write_table(storage, rel, table)
+    storage.write_bytes(res.heatmap_png(table, t.metric, t.mode, f"{name}: best {t.metric} ({mode} mode)"), rel,
+                        "heatmap.png")
+    # Interrupted: trials left unfinished, or (Ctrl+C between trials) some not even created yet.
+    interrupted = len(table) < expected_trials(t) or bool((table["status"] == "unfinished").any())
+    best = None
+    if not interrupted and (table["status"] != "error").any():
+        best = res.best_params(table, list(swept))
+        best_cfg = apply_params_to_dict(to_dict(cfg), best)
+        from_dict(ExperimentConfig, best_cfg, "best_config.yaml")  # it must load as a valid experiment
+        top = table.iloc[0]
+        header = [f"Best trial of sweep {name!r} ({mode} mode): {top['trial']}",
+                  f"{t.metric} = {top['best_value']:.4f} at epoch {top['best_epoch']}; values: {best}",
+                  f"Train it: dferclip train --config {storage.path(rel, 'best_config.yaml')}"]
+        if t.frozen_encoder:
+            header.append("Found with a frozen image encoder and no augmentation; full training fine-tunes "
+                          f"the encoder at train.lr_image_encoder={cfg.train.lr_image_encoder:g}.")
+        storage.write_text(res.best_config_yaml(best_cfg, header), rel, "best_config.yaml")
+    logger.info("%s", table.drop(columns=["error", "metric"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    logger.info("[tune] results: %s, %s, %s", pq_path, csv_path, storage.path(rel, "heatmap.png"))
+    if interrupted:
+        logger.warning("[tune] the sweep did not finish; run the same command again to resume it")
+    elif best is not None:
+        logger.info("[tune] best: %s -> %s", best, storage.path(rel, "best_config.yaml"))
+    return SweepOutcome(storage.path(rel), table, best, interrupted)
