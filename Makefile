@@ -1,16 +1,17 @@
 # The two commands in the README: `make demo` (the whole pipeline on its embedded default)
-# and `make test`. Both create or reuse .venv and install what they need.
+# and `make test`. Both create or reuse .venv and install what they need. `make lint`
+# (ruff: lint and format check; CI runs it after `make test`) uses the same .venv.
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,lint]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -20,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -44,11 +44,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.config import AugmentConfig  # noqa: E402
 from pipeline.data.schema import SHARD_SCHEMA  # noqa: E402
 from pipeline.train.data import DECODE_BATCH  # noqa: E402
-from pipeline.train.sampling import sample_indices  # noqa: E402
-from pipeline.config import AugmentConfig  # noqa: E402
 from pipeline.train.driver import augment_spec  # noqa: E402
+from pipeline.train.sampling import sample_indices  # noqa: E402
 from pipeline.train.transforms import ClipTransform, clip_rng  # noqa: E402
 
 T = 16
@@ -176,7 +176,7 @@ def timed(fns: dict, repeats: int) -> dict[str, list[float]]:
     over a run (a process's first rounds are slowest), which a ratio of independent bests would
     pick up. Each round is a new epoch (new random draws).
     """
-    for name, fn in fns.items():
+    for fn in fns.values():
         fn(repeats)  # warm-up: allocator, caches, clock
     rates: dict[str, list[float]] = {name: [] for name in fns}
     for r in range(repeats):
@@ -185,6 +185,16 @@ def timed(fns: dict, repeats: int) -> dict[str, list[float]]:
             clips = fn(r)
             rates[name].append(clips / max(time.process_time() - start, 1e-9))
     return rates
+
+
+def methods(shard: Path, folders: Path, out_size: int) -> dict:
+    """The timed methods on one built data set; each takes the round number as its epoch."""
+    return {"ours": lambda e: run_shards(shard, out_size, DECODE_BATCH, e, False),
+            "ours_fast": lambda e: run_shards(shard, out_size, DECODE_BATCH, e, True),
+            "pil": lambda e: run_pil(folders, out_size, e),
+            "decode": lambda e: run_decode(shard, e, "exact"),
+            "decode_fast": lambda e: run_decode(shard, e, "fast"),
+            "decode_cv2": lambda e: run_decode(shard, e, "opencv")}
 
 
 def paired_ratio(a: list[float], b: list[float]) -> float:
@@ -208,12 +218,7 @@ def main() -> None:
             shard, folders = build(Path(d), args.clips, args.frames, size)
             print(f"{args.clips} clips x {args.frames} stored frames at {size} px -> {T} frames at {args.input} px, "
                   f"train mode, clips per CPU-second on one core, {args.repeats} rounds, ratios paired within a round")
-            rates = timed({"ours": lambda e: run_shards(shard, args.input, DECODE_BATCH, e, False),
-                           "ours_fast": lambda e: run_shards(shard, args.input, DECODE_BATCH, e, True),
-                           "pil": lambda e: run_pil(folders, args.input, e),
-                           "decode": lambda e: run_decode(shard, e, "exact"),
-                           "decode_fast": lambda e: run_decode(shard, e, "fast"),
-                           "decode_cv2": lambda e: run_decode(shard, e, "opencv")}, args.repeats)
+            rates = timed(methods(shard, folders, args.input), args.repeats)
         for name, label in (("ours", "shards + ClipTransform (ours)    "),
                             ("ours_fast", "  the same, augment.fast_decode on"),
                             ("pil", "per-file PIL (published way)     "),

@@ -44,7 +44,7 @@ CLASSES, SAMPLES, LATENCY = 11, 5, 0.2
 class Server:
     """tests/llm/openai_server.py in a subprocess; counts come from its /v1/_stats."""
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         script = REPO / "tests/llm/openai_server.py"
         self.proc = subprocess.Popen([sys.executable, str(script), "--port", "0", "--latency", str(LATENCY)],
                                      stdout=subprocess.PIPE, text=True)

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import ModelConfig
-from pipeline.llm import load_description_set
 from pipeline.datasets import CLASSES_7
+from pipeline.llm import load_description_set
 from pipeline.model import build_model
 
 

@@ -24,16 +24,16 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.data.drawing
 
-from drawing import face_frames, write_video  # noqa: E402
+from tests.data.drawing import face_frames, write_video  # noqa: E402
 
 
 def worker_fps(video: Path, every: int, repeat: int) -> float:
     """Best-of-``repeat`` frames/s of the per-clip work one worker does."""
+    from pipeline.config import PreprocessConfig
     from pipeline.data.faces import ClipCropper, HaarDetector
     from pipeline.data.video import open_frames
-    from pipeline.config import PreprocessConfig
 
     prep = PreprocessConfig()
     cropper = ClipCropper(HaarDetector(max_side=prep.detect_max_side), detect_every=every, margin=prep.margin,

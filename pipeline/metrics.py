@@ -62,7 +62,7 @@ class EvalMetrics:
     count: int
 
     @classmethod
-    def from_confusion(cls, cm: np.ndarray, loss_sum: float) -> "EvalMetrics":
+    def from_confusion(cls, cm: np.ndarray, loss_sum: float) -> EvalMetrics:
         cm = np.asarray(cm, dtype=np.int64)
         n = int(cm.sum())
         return cls(

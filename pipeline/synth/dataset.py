@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import multiprocessing as mp
+import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -44,7 +44,7 @@ def video_codec() -> str:
         try:
             av.codec.Codec(name, "w")
             return name
-        except Exception:  # PyAV raises UnknownCodecError (a ValueError) or FFmpegError by version
+        except Exception:  # noqa: BLE001 - PyAV raises UnknownCodecError (a ValueError) or FFmpegError by version
             continue
     raise RuntimeError(f"this PyAV build has none of the encoders {', '.join(_CODECS)}")
 
@@ -152,7 +152,7 @@ def generate_dataset(
 
     rng = np.random.default_rng([seed, 7919])  # the split/id stream, apart from every clip's own
     entries = []  # (class index, clip index, split)
-    for k, label in enumerate(classes):
+    for k in range(len(classes)):
         for j, split in enumerate(_split(clips_per_class, test_fraction, rng)):
             entries.append((k, j, split))
     order = rng.permutation(len(entries))

@@ -14,7 +14,7 @@ actions stay visible after a face crop is downscaled to 64-96 px.
 from __future__ import annotations
 
 from dataclasses import astuple, dataclass, fields
-from functools import lru_cache
+from functools import cache
 
 import cv2
 import numpy as np
@@ -49,7 +49,7 @@ class Actions:
         return np.asarray(astuple(self), dtype=np.float64)
 
     @classmethod
-    def from_array(cls, values: np.ndarray) -> "Actions":
+    def from_array(cls, values: np.ndarray) -> Actions:
         clipped = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
         return cls(*(float(v) for v in clipped))
 
@@ -146,18 +146,18 @@ def random_identity(rng: np.random.Generator) -> Identity:
 
 # Unit shapes are cached: a clip draws ~40 polygons per frame, and rebuilding the same
 # trigonometric tables with linspace each time cost more than the filling itself.
-@lru_cache(maxsize=None)
+@cache
 def _circle(n: int) -> np.ndarray:
     t = np.linspace(0.0, 2.0 * np.pi, n, endpoint=False)
     return np.stack([np.cos(t), np.sin(t)], axis=1)  # (n, 2)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _unit(n: int) -> np.ndarray:
     return np.linspace(0.0, 1.0, n)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sin_half(n: int) -> np.ndarray:
     return np.sin(np.pi * _unit(n))
 

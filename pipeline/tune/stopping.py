@@ -45,6 +45,18 @@ ABORT_TIMEOUT_S = 120.0  # Tune waits up to TUNE_FORCE_TRIAL_CLEANUP_S (600 s) f
 _RUNS: dict[str, "TrainRunGuard"] = {}
 _RUNS_LOCK = threading.Lock()
 
+# The Ray this module was written against; tests/tune/test_ray_internals.py checks every Ray
+# internal used here (and pyproject.toml pins the same range).
+RAY_RANGE = ">=2.60,<2.61"
+
+
+def _missing_ray_internal(what: str) -> RuntimeError:
+    import ray
+
+    return RuntimeError(f"pipeline/tune/stopping.py relies on {what}, which Ray {ray.__version__} does not have; "
+                        f"it was written for Ray {RAY_RANGE} (pyproject.toml): install that Ray, or update "
+                        "stopping.py and the pin")
+
 
 class _ControllerSlot:
     """Tiny Ray actor (owned by the trial) holding the handle of the trial's Train controller."""
@@ -66,7 +78,11 @@ def _report_controller_callback(slot):
     ``TuneReportCallback``: the handle is in place before Tune sees (and can act on) a result.
     """
     import ray
-    from ray.train.v2.api.callback import UserCallback
+
+    try:
+        from ray.train.v2.api.callback import UserCallback
+    except ImportError as exc:
+        raise _missing_ray_internal("ray.train.v2.api.callback.UserCallback") from exc
 
     class ReportController(UserCallback):
         def __init__(self):
@@ -131,6 +147,8 @@ class TrainRunGuard:
             controller = None
         if controller is None:  # stopped before its first report, or ended meanwhile
             return self._done.is_set()
+        if not hasattr(controller, "abort"):  # an actor handle has its actor's methods only
+            raise _missing_ray_internal("the abort() method of Ray Train's controller actor (TrainController.abort)")
         self.aborted = True
         try:
             # abort() shuts the worker group down (removing its placement group), then exits

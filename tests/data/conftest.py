@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from drawing import face_frames, write_frames, write_video  # noqa: E402
+from tests.data.drawing import face_frames, write_frames, write_video
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,14 @@ ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = ROOT / "cluster"
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 IMAGE = re.compile(r"^rayproject/ray:(?P<version>\d+\.\d+\.\d+)-py(?P<py>\d+)(?P<gpu>-gpu|-cu\d+)?$")
+
+
+def _ray_pin():
+    """pyproject.toml's Ray requirement (the Ray minor the code is written for)."""
+    from packaging.requirements import Requirement
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return next(r for r in map(Requirement, deps) if r.name == "ray")
 
 
 def _load(rel: str):
@@ -30,6 +39,8 @@ def _check_image(image: str, *, gpu: bool) -> None:
     assert m, f"unexpected image {image!r}"
     # Job client and cluster must run the same Ray; the project targets Python 3.11.
     assert m["version"] == ray.__version__, f"{image}: Ray {m['version']}, the project uses {ray.__version__}"
+    pin = _ray_pin()
+    assert pin.specifier.contains(m["version"]), f"{image}: Ray {m['version']} is outside pyproject.toml's pin {pin}"
     assert m["py"] == "311"
     assert bool(m["gpu"]) == gpu, f"{image}: {'a GPU' if gpu else 'a CPU'} image expected"
 

@@ -26,8 +26,14 @@ import pytest
 import yaml
 
 from pipeline.errors import UserError
-from pipeline.jobs import (DEFAULT_EXCLUDES, auth_headers, build_runtime_env, entrypoint, project_dependencies,
-                           resolve_address)
+from pipeline.jobs import (
+    DEFAULT_EXCLUDES,
+    auth_headers,
+    build_runtime_env,
+    entrypoint,
+    project_dependencies,
+    resolve_address,
+)
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from openai_server import ChatServer  # noqa: E402
-
-from pipeline.config import ExperimentConfig, load_config  # noqa: E402
+from pipeline.config import ExperimentConfig, load_config
+from tests.llm.openai_server import ChatServer
 
 KEY_ENV = "DFERCLIP_TEST_LLM_KEY"
 

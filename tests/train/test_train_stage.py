@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +10,10 @@ import polars as pl
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import CLASSES, tiny_config  # noqa: E402
-
-from pipeline.config import load_config  # noqa: E402
-from pipeline.errors import UserError  # noqa: E402
-from pipeline.model.checkpoint import load_checkpoint  # noqa: E402
+from pipeline.config import load_config
+from pipeline.errors import UserError
+from pipeline.model.checkpoint import load_checkpoint
+from tests.train.conftest import CLASSES, tiny_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
