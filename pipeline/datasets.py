@@ -21,7 +21,7 @@ class DatasetSpec:
     name: str
     classes: tuple[str, ...]
     folds: tuple[int, ...]
-    # Clip-level augmentation beyond crop + flip (DESIGN.md §1): DFEW uses brightness
+    # Clip-level augmentation beyond crop + flip (docs/design.md §1): DFEW uses brightness
     # jitter 0.5, FERV39k rotation of 4 degrees; MAFW follows DFEW in the published scripts.
     extra_augmentation: Literal["brightness", "rotation", "none"]
     summary: str

@@ -95,7 +95,7 @@ def check_resources(what: str, *, cpus: float = 0.0, gpus: float = 0.0, count: i
     training workers, which start together) in the whole cluster; Ray would otherwise queue
     them forever. ``spare_cpus`` must stay free beside them for ``spare_for`` (Ray Data's tasks
     feeding the training workers: with every CPU held by the workers they never start and
-    training waits forever, DESIGN.md §6). ``key`` names the config entries to change.
+    training waits forever, docs/design.md §5). ``key`` names the config entries to change.
     """
     import ray
 

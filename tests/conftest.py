@@ -20,7 +20,7 @@ def ray_local():
     """A private local Ray cluster on 127.0.0.1 for the session.
 
     Four logical CPUs on a 2-core machine: Ray Data needs CPUs left over while Train workers
-    hold theirs, or the read never starts (DESIGN.md §6). The dashboard is on because the
+    hold theirs, or the read never starts (docs/design.md §5). The dashboard is on because the
     State API (behind it) is what frees a trial's resources when Tune stops it early.
     """
     import ray

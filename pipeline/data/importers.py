@@ -28,7 +28,7 @@ Layouts read (``dataset.root`` is the dataset folder; ``dataset.annotations`` op
   folder; ``split`` is ``train`` or ``test`` (fold 1). Without a split column (or with an empty
   cell) a clip's split is fixed by a hash of its path: about 20 % test, stable across runs.
 
-Labels map onto the configured class order (``DatasetConfig.class_names``, DESIGN.md §1); with
+Labels map onto the configured class order (``DatasetConfig.class_names``, docs/design.md §1); with
 a subset of classes configured, clips of the other classes are dropped (and counted).
 """
 

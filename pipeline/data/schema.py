@@ -1,4 +1,4 @@
-"""The shard contract between preprocess and train/tune (DESIGN.md §4), in one place.
+"""The shard contract between preprocess and train/tune (docs/design.md §3), in one place.
 
 One Parquet row per clip. Split membership of *every* official fold is stored in the row
 (``splits``: ``["1:train", "2:test", ...]``), so training selects any fold without

@@ -1,6 +1,6 @@
 """The temporal model: a small pre-norm Transformer over per-frame CLIP embeddings.
 
-Follows the paper and the published code (DESIGN.md §1): a learnable class token is
+Follows the paper and the published code (docs/design.md §1): a learnable class token is
 prepended, a learnable positional embedding of length T+1 is added, ``depth`` pre-norm
 layers run, and the output class token is the video embedding. Attention uses PyTorch's
 fused ``scaled_dot_product_attention`` (same maths as the published einsum form, faster).

@@ -43,7 +43,7 @@ __all__ = ["AugmentSpec", "ClipTransform", "model_layout", "SelectFrames", "Epoc
 
 @dataclass(frozen=True)
 class AugmentSpec:
-    """Clip-level training augmentation (DESIGN.md §1); one draw per clip, shared by its frames."""
+    """Clip-level training augmentation (docs/design.md §1); one draw per clip, shared by its frames."""
 
     scale: tuple[float, float] = (0.2, 1.0)  # random resized crop: area fraction range
     ratio: tuple[float, float] = (3 / 4, 4 / 3)  # and aspect ratio range (as torchvision)
