@@ -16,28 +16,20 @@ also writes the per-fold and mean UAR/WAR table (``<experiment>-kfold-<timestamp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pipeline.cli import run_cli, stage_parser
 from pipeline.config import ExperimentConfig, load_config
-from pipeline.errors import UserError
+from pipeline.train_run import run_train
+
+__all__ = ["main", "cli"]
 
 
-def main(cfg: ExperimentConfig | None, *, folds: str | None = None, resume: str | None = None,
-         overrides: list[str] | tuple[str, ...] = (), log=print) -> dict:
-    from pipeline.raycluster import ensure_ray
-    from pipeline.train.experiment import parse_folds, resume_run, run_folds
-
-    # validate
-    if resume is not None:
-        if folds is not None:
-            raise UserError("--resume continues one run; it cannot be combined with --folds")
-        ensure_ray()
-        return {"runs": [resume_run(resume, root=cfg.storage.root if cfg else None, overrides=overrides, log=log)]}
-    if cfg is None:
-        raise UserError("--config is required (or --resume RUN)")
-    fold_list = parse_folds(folds, cfg.dataset.name, cfg.train.fold)
-    # run (each fold builds its datasets and trainer in pipeline.train.driver.fit)
-    ensure_ray()
-    return run_folds(cfg, fold_list, log=log)
+def main(
+    cfg: ExperimentConfig | None, *, folds: str | None = None, resume: str | None = None, overrides: Sequence[str] = ()
+) -> dict:
+    """The stage on a loaded config (None with ``resume``): :func:`pipeline.train_run.run_train`."""
+    return run_train(cfg, folds=folds, resume=resume, overrides=overrides)
 
 
 def cli(argv=None) -> int:
@@ -46,7 +38,7 @@ def cli(argv=None) -> int:
     parser.add_argument("--resume", metavar="RUN", help="run folder (or its name with --config) to continue")
     args = parser.parse_args(argv)
 
-    def body():
+    def body() -> None:
         cfg = load_config(args.config, [] if args.resume else args.overrides) if args.config else None
         main(cfg, folds=args.folds, resume=args.resume, overrides=args.overrides)
 

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_config
+from pipeline.config import dump_config, load_config
+from pipeline.demo import generate_demo_data
+from pipeline.fingerprint import read_record
 from pipeline.llm.prompts import PROMPTS_DIR
-from stages import demo_data, run
+from pipeline.orchestrate import run_pipeline
+from pipeline.storage import Storage
+from stages import run
 from tests.llm.openai_server import ChatServer
 
 TINY = [
@@ -25,7 +29,7 @@ TINY = [
 @pytest.mark.timeout(900)
 def test_run_skips_up_to_date_stages_and_reruns_downstream_of_a_template_edit(ray_local, tmp_path, monkeypatch):
     data = tmp_path / "data"
-    demo_data.main(data, clips_per_class=2, seed=3, num_frames=12)
+    generate_demo_data(data, clips_per_class=2, seed=3, num_frames=12)
     template = tmp_path / "template.yaml"
     shutil.copyfile(PROMPTS_DIR / "templates" / "visual_features.yaml", template)
     monkeypatch.setenv("DFERCLIP_TEST_LLM_KEY", "sk-test-not-a-real-key")
@@ -36,18 +40,24 @@ def test_run_skips_up_to_date_stages_and_reruns_downstream_of_a_template_edit(ra
             "describe.model=test-model", "describe.api_key_env=DFERCLIP_TEST_LLM_KEY", f"describe.template={template}",
             *TINY,
         ])
-        first = run.main(cfg)
+        first = run_pipeline(cfg)
         assert first.ran == ["describe", "preprocess", "train"] and not first.skipped
         requests_after_first = len(server.chat_requests())
         assert requests_after_first == 7  # one answer per class
         assert Path(first.records["train"].outputs["checkpoint"]).is_file()
 
-        second = run.main(cfg)
+        second = run_pipeline(cfg)
         assert second.ran == [] and second.skipped == ["describe", "preprocess", "train"]
         assert len(server.chat_requests()) == requests_after_first  # nothing asked again
+        # The stage's entry (`dferclip run --config FILE`) on the same config: all up to date too.
+        config = tmp_path / "run.yaml"
+        config.write_text(dump_config(cfg))
+        assert run.cli(["--config", str(config)]) == 0
+        assert len(server.chat_requests()) == requests_after_first
+        assert read_record(Storage(cfg.storage.root), "train") == second.records["train"]
 
         template.write_text(template.read_text().replace("in a video?", "in a short video clip?"))
-        third = run.main(cfg)
+        third = run_pipeline(cfg)
         assert third.ran == ["describe", "train"] and third.skipped == ["preprocess"]
         assert len(server.chat_requests()) == requests_after_first + 7
         assert third.records["train"].outputs["run_dir"] != first.records["train"].outputs["run_dir"]

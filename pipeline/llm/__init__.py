@@ -1,7 +1,7 @@
 """LLM-generated class descriptions: prompt templates, validated and cached answers, description sets.
 
 Training needs only :func:`load_description_set` (and :func:`default_description_set_path`);
-the describe stage (stages/describe.py) uses the rest. Importing this package does not import
+the describe stage (:mod:`pipeline.llm.describe_run`) uses the rest. Importing this package does not import
 the ``openai`` client — that happens only when a request is actually made.
 """
 

@@ -7,6 +7,7 @@ request reached the endpoint, not that a counter in our code says so.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ import yaml
 from pipeline.datasets import CLASSES_7, CLASSES_11
 from pipeline.errors import UserError
 from pipeline.llm import load_description_set, read_description_set
-from stages import describe
+from pipeline.llm.describe_run import write_descriptions
 
 REPO = Path(__file__).resolve().parents[2]
 KEY_ENV = "DFERCLIP_TEST_LLM_KEY"  # the variable the make_cfg fixture names in describe.api_key_env
@@ -32,9 +33,10 @@ def cache_files(root: Path) -> list[Path]:
     return sorted(p for p in folder.glob("*.json")) if folder.is_dir() else []
 
 
-def test_first_run_requests_every_answer_and_rerun_requests_none(server, make_cfg, tmp_path, capsys):
+def test_first_run_requests_every_answer_and_rerun_requests_none(server, make_cfg, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pipeline")
     cfg = make_cfg("describe.samples=2", "describe.descriptions_per_answer=3", "describe.template=action_units")
-    path = describe.main(cfg)
+    path = write_descriptions(cfg)
     assert len(server.chat_requests()) == 7 * 2
     dset = read_description_set(path)
     assert list(dset.classes) == list(CLASSES_7)
@@ -48,10 +50,10 @@ def test_first_run_requests_every_answer_and_rerun_requests_none(server, make_cf
     # Each sample is asked with its own seed, so the samples are different answers.
     assert sorted(r.body["seed"] for r in server.chat_requests())[:2] == [0, 0]
     assert {r.body["seed"] for r in server.chat_requests()} == {0, 1}
-    assert f"written to {path}" in capsys.readouterr().out
+    assert f"written to {path}" in caplog.text
 
     server.reset()
-    path2 = describe.main(cfg)
+    path2 = write_descriptions(cfg)
     assert server.chat_requests() == []
     again = read_description_set(path2)
     assert again.classes == dset.classes and again.id == dset.id
@@ -60,35 +62,35 @@ def test_first_run_requests_every_answer_and_rerun_requests_none(server, make_cf
 
 def test_refresh_ignores_the_cache(server, make_cfg):
     cfg = make_cfg()
-    describe.main(cfg)
+    write_descriptions(cfg)
     server.reset()
-    describe.main(cfg, refresh=True)
+    write_descriptions(cfg, refresh=True)
     assert len(server.chat_requests()) == 7
 
 
 def test_only_new_classes_and_edited_templates_cost_requests(server, make_cfg, tmp_path):
     template = tmp_path / "mine.yaml"
     shutil.copy(REPO / "prompts/templates/visual_features.yaml", template)
-    describe.main(make_cfg(f"describe.template={template}"))
+    write_descriptions(make_cfg(f"describe.template={template}"))
     assert len(server.chat_requests()) == 7
 
     server.reset()  # 11 classes: the 7 are cached, only the 4 new ones are asked
-    describe.main(make_cfg(f"describe.template={template}", "describe.class_set=mafw"))
+    write_descriptions(make_cfg(f"describe.template={template}", "describe.class_set=mafw"))
     asked = server.chat_requests()
     assert len(asked) == 4
     assert {c for c in CLASSES_11[7:] if any(c in r.text for r in asked)} == set(CLASSES_11[7:])
 
     server.reset()  # another template is new work; going back to the first costs nothing
-    describe.main(make_cfg("describe.template=action_units", "describe.descriptions_per_answer=2"))
+    write_descriptions(make_cfg("describe.template=action_units", "describe.descriptions_per_answer=2"))
     assert len(server.chat_requests()) == 7
     server.reset()
-    describe.main(make_cfg(f"describe.template={template}"))
+    write_descriptions(make_cfg(f"describe.template={template}"))
     assert server.chat_requests() == []
 
     text = template.read_text().replace("useful visual features", "the clearest visible signs")
     template.write_text(text)  # an edited template renders new messages: all its answers are new
     server.reset()
-    path = describe.main(make_cfg(f"describe.template={template}"))
+    path = write_descriptions(make_cfg(f"describe.template={template}"))
     assert len(server.chat_requests()) == 7
     assert "the clearest visible signs" in server.chat_requests()[0].text
     assert read_description_set(path).provenance["answers"] == {"cached": 0, "new": 7}
@@ -99,14 +101,14 @@ def test_only_new_classes_and_edited_templates_cost_requests(server, make_cfg, t
 @pytest.mark.parametrize("limit", [1, 4])
 def test_concurrency_limit_is_respected_and_used(server, make_cfg, limit):
     server.latency = 0.25
-    describe.main(make_cfg(f"describe.concurrency={limit}"))
+    write_descriptions(make_cfg(f"describe.concurrency={limit}"))
     assert len(server.chat_requests()) == 7
     assert server.max_in_flight == limit
 
 
 def test_rate_limit_then_success_is_retried(server, make_cfg):
     server.script("429", "429", match="anger")
-    path = describe.main(make_cfg())
+    path = write_descriptions(make_cfg())
     requests = server.chat_requests()
     assert len(requests) == 7 + 2
     assert [r.behaviour for r in requests if "anger" in r.text] == ["429", "429", "ok"]
@@ -115,20 +117,20 @@ def test_rate_limit_then_success_is_retried(server, make_cfg):
 
 def test_server_errors_are_retried_up_to_max_attempts_then_fail_naming_the_class(server, make_cfg, tmp_path):
     server.script("500", "503", match="sadness")
-    describe.main(make_cfg())  # two failures, then success within 4 attempts
+    write_descriptions(make_cfg())  # two failures, then success within 4 attempts
     assert [r.behaviour for r in server.chat_requests() if "sadness" in r.text] == ["500", "503", "ok"]
 
     server.reset()
     server.always("500", match="disgust")
     with pytest.raises(UserError) as err:
-        describe.main(make_cfg("describe.max_attempts=3", root=tmp_path / "other"))
+        write_descriptions(make_cfg("describe.max_attempts=3", root=tmp_path / "other"))
     message = str(err.value)
     assert "'disgust'" in message and "HTTP 500" in message and "3 attempts" in message
     assert len([r for r in server.chat_requests() if "disgust" in r.text]) == 3
     # Every other class finished and was cached: the re-run asks only for disgust.
     assert len(cache_files(tmp_path / "other")) == 6
     server.reset()
-    describe.main(make_cfg(root=tmp_path / "other"))
+    write_descriptions(make_cfg(root=tmp_path / "other"))
     assert len(server.chat_requests()) == 1 and "disgust" in server.chat_requests()[0].text
 
 
@@ -136,7 +138,7 @@ def test_timeout_is_retried(server, make_cfg):
     server.hang_s = 5.0
     server.script("hang", match="surprise")
     start = time.perf_counter()
-    path = describe.main(make_cfg("describe.timeout_s=0.5"))
+    path = write_descriptions(make_cfg("describe.timeout_s=0.5"))
     assert time.perf_counter() - start < 4.0  # gave up on the hanging request instead of waiting 5 s
     assert [r.behaviour for r in server.chat_requests() if "surprise" in r.text] == ["hang", "ok"]
     assert len(read_description_set(path).classes["surprise"]) == 1
@@ -145,7 +147,7 @@ def test_timeout_is_retried(server, make_cfg):
 @pytest.mark.parametrize("fault", ["malformed", "too_few", "too_many", "empty", "truncated"])
 def test_invalid_answer_is_asked_again_with_another_seed(server, make_cfg, fault):
     server.script(fault, match="fear")
-    path = describe.main(make_cfg("describe.descriptions_per_answer=2"))
+    path = write_descriptions(make_cfg("describe.descriptions_per_answer=2"))
     fear = [r for r in server.chat_requests() if "fear" in r.text]
     assert [r.behaviour for r in fear] == [fault, "ok"]
     assert fear[0].body["seed"] != fear[1].body["seed"]
@@ -155,7 +157,7 @@ def test_invalid_answer_is_asked_again_with_another_seed(server, make_cfg, fault
 def test_persistently_invalid_answers_fail_with_class_and_excerpt(server, make_cfg):
     server.always("malformed", match="neutral")
     with pytest.raises(UserError) as err:
-        describe.main(make_cfg("describe.max_invalid_answers=2"))
+        write_descriptions(make_cfg("describe.max_invalid_answers=2"))
     message = str(err.value)
     assert "'neutral'" in message and "not JSON" in message
     assert "Sure! Here are some descriptions" in message  # the excerpt of what came back
@@ -164,57 +166,59 @@ def test_persistently_invalid_answers_fail_with_class_and_excerpt(server, make_c
     server.reset()
     server.always("too_few", match="neutral")
     with pytest.raises(UserError, match=r"(?s)'neutral'.*asked for exactly 3 description\(s\), got 2"):
-        describe.main(make_cfg("describe.descriptions_per_answer=3", "describe.max_invalid_answers=2"))
+        write_descriptions(make_cfg("describe.descriptions_per_answer=3", "describe.max_invalid_answers=2"))
 
 
-def test_api_key_is_sent_but_never_written(server, make_cfg, tmp_path, monkeypatch, capsys):
+def test_api_key_is_sent_but_never_written(server, make_cfg, tmp_path, monkeypatch, capsys, caplog):
+    caplog.set_level(logging.DEBUG, logger="pipeline")
     secret = "sk-test-Zq8VbW3kP0uN7sEcRetKey"
     monkeypatch.setenv(KEY_ENV, secret)
     server.script("429", match="happiness")
     server.script("malformed", match="anger")
     root = tmp_path / "root"
-    describe.main(make_cfg("describe.samples=2"))
+    write_descriptions(make_cfg("describe.samples=2"))
     assert {r.authorization for r in server.chat_requests()} == {f"Bearer {secret}"}
     server.reset()
     server.script("401")
     with pytest.raises(UserError) as err:  # the server echoes the key in its error text
-        describe.main(make_cfg("describe.samples=3"))
+        write_descriptions(make_cfg("describe.samples=3"))
     assert "HTTP 401" in str(err.value) and secret not in str(err.value)
     out = capsys.readouterr()
     written = [p for p in root.rglob("*") if p.is_file()]
     assert len(written) >= 15  # 14 answers and the set
     for p in written:
         assert secret not in p.read_text(errors="replace"), p
-    assert secret not in out.out + out.err
+    assert secret not in out.out + out.err + caplog.text
 
 
 def test_missing_key_is_an_error_for_remote_endpoints_only(make_cfg, monkeypatch):
     monkeypatch.delenv(KEY_ENV, raising=False)
     with pytest.raises(UserError, match=KEY_ENV):
-        describe.main(make_cfg("describe.base_url=https://api.example.invalid/v1"))
+        write_descriptions(make_cfg("describe.base_url=https://api.example.invalid/v1"))
     # A loopback endpoint gets a placeholder key (local servers ignore it).
-    describe.main(make_cfg())
+    write_descriptions(make_cfg())
 
 
 def test_auth_error_is_not_retried_and_stops_the_run(server, make_cfg):
     server.always("401")
     with pytest.raises(UserError, match="HTTP 401"):
-        describe.main(make_cfg("describe.concurrency=1"))
+        write_descriptions(make_cfg("describe.concurrency=1"))
     assert len(server.chat_requests()) == 1  # a 4xx is not retried and stops the others
 
 
-def test_disabled_writes_the_shipped_set_with_provenance(tmp_path, capsys):
+def test_disabled_writes_the_shipped_set_with_provenance(tmp_path, caplog):
     from pipeline.config import load_config
 
     cfg = load_config(None, [f"storage.root={tmp_path}", "name=offline", "dataset.name=mafw"])
-    path = describe.main(cfg)
+    caplog.set_level(logging.INFO, logger="pipeline")
+    path = write_descriptions(cfg)
     assert path == str(tmp_path / "descriptions" / "offline.yaml")
     dset = read_description_set(path)
     assert dset.provenance["source"] == "shipped"
     assert dset.provenance["copied_from"].endswith("default-11.yaml")
     assert list(dset.classes) == list(CLASSES_11)
     assert dset.classes == load_description_set(None, list(CLASSES_11))
-    assert str(path) in capsys.readouterr().out
+    assert str(path) in caplog.text
 
 
 def test_disabled_with_a_user_set_copies_it(tmp_path):
@@ -224,7 +228,7 @@ def test_disabled_with_a_user_set_copies_it(tmp_path):
     mine.write_text(yaml.safe_dump({c: [f"my words for {c}"] for c in CLASSES_7}))
     cfg = load_config(None, [f"storage.root={tmp_path / 'root'}", f"describe.description_set={mine}",
                              "describe.output_name=copied"])
-    dset = read_description_set(describe.main(cfg))
+    dset = read_description_set(write_descriptions(cfg))
     assert dset.name == "copied" and dset.provenance["source"] == "file"
     assert dset.classes["fear"] == ["my words for fear"]
 
@@ -251,7 +255,7 @@ def test_module_entrypoint_and_diff_cli(server, tmp_path):
                           "describe.samples=2"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     out_path = tmp_path / "root" / "descriptions" / "cli-set.yaml"
-    assert f"written to {out_path}" in run.stdout
+    assert f"written to {out_path}" in run.stdout + run.stderr  # a log line
     assert len(server.chat_requests()) == 14
 
     diff = subprocess.run([sys.executable, "-m", "pipeline.cli", "describe", "--diff", "default-7", str(out_path)],
@@ -285,14 +289,14 @@ def test_killed_run_keeps_finished_answers_and_resumes(server, make_cfg, tmp_pat
 
     server.reset()
     server.latency = 0.0
-    path = describe.main(make_cfg("describe.samples=2", "describe.concurrency=2", "name=cli-set"))
+    path = write_descriptions(make_cfg("describe.samples=2", "describe.concurrency=2", "name=cli-set"))
     assert len(server.chat_requests()) == 14 - len(kept)
     assert read_description_set(path).provenance["answers"] == {"cached": len(kept), "new": 14 - len(kept)}
 
 
 @pytest.mark.parametrize("mode", ["json_schema", "none"])
 def test_response_format_modes(server, make_cfg, mode):
-    path = describe.main(make_cfg(f"describe.response_format={mode}", "describe.descriptions_per_answer=2"))
+    path = write_descriptions(make_cfg(f"describe.response_format={mode}", "describe.descriptions_per_answer=2"))
     body = server.chat_requests()[0].body
     if mode == "none":
         assert "response_format" not in body
@@ -304,12 +308,12 @@ def test_response_format_modes(server, make_cfg, mode):
 
 def test_cached_answers_are_revalidated(server, make_cfg, tmp_path):
     cfg = make_cfg()
-    describe.main(cfg)
+    write_descriptions(cfg)
     victim = cache_files(tmp_path / "root")[0]
     record = json.loads(victim.read_text())
     record["content"] = json.dumps({"descriptions": [" ".join(["word"] * 60)]})  # over max_words
     victim.write_text(json.dumps(record))
     server.reset()
-    describe.main(cfg)
+    write_descriptions(cfg)
     assert len(server.chat_requests()) == 1
     assert server.chat_requests()[0].body["messages"] == record["messages"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import cv2
@@ -16,6 +17,7 @@ from pipeline.data.video import open_frames
 from pipeline.datasets import CLASSES_7
 from pipeline.model import build_model, load_checkpoint, save_checkpoint
 from pipeline.predict import crop_options, expand_inputs, predict_paths
+from pipeline.predict_output import predict_command
 from pipeline.preprocess import process_clip
 from pipeline.synth import render_clip, write_video
 from pipeline.train.transforms import ClipTransform, SelectFrames, model_layout
@@ -156,10 +158,10 @@ def test_expand_inputs(inputs):
     assert "no frame images" in got[4][1] and got[5][1] == "file not found"
 
 
-def test_cli_json_lines_report_errors_and_exit_1(ckpt, inputs, capsys):
+def test_cli_json_lines_report_errors_and_exit_1(ckpt, inputs, capsys, caplog):
     rc = cli(["--checkpoint", str(ckpt), "--json", "--top", "2", "--batch-size", "2",
               str(inputs["videos"]), str(inputs["broken"]), str(inputs["empty"])])
-    out, err = capsys.readouterr()
+    out, _ = capsys.readouterr()
     rows = [json.loads(line) for line in out.splitlines()]
     assert rc == 1
     assert [r["path"] for r in rows] == [str(p) for p in inputs["video_files"]] + [str(inputs["broken"]), str(inputs["empty"])]
@@ -169,7 +171,7 @@ def test_cli_json_lines_report_errors_and_exit_1(ckpt, inputs, capsys):
         assert r["top"][0] == {"label": r["label"], "probability": r["probability"]} and len(r["top"]) == 2
     assert not rows[3]["ok"] and "not a readable video" in rows[3]["error"]
     assert not rows[4]["ok"] and "no frame images" in rows[4]["error"]
-    assert "2 of 5" in err
+    assert "2 of 5" in caplog.text and "2 of 5" not in out  # a logged warning; stdout holds only the rows
 
 
 def test_cli_table_for_good_inputs_exits_0(ckpt, inputs, capsys):
@@ -184,6 +186,17 @@ def test_cli_table_for_good_inputs_exits_0(ckpt, inputs, capsys):
         cells = line.split()
         assert cells[0] == p.path and cells[1] == p.label and float(cells[2]) == pytest.approx(p.probability, abs=1e-3)
         assert [float(v) for v in cells[4:]] == pytest.approx([p.probabilities[c] for c in CLASSES_7], abs=1e-3)
+
+
+def test_predict_command_writes_its_rows_to_the_given_stream(ckpt, inputs, capsys):
+    buf = io.StringIO()
+    assert predict_command(str(ckpt), [str(inputs["frames"])], top=2, out=buf) == 0
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0].split()[-2:] == ["top", "2"]
+    expected = predict_paths(ckpt, [inputs["frames"]])[0]
+    cells = lines[1].split()
+    assert cells[:2] == [str(inputs["frames"]), expected.label] and cells[4] == expected.top(2)[0][0]
+    assert capsys.readouterr().out == ""  # all of it went to ``out``
 
 
 def test_cli_bad_checkpoint_or_option_exits_2(ckpt, inputs, tmp_path, capsys):

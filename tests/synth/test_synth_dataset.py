@@ -4,6 +4,7 @@ the same bytes for the same seed whatever the number of workers."""
 from __future__ import annotations
 
 import csv
+import logging
 from collections import Counter
 from pathlib import Path
 
@@ -96,12 +97,12 @@ def test_bad_arguments_name_the_argument(tmp_path, kwargs, message):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_writes_the_dataset_and_reports_progress(tmp_path, capsys):
+def test_cli_writes_the_dataset_and_reports_progress(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="pipeline")
     code = dferclip.main(["demo-data", "--out", str(tmp_path / "d"), "--clips-per-class", "1",
                           "--frames", "8", "--size", "128x96", "--workers", "1", "--test-fraction", "0"])
     assert code == 0
-    out, err = capsys.readouterr()
-    assert "labels.csv" in out and f"{len(CLASSES_7)}/{len(CLASSES_7)} clips" in err
+    assert "labels.csv" in caplog.text and f"{len(CLASSES_7)}/{len(CLASSES_7)} clips" in caplog.text
     assert len(_rows(tmp_path / "d" / "labels.csv")) == len(CLASSES_7)
 
 
