@@ -8,12 +8,18 @@ Library code never receives this whole object: stages pick out the section they 
 
 from __future__ import annotations
 
+import contextvars
+import copy
+import dataclasses
+import difflib
 import hashlib
 import json
+import logging
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -288,13 +294,13 @@ class TrainConfig:
 
 @dataclass
 class TuneConfig:
-    # The search space: one list of candidate values per parameter (null: keep the model/train
-    # section's value). Grid search crosses them all; random search draws `num_samples` trials.
-    n_ctx: list[int] = field(default_factory=lambda: [2, 4, 8, 16])
-    temporal_depth: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
-    class_specific_contexts: list[bool] | None = None
-    lr_temporal: list[float] | None = None
-    lr_prompt: list[float] | None = None
+    # The search space: dotted config path -> list of candidate values, e.g.
+    #   space: {model.n_ctx: [2, 4, 8, 16], model.temporal_depth: [1, 2, 3, 4], train.lr_prompt: [0.001, 0.002]}
+    # Any model or train field can be a dimension; each value is set and validated as
+    # `--set PATH=VALUE` would be. Grid search crosses the lists; random search draws
+    # `num_samples` trials. A space given here replaces the default (null: the default, context
+    # tokens x temporal depth); `--set tune.space.train.lr_prompt=[0.001, 0.01]` writes one entry.
+    space: dict[str, Any] | None = None
     search: Literal["grid", "random"] = "grid"
     # Grid: repeats of the whole grid, each with its own seed (train.seed + i); random: trials.
     num_samples: int = 1
@@ -322,18 +328,205 @@ class TuneConfig:
     # Sweep folder <storage.root>/tune/<name>/; null: the experiment's name. An interrupted
     # sweep with the same name resumes.
     name: str | None = None
+    # Deprecated spellings of space entries (model.n_ctx, model.temporal_depth,
+    # model.class_specific_contexts, train.lr_temporal, train.lr_prompt): still read, and moved
+    # into `space` (added to the default one) with a warning; given together with `space`, an error.
+    n_ctx: list[int] | None = None
+    temporal_depth: list[int] | None = None
+    class_specific_contexts: list[bool] | None = None
+    lr_temporal: list[float] | None = None
+    lr_prompt: list[float] | None = None
+
+    # Class attributes, not fields (no annotation).
+    DEFAULT_SPACE = {"model.n_ctx": (2, 4, 8, 16), "model.temporal_depth": (1, 2, 3, 4)}
+    LEGACY_KEYS = {"n_ctx": "model.n_ctx", "temporal_depth": "model.temporal_depth",
+                   "class_specific_contexts": "model.class_specific_contexts",
+                   "lr_temporal": "train.lr_temporal", "lr_prompt": "train.lr_prompt"}
+    # (field, or section.*: why a trial may not set it), first match wins.
+    NOT_SWEPT = (
+        ("name", "names the experiment and its outputs, not a trial setting"),
+        ("storage.*", "is where every stage reads and writes; all trials of a sweep share one storage root"),
+        ("dataset.*", "is the data the trials are compared on; run one sweep per dataset"),
+        ("tune.*", "holds the sweep's own settings, not a trial's"),
+        ("preprocess.*", "is applied once, before the sweep, by `dferclip preprocess`: every trial reads the same "
+                         "shards, so a per-trial value would change nothing"),
+        ("describe.*", "is read once for the whole sweep (the description set) or never reaches training "
+                       "(the LLM settings), so a per-trial value would change nothing"),
+        ("train.fold", "is the data split: trials are only comparable on the same test clips; run one sweep per fold"),
+        ("train.selection", "decides which clips tune.metric is measured on; trials must be scored on the same ones"),
+        ("train.val_fraction", "decides which clips tune.metric is measured on; trials must be scored on the same ones"),
+        ("train.best_metric", "decides which epoch a trial reports as its best; trials must be scored the same way"),
+        ("train.epochs", "bounds every trial: ASHA's max_t and the results' completed/stopped_early status use "
+                         "the sweep's one train.epochs"),
+    )
+    # Frozen-encoder mode computes the frame embeddings once (pipeline/tune/embeddings.py keys the
+    # cache by clip_model, pretrained/weights, quick_gelu, input_normalization, and the seed with
+    # random weights) and never sees pixels.
+    FULL_MODE_ONLY = (
+        ("model.clip_model", "changes the frame embeddings, which this mode computes once and caches"),
+        ("model.pretrained", "changes the frame embeddings, which this mode computes once and caches"),
+        ("model.weights", "changes the frame embeddings, which this mode computes once and caches"),
+        ("model.quick_gelu", "changes the frame embeddings, which this mode computes once and caches"),
+        ("model.input_normalization", "changes the frame embeddings, which this mode computes once and caches"),
+        ("train.augment.*", "acts on pixels, and this mode trains on cached embeddings without augmentation"),
+        ("train.lr_image_encoder", "has no effect: this mode keeps the image encoder frozen"),
+    )
+    # Off while a candidate or a trial's config is validated: one value is not the whole space.
+    _check_space = contextvars.ContextVar("tune_check_space", default=True)
+
+    def __post_init__(self) -> None:
+        given = {k: getattr(self, k) for k in self.LEGACY_KEYS if getattr(self, k) is not None}
+        if self.space is None:
+            space: dict[str, Any] = {k: list(v) for k, v in self.DEFAULT_SPACE.items()}
+            for key, values in given.items():
+                path = self.LEGACY_KEYS[key]
+                space[path] = list(values) if isinstance(values, (list, tuple)) else values
+                setattr(self, key, None)
+                logging.getLogger(__name__).warning(
+                    "tune.%s is deprecated: write it as tune.space: {%s: %s}", key, path,
+                    yaml.safe_dump(values, default_flow_style=True).strip().removesuffix("...").strip())
+            self.space = space
+        elif isinstance(self.space, dict):
+            self.space = self._flat(self.space)  # given together with a legacy key: validate() says so
+
+    @staticmethod
+    def _flat(space: dict, prefix: str = "") -> dict[str, Any]:
+        """``{model: {n_ctx: [..]}}`` (what ``--set tune.space.model.n_ctx=[..]`` writes) -> ``{model.n_ctx: [..]}``;
+        a nested entry replaces the dotted one of the same path."""
+        flat: dict[str, Any] = {}
+        nested: dict[str, Any] = {}
+        for key, value in space.items():
+            if isinstance(value, dict):
+                nested.update(TuneConfig._flat(value, f"{prefix}{key}."))
+            else:
+                flat[f"{prefix}{key}"] = value
+        flat.update(nested)
+        return flat
+
+    @classmethod
+    def path_problem(cls, path: str, frozen_encoder: bool = False) -> str | None:
+        """Why ``path`` (dotted) cannot be a sweep dimension; None when it can."""
+        parts, section, is_section = path.split("."), ExperimentConfig, False
+        for i, part in enumerate(parts):
+            names = [f.name for f in dataclasses.fields(section) if f.init]
+            here = ".".join(parts[:i])
+            if part not in names:
+                full = [f"{here}.{n}" if here else n for n in names]
+                close = difflib.get_close_matches(".".join(parts[: i + 1]), full, n=1)
+                hint = f"did you mean {close[0]}?" if close else f"{here or 'the top level'} has: {', '.join(names)}"
+                return f"not a config field ({hint})"
+            tp = typing.get_type_hints(section)[part]
+            if i < len(parts) - 1 and not dataclasses.is_dataclass(tp):
+                return f"not a config field ({'.'.join(parts[: i + 1])} is a value, not a section)"
+            section, is_section = tp, dataclasses.is_dataclass(tp)
+
+        def match(pattern: str) -> bool:
+            base = pattern.removesuffix(".*")
+            return path == base or path.startswith(base + ".")
+
+        for pattern, why in cls.NOT_SWEPT:
+            if match(pattern):
+                return f"may not be swept: {pattern} {why}"
+        if is_section:
+            fields = ", ".join(f"{path}.{f.name}" for f in dataclasses.fields(section) if f.init)
+            return f"is a section, not a value; sweep one of its fields ({fields})"
+        if frozen_encoder:
+            for pattern, why in cls.FULL_MODE_ONLY:
+                if match(pattern):
+                    return (f"cannot be swept in frozen-encoder mode (tune.frozen_encoder: true): {path} {why}; "
+                            f"sweep it in full mode (tune.frozen_encoder: false)")
+        return None
+
+    @staticmethod
+    def with_params(data: dict, params: dict[str, Any]) -> dict:
+        """A copy of the plain experiment dict ``data`` with each dotted path of ``params`` set to its
+        value, as ``--set PATH=VALUE`` sets it (``data`` itself is not changed; nothing is validated)."""
+        out = copy.deepcopy(data)
+        for path, value in params.items():
+            if hasattr(value, "item") and not isinstance(value, (str, bytes, list, dict)):
+                value = value.item()  # a numpy scalar (e.g. from a pandas table) -> plain Python
+            node = out
+            for part in path.split(".")[:-1]:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            node[path.rsplit(".", 1)[-1]] = copy.deepcopy(value)
+        return out
+
+    @staticmethod
+    def trial_config(data: dict, params: dict[str, Any], source: str | None = None) -> ExperimentConfig:
+        """The experiment ``data`` (``to_dict(cfg)``) with ``params`` set, built and validated with the
+        schema (``from_dict``: types, every section's ``validate()``); a :class:`ConfigError` names each
+        bad key path. The search space itself is not checked against it again."""
+        token = TuneConfig._check_space.set(False)
+        try:
+            return from_dict(ExperimentConfig, TuneConfig.with_params(data, params), source)
+        finally:
+            TuneConfig._check_space.reset(token)
+
+    def space_problems(self, experiment: ExperimentConfig) -> list[str]:
+        """Every candidate value set into ``experiment`` and validated like the rest of the config.
+
+        For :meth:`ExperimentConfig.validate` (problems carry their whole key path); the paths and
+        lists themselves are checked by :meth:`validate`.
+        """
+        if not self._check_space.get() or not isinstance(self.space, dict):
+            return []
+        problems = []
+        m = experiment.model
+        if self.frozen_encoder and "train.seed" in self.space and not m.weights and not m.pretrained:
+            problems.append("tune.space.train.seed: with random initial weights (no model.pretrained or model.weights) "
+                            "the seed also initialises the image encoder, whose frame embeddings frozen-encoder mode "
+                            "computes once; sweep it in full mode (tune.frozen_encoder: false)")
+        base = to_dict(experiment)
+
+        def check(params: dict) -> list[str]:
+            try:
+                self.trial_config(base, params)
+            except ConfigError as exc:
+                return exc.problems
+            return []
+
+        own = set(check({}))  # the config's own problems, reported by whoever finds them
+        for path, values in self.space.items():
+            if self.path_problem(path, self.frozen_encoder) or not isinstance(values, (list, tuple)):
+                continue
+            leaf = path.rsplit(".", 1)[-1]
+            for i, value in enumerate(values):
+                for problem in check({path: value}):
+                    if problem in own:
+                        continue
+                    key, sep, message = problem.partition(": ")
+                    if sep and (key == path or key.startswith((path + "[", path + "."))):
+                        problems.append(f"tune.space.{path}[{i}]: {leaf}{key[len(path):]} {message}")
+                    else:
+                        problems.append(f"tune.space.{path}[{i}]: with {path}={value!r}, {problem}")
+        return problems
 
     def validate(self) -> list[str]:
         problems = []
-        for key in ("n_ctx", "temporal_depth", "class_specific_contexts", "lr_temporal", "lr_prompt"):
-            values = getattr(self, key)
-            if values is not None and not values:
-                problems.append(f"{key}: give at least one value" + ("" if key in ("n_ctx", "temporal_depth")
-                                                                      else ", or null to keep the model/train value"))
-        problems += [f"n_ctx: values must be >= 1, got {v}" for v in self.n_ctx or [] if v < 1]
-        problems += [f"temporal_depth: values must be >= 0, got {v}" for v in self.temporal_depth or [] if v < 0]
-        for key in ("lr_temporal", "lr_prompt"):
-            problems += [f"{key}: values must be >= 0, got {v}" for v in getattr(self, key) or [] if v < 0]
+        for key in self.LEGACY_KEYS:
+            if getattr(self, key) is not None:
+                problems.append(f"{key}: deprecated spelling of the tune.space entry {self.LEGACY_KEYS[key]}, "
+                                f"given together with tune.space; move its values into tune.space")
+        if not isinstance(self.space, dict) or not self.space:
+            problems.append("space: give at least one parameter to sweep, e.g. {model.n_ctx: [2, 4, 8, 16]}")
+        else:
+            for path, values in self.space.items():
+                why = self.path_problem(path, self.frozen_encoder)
+                if why:
+                    problems.append(f"space.{path}: {why}")
+                elif not isinstance(values, (list, tuple)):
+                    problems.append(f"space.{path}: expected a list of candidate values, got {values!r}")
+                elif not values:
+                    problems.append(f"space.{path}: give at least one value")
+                else:
+                    twice = [v for i, v in enumerate(values) if v in values[:i]]
+                    if twice:
+                        problems.append(f"space.{path}: {twice[0]!r} is listed more than once")
+            if self.search == "grid" and self.num_samples > 1 and "train.seed" in self.space:
+                problems.append("space.train.seed: grid search with num_samples > 1 already sweeps train.seed "
+                                "(train.seed + 0, 1, ...); remove it from the space or set num_samples: 1")
         for key in ("num_samples", "grace_period", "max_concurrent_trials", "embed_batch_size", "embed_workers"):
             if getattr(self, key) < 1:
                 problems.append(f"{key}: must be >= 1, got {getattr(self, key)}")
@@ -364,6 +557,8 @@ class ExperimentConfig:
             folds = get_dataset(self.dataset.name).folds
             if self.train.fold not in folds:
                 problems.append(f"train.fold: {self.dataset.name} has folds {list(folds)}, got {self.train.fold}")
+        # Each tune.space candidate set into this config and validated like a --set override.
+        problems += self.tune.space_problems(self)
         return problems
 
 

@@ -41,6 +41,24 @@ def test_dump_round_trip(tmp_path):
     assert load_config(write(tmp_path, dump_config(cfg))) == cfg
 
 
+def test_tune_space_dumps_as_dotted_paths_and_loads_back(tmp_path):
+    cfg = load_config(None, ["tune.space={model.n_ctx: [2, 4], train.milestones: [[30, 40], [20]]}"])
+    text = dump_config(cfg)
+    assert "    model.n_ctx:\n    - 2\n    - 4\n" in text
+    assert load_config(write(tmp_path, text)) == cfg
+
+
+def test_tune_space_values_are_checked_against_the_whole_config():
+    # With train.epochs 10 a warm-up of 10 epochs is invalid (0..9): the candidate is checked in this
+    # config, by TrainConfig.validate. A bad path is reported first (values are checked once paths are fine).
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.epochs=10", "tune.space={train.warmup_epochs: [0, 10], model.n_ctxx: [1]}"])
+    assert info.value.problems == ["tune.space.model.n_ctxx: not a config field (did you mean model.n_ctx?)"]
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.epochs=10", "tune.space={train.warmup_epochs: [0, 10]}"])
+    assert info.value.problems == ["tune.space.train.warmup_epochs[1]: warmup_epochs must be in 0..epochs-1 (9), got 10"]
+
+
 def test_every_problem_is_reported_with_its_key_path(tmp_path):
     p = write(tmp_path, "train:\n  epochs: ten\n  lr_temporal: fast\n  bogus: 1\nmodel:\n  class_token_position: top\n")
     with pytest.raises(ConfigError) as info:

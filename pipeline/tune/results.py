@@ -1,11 +1,13 @@
 """A finished (or resumed-and-finished) sweep's outputs: results table, heat-map, best config.
 
-- ``results.parquet`` / ``results.csv``: one row per trial — its parameters, the best value of
+- ``results.parquet`` / ``results.csv``: one row per trial — its parameters (one column per
+  swept dotted path, ``model.n_ctx``, ``train.lr_prompt``, ..., values as the trial got them), the best value of
   the sweep metric and the epoch it came at, the last value, epochs run, wall time, status
   (``completed``, ``stopped_early`` by ASHA, ``error``) and the final test UAR/WAR where the
   trial reported them — best trial first.
-- ``heatmap.png``: the best value of the metric over context length x temporal depth (the
-  best over any other swept parameter for each cell).
+- ``heatmap.png``: the best value of the metric over the first two swept parameters (rows x
+  columns; by default context tokens x temporal depth), each cell the best over any other swept
+  parameter.
 - ``best_config.yaml``: the input experiment config with the best trial's values filled in,
   ready for ``dferclip train --config``.
 """
@@ -93,6 +95,8 @@ def results_table(results, params: list[str], metric: str, mode: str, max_epochs
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    for p in params:  # the values as the trials got them (None stays None, ints stay ints), not coerced to float
+        table[p] = pd.Series([row[p] for row in rows], dtype=object)
     table["_err"] = table["status"].isin(["error", "unfinished"])
     table = table.sort_values(["_err", "best_value"], ascending=[True, mode == "min"], na_position="last")
     return table.drop(columns="_err").reset_index(drop=True)
@@ -107,27 +111,65 @@ def write_table(storage: Storage, rel: str, table: pd.DataFrame) -> tuple[str, s
     return pq_path, csv_path
 
 
-def heatmap_png(table: pd.DataFrame, metric: str, mode: str, title: str = "") -> bytes:
-    """Metric over n_ctx (rows) x temporal depth (columns); each cell the best trial with those values."""
+def _value_label(v: Any) -> str:
+    """A parameter value as an axis label: ``4``, ``0.001``, ``true``, ``null``, ``end``, ``[30, 40]``."""
+    if hasattr(v, "item") and not isinstance(v, (str, bytes, list, dict)):
+        v = v.item()
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _axis(table: pd.DataFrame, key: str | None) -> list[str]:
+    """Labels of a parameter's distinct values in axis order: null, numbers ascending, the rest by label."""
+    if key is None or key not in table:
+        return [""]
+    order: dict[str, tuple] = {}
+    for v in table[key]:
+        label = _value_label(v)
+        if label not in order:
+            num = v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes, list, dict)) else v
+            order[label] = ((0, 0.0, "") if label == "null" else
+                            (1, float(num), "") if isinstance(num, (int, float)) else (2, 0.0, label))
+    return sorted(order, key=order.get)
+
+
+def heatmap_png(table: pd.DataFrame, metric: str, mode: str, title: str = "",
+                params: list[str] | None = None) -> bytes:
+    """Metric over the first two swept parameters (rows x columns); each cell the best trial with those values.
+
+    ``params``: the swept keys (:func:`pipeline.tune.space.swept_keys`); by default the table's
+    dotted columns, in order. One swept parameter gives a single column.
+    """
     from pipeline.reports import _png, _pyplot
 
     plt = _pyplot()
+    params = list(params) if params is not None else [c for c in table.columns if "." in str(c)]
+    row_key, col_key = (params + [None, None])[:2]
+    rows, cols = _axis(table, row_key), _axis(table, col_key)
+    values = np.full((len(rows), len(cols)), np.nan)
     ok = table[table["status"] != "error"] if "status" in table else table
-    agg = "max" if mode == "max" else "min"
-    grid = ok.pivot_table(index="n_ctx", columns="temporal_depth", values="best_value", aggfunc=agg) \
-        if len(ok) else pd.DataFrame()
-    rows = sorted(table["n_ctx"].dropna().unique()) if "n_ctx" in table else []
-    cols = sorted(table["temporal_depth"].dropna().unique()) if "temporal_depth" in table else []
-    grid = grid.reindex(index=rows, columns=cols)
-    values = grid.to_numpy(dtype=float) if grid.size else np.full((max(1, len(rows)), max(1, len(cols))), np.nan)
+    for _, trial in ok.iterrows():
+        v = trial.get("best_value")
+        if v is None or not np.isfinite(float(v)):
+            continue
+        i = rows.index(_value_label(trial[row_key])) if row_key in trial else 0
+        j = cols.index(_value_label(trial[col_key])) if col_key in trial else 0
+        cell = values[i, j]
+        if not np.isfinite(cell) or (v > cell if mode == "max" else v < cell):
+            values[i, j] = v
     percent = not metric.endswith("loss")
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * max(1, len(cols)), 1.4 + 0.8 * max(1, len(rows))))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(cols), 1.4 + 0.8 * len(rows)))
     cmap = plt.get_cmap("viridis" if mode == "max" else "viridis_r").with_extremes(bad="#dddddd")
     im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto")
-    ax.set_xticks(range(len(cols)), labels=[str(int(c)) for c in cols])
-    ax.set_yticks(range(len(rows)), labels=[str(int(r)) for r in rows])
-    ax.set_xlabel("temporal depth")
-    ax.set_ylabel("context tokens (n_ctx)")
+    ax.set_xticks(range(len(cols)), labels=cols)
+    ax.set_yticks(range(len(rows)), labels=rows)
+    ax.set_xlabel(col_key or "")
+    ax.set_ylabel(row_key or "")
     finite = values[np.isfinite(values)]
     best = (finite.max() if mode == "max" else finite.min()) if finite.size else None
     for i in range(values.shape[0]):
@@ -145,7 +187,8 @@ def heatmap_png(table: pd.DataFrame, metric: str, mode: str, title: str = "") ->
 
 
 def best_params(table: pd.DataFrame, params: list[str]) -> dict[str, Any]:
-    """The swept values of the table's best non-errored trial (the table is sorted best first)."""
+    """The swept values of the table's best non-errored trial (the table is sorted best first), keyed by
+    dotted path as in the table, ready for :func:`pipeline.tune.space.apply_params_to_dict`."""
     ok = table[table["status"].isin(["completed", "stopped_early"]) & table["best_value"].notna()]
     if ok.empty:
         raise ValueError("no trial reported the sweep metric; nothing to choose from")
@@ -153,7 +196,11 @@ def best_params(table: pd.DataFrame, params: list[str]) -> dict[str, Any]:
     out = {}
     for p in params:
         v = top[p]
-        out[p] = v.item() if hasattr(v, "item") else v  # numpy scalar -> plain Python for YAML
+        if isinstance(v, np.ndarray):  # a list value read back from parquet
+            v = v.tolist()
+        elif hasattr(v, "item"):  # numpy scalar -> plain Python for YAML
+            v = v.item()
+        out[p] = None if isinstance(v, float) and math.isnan(v) else v  # a null candidate a float column made NaN
     return out
 
 

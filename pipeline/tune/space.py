@@ -1,88 +1,116 @@
-"""The sweep's search space: from the ``tune`` config section to Ray Tune's ``param_space`` and back.
+"""The sweep's search space: ``tune.space`` (dotted config path -> candidate values) to Ray Tune and back.
 
-A trial's parameters are a flat dict with the names of the config fields they replace
-(``n_ctx``, ``temporal_depth``, ``class_specific_contexts``, ``lr_temporal``, ``lr_prompt``,
-``seed``); :func:`apply_params` turns them into the trial's model and train sections, so the
-frozen-encoder trial, the full trial and the best-config YAML all read them the same way.
+A trial's parameters are a flat dict keyed by dotted config paths — ``model.n_ctx``,
+``train.lr_prompt``, and ``train.seed`` for the grid's repeats — and those same keys are used
+everywhere: in ``tune.space``, in Ray Tune's ``param_space`` and the config each trial receives
+(Tune resolves a search space by key tuples, so dots in a top-level key are plain characters;
+only the trial folder's tag sanitises them, e.g. ``model_n_ctx=2,model_temporal_depth=1``), and
+in the results table's columns.
+
+:func:`apply_params` sets a trial's values into the experiment config exactly where ``--set
+PATH=VALUE`` would and validates the result with the schema (:func:`pipeline.typed.from_dict`:
+field types and each section's ``validate()``), so any field the schema accepts can be swept
+without code here knowing it; :meth:`pipeline.config.TuneConfig.path_problem` says which paths a
+sweep may not set (the data, storage, the sweep itself; in frozen-encoder mode, whatever changes
+the cached embeddings or acts on pixels).
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from pipeline.config import ModelConfig, TrainConfig, TuneConfig
+from pipeline.config import ExperimentConfig, TuneConfig
+from pipeline.typed import ConfigError, to_dict
 
-__all__ = ["SWEPT_MODEL_KEYS", "SWEPT_TRAIN_KEYS", "param_space", "swept_keys", "expected_trials", "apply_params", "apply_params_to_dict"]
+__all__ = ["SEED_KEY", "swept_keys", "expected_trials", "param_space", "apply_params", "apply_params_to_dict",
+           "trial_params"]
 
-SWEPT_MODEL_KEYS = ("n_ctx", "temporal_depth", "class_specific_contexts")
-SWEPT_TRAIN_KEYS = ("lr_temporal", "lr_prompt", "seed")
-
-
-def _candidates(cfg: TuneConfig) -> dict[str, list]:
-    values = {
-        "n_ctx": cfg.n_ctx,
-        "temporal_depth": cfg.temporal_depth,
-        "class_specific_contexts": cfg.class_specific_contexts,
-        "lr_temporal": cfg.lr_temporal,
-        "lr_prompt": cfg.lr_prompt,
-    }
-    return {k: list(v) for k, v in values.items() if v is not None}
+# The dimension grid search adds for its repeats (num_samples > 1), seeds train.seed + 0, 1, ...
+SEED_KEY = "train.seed"
 
 
-def swept_keys(cfg: TuneConfig) -> list[str]:
-    """The parameter names a trial's config carries, in a stable order."""
-    keys = list(_candidates(cfg))
-    if cfg.search == "grid" and cfg.num_samples > 1:
-        keys.append("seed")
+def _space(tune_cfg: TuneConfig) -> dict[str, list]:
+    return {path: list(values) for path, values in (tune_cfg.space or {}).items()}
+
+
+def _repeats(tune_cfg: TuneConfig) -> bool:
+    return tune_cfg.search == "grid" and tune_cfg.num_samples > 1
+
+
+def swept_keys(tune_cfg: TuneConfig) -> list[str]:
+    """The dotted paths a trial's config carries: ``tune.space``'s, in its order, then ``train.seed``
+    when grid search repeats (``num_samples`` > 1)."""
+    keys = list(_space(tune_cfg))
+    if _repeats(tune_cfg) and SEED_KEY not in keys:
+        keys.append(SEED_KEY)
     return keys
 
 
-def expected_trials(cfg: TuneConfig) -> int:
+def expected_trials(tune_cfg: TuneConfig) -> int:
     """How many trials the whole sweep has (an interrupted one has fewer, or unfinished ones)."""
-    if cfg.search == "random":
-        return cfg.num_samples
-    n = cfg.num_samples
-    for values in _candidates(cfg).values():
+    if tune_cfg.search == "random":
+        return tune_cfg.num_samples
+    n = tune_cfg.num_samples
+    for values in _space(tune_cfg).values():
         n *= len(values)
     return n
 
 
-def param_space(cfg: TuneConfig, base_seed: int) -> tuple[dict[str, Any], int]:
-    """(Ray Tune ``param_space``, ``num_samples`` for ``tune.TuneConfig``).
+def param_space(tune_cfg: TuneConfig, base_seed: int) -> tuple[dict[str, Any], int]:
+    """(Ray Tune ``param_space`` keyed by dotted path, ``num_samples`` for ``tune.TuneConfig``).
 
     Grid search crosses every list; ``num_samples`` repeats the grid with seeds
-    ``base_seed + i`` (a grid dimension of its own, so each repeat is a distinct trial rather
-    than an identical re-run). Random search draws each parameter uniformly from its list.
+    ``base_seed + i`` (a ``train.seed`` dimension of its own, so each repeat is a distinct trial
+    rather than an identical re-run). Random search draws each parameter uniformly from its list.
     """
     from ray import tune
 
-    space: dict[str, Any] = {}
-    for key, values in _candidates(cfg).items():
-        space[key] = tune.grid_search(values) if cfg.search == "grid" else tune.choice(values)
-    if cfg.search == "grid":
-        if cfg.num_samples > 1:
-            space["seed"] = tune.grid_search([base_seed + i for i in range(cfg.num_samples)])
-        return space, 1
-    return space, cfg.num_samples
+    grid = tune_cfg.search == "grid"
+    space: dict[str, Any] = {path: tune.grid_search(values) if grid else tune.choice(values)
+                             for path, values in _space(tune_cfg).items()}
+    if not grid:
+        return space, tune_cfg.num_samples
+    if _repeats(tune_cfg):
+        space[SEED_KEY] = tune.grid_search([base_seed + i for i in range(tune_cfg.num_samples)])
+    return space, 1
 
 
-def apply_params(model: ModelConfig, train: TrainConfig, params: dict[str, Any]) -> tuple[ModelConfig, TrainConfig]:
-    """Copies of the model and train sections with a trial's parameters filled in."""
-    unknown = set(params) - set(SWEPT_MODEL_KEYS) - set(SWEPT_TRAIN_KEYS)
-    if unknown:
-        raise ValueError(f"not a swept parameter: {sorted(unknown)}")
-    model = dataclasses.replace(model, **{k: params[k] for k in SWEPT_MODEL_KEYS if k in params})
-    train = dataclasses.replace(train, **{k: params[k] for k in SWEPT_TRAIN_KEYS if k in params})
-    return model, train
+def _check_paths(params: dict[str, Any], frozen_encoder: bool, where: str | None) -> None:
+    problems = [f"{path}: {why}" for path in params if (why := TuneConfig.path_problem(path, frozen_encoder))]
+    if problems:
+        raise ConfigError(problems, where)
+
+
+def apply_params(cfg: ExperimentConfig, params: dict[str, Any], where: str = "trial") -> ExperimentConfig:
+    """``cfg`` with a trial's ``params`` (dotted path -> value) set, as a new, validated config.
+
+    Each value goes where ``--set PATH=VALUE`` would put it and the whole config is rebuilt and
+    validated by the schema; a :class:`~pipeline.typed.ConfigError` ("invalid configuration in
+    ``where``") names each bad key path (``model.n_ctx: must be >= 1, got 0``), as does a path
+    that is not a config field or may not be swept. ``cfg`` itself is not changed.
+    """
+    _check_paths(params, cfg.tune.frozen_encoder, where)
+    return TuneConfig.trial_config(to_dict(cfg), params, where)
 
 
 def apply_params_to_dict(config: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """A plain experiment-config dict (``to_dict(cfg)``) with a trial's parameters filled in."""
-    out = {**config, "model": dict(config.get("model") or {}), "train": dict(config.get("train") or {})}
-    for key, value in params.items():
-        section = "model" if key in SWEPT_MODEL_KEYS else "train" if key in SWEPT_TRAIN_KEYS else None
-        if section is None:
-            raise ValueError(f"not a swept parameter: {key}")
-        out[section][key] = value
-    return out
+    """A copy of the plain experiment-config dict ``config`` (``to_dict(cfg)``) with ``params`` set.
+
+    Paths are checked as in :func:`apply_params`; the values are not (load the result with
+    :func:`pipeline.typed.from_dict` for that).
+    """
+    _check_paths(params, bool((config.get("tune") or {}).get("frozen_encoder", False)), None)
+    return TuneConfig.with_params(config, params)
+
+
+def trial_params(trial_config: dict[str, Any], swept: list[str]) -> dict[str, Any]:
+    """A trial's parameters (dotted path -> value) from the config Tune hands its trainable.
+
+    Tune's trial config holds the ``param_space`` keys unchanged, so this is a lookup; a swept
+    key missing from it means the sweep was started with another space, and is an error.
+    """
+    missing = [key for key in swept if key not in trial_config]
+    if missing:
+        raise ValueError(f"the trial's config lacks swept parameter(s) {', '.join(missing)} "
+                         f"(it has {', '.join(map(str, trial_config)) or 'none'}): a sweep started with another space?")
+    return {key: trial_config[key] for key in swept}
