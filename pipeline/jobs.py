@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shlex
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.cli import COMMANDS, run_cli
+from pipeline.cli import COMMANDS, command_parser, run_cli
 from pipeline.errors import UserError
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
     "submit",
     "wait_for_job",
 ]
+
+logger = logging.getLogger(__name__)
 
 # pipeline.cli passes ["submit", ...] or ["jobs", ...]: one module serves both subcommands.
 CLI_TAKES_COMMAND = True
@@ -167,13 +170,13 @@ def _job_config_path(config: str, project_dir: Path) -> str:
     """The config path as the job sees it: relative inside the uploaded dir, else unchanged."""
     path = Path(config).expanduser().resolve()
     if not path.is_file():
-        print(f"note: {config} is not a local file; the job will look for it on the cluster", file=sys.stderr)
+        logger.info(f"note: {config} is not a local file; the job will look for it on the cluster")
         return config
     try:
         return path.relative_to(project_dir).as_posix()
     except ValueError:
-        print(f"note: {config} is outside {project_dir}, so it is not uploaded; the job reads "
-              f"{path} on the cluster (fine for a local cluster or shared storage)", file=sys.stderr)
+        logger.info(f"note: {config} is outside {project_dir}, so it is not uploaded; the job reads "
+                    f"{path} on the cluster (fine for a local cluster or shared storage)")
         return str(path)
 
 
@@ -191,11 +194,12 @@ def submit(client, *, stage: str, config: str, overrides: Sequence[str] = (), ex
             # "try again later", so do that for a minute rather than fail the submission.
             if "No available agent" not in str(exc) or time.monotonic() > deadline:
                 raise UserError(f"job submission refused: {exc}") from None
-            print("the head's job agent is not up yet; retrying ...", file=sys.stderr)
+            logger.info("the head's job agent is not up yet; retrying ...")
             time.sleep(2.0)
 
 
 async def _stream_logs(client, job_id: str) -> None:
+    # The job's output is this command's output: stdout, as it comes.
     async for chunk in client.tail_job_logs(job_id):
         print(chunk, end="", flush=True)
 
@@ -208,20 +212,23 @@ def wait_for_job(client, job_id: str, *, follow_logs: bool = True) -> int:
         try:
             asyncio.run(_stream_logs(client, job_id))
         except RuntimeError as exc:  # the log socket dropped; the status below still tells the outcome
-            print(f"(log stream interrupted: {exc})", file=sys.stderr)
+            logger.warning(f"the job's log stream was interrupted ({exc}); waiting for its status")
     while not (status := client.get_job_status(job_id)).is_terminal():
         time.sleep(1.0)
     info = client.get_job_info(job_id)
     line = f"job {job_id}: {status.value}"
     if info.message:
         line += f" — {info.message}"
-    print(line, file=sys.stderr if status != JobStatus.SUCCEEDED else sys.stdout)
+    if status == JobStatus.SUCCEEDED:
+        print(line, flush=True)
+    else:
+        logger.error(line)
     return 0 if status == JobStatus.SUCCEEDED else 1
 
 
 def _submit_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dferclip submit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = command_parser(
+        "dferclip submit", __doc__,
         epilog="Arguments after `--` go to the stage unchanged, e.g. `dferclip submit train --config X -- --help`.")
     parser.add_argument("stage", choices=sorted(stage_modules()), help="the stage to run as a job")
     parser.add_argument("--address", help="job server, e.g. http://127.0.0.1:8265 (default: $RAY_API_SERVER_ADDRESS, "
@@ -241,7 +248,7 @@ def _submit_parser() -> argparse.ArgumentParser:
 
 
 def _jobs_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dferclip jobs", description="Status, logs or stop of a submitted job.")
+    parser = command_parser("dferclip jobs", "Status, logs or stop of a submitted job.")
     parser.add_argument("action", choices=["status", "logs", "stop", "wait", "list"])
     parser.add_argument("job_id", nargs="?", help="submission id (not needed for list)")
     parser.add_argument("--address", help="job server (default: $RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS)")
@@ -271,11 +278,11 @@ def _submit_cli(argv: list[str]) -> int:
     if args.no_wait:
         print(job_id)
         return 0
-    print(f"submitted {job_id}; following its logs (Ctrl-C stops following, not the job)", file=sys.stderr)
+    logger.info(f"submitted {job_id}; following its logs (Ctrl-C stops following, not the job)")
     try:
         return wait_for_job(client, job_id)
     except KeyboardInterrupt:
-        print(f"\nstopped following; the job keeps running: dferclip jobs status|logs|stop {job_id}", file=sys.stderr)
+        logger.warning(f"stopped following; the job keeps running: dferclip jobs status|logs|stop {job_id}")
         return 130
 
 

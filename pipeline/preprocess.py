@@ -3,7 +3,7 @@
 Entry point for stages and for other stages' tests::
 
     run_preprocess(storage_root: str, dataset: DatasetConfig, prep: PreprocessConfig, *,
-                   clips=None, overwrite=False, retry_errors=False, log=print) -> dict
+                   clips=None, overwrite=False, retry_errors=False, log=None) -> dict
 
 - ``clips``: None reads the dataset's official label/split files (:mod:`pipeline.data.importers`);
   or a list of ``ClipEntry`` / dicts ``{"path", "label"[, "split" | "splits"][, "clip_id"]}``
@@ -11,12 +11,15 @@ Entry point for stages and for other stages' tests::
 - Writes ``<storage_root>/shards/<dataset.name>/``: ``part-*.parquet``, ``manifest.json``,
   ``errors.parquet`` (see :mod:`pipeline.data.shards`).
 - Returns the summary dict that is also the manifest (counts, hashes, shard list, errors).
+- Logs to ``pipeline.preprocess``: a line before and after (info), one per shard (debug), the
+  first failed clips (warning), and a progress bar on a terminal. ``log``: a callable that gets
+  every one of those lines instead (a bench silences it with ``lambda _: None``).
 
 How it runs: ``ray.data.from_items(clip table)`` -> ``map_batches(ClipWorker)``, an actor pool
 of ``prep.num_workers`` actors with ``prep.cpus_per_worker`` CPUs each; an actor builds its
 face detector once and writes each finished group of clips as one shard itself (atomically,
 named by its clip ids), so data never funnels through the driver and a killed run keeps every
-finished shard. The driver only sees one small summary row per clip, prints a line per shard,
+finished shard. The driver only sees one small summary row per clip, logs a line per shard,
 and writes the error table and the manifest at the end. Re-running skips clips already in the
 shards and clips already in the error table (``retry_errors=True`` tries those again); a run
 with different output settings (crop size, detector, ...) is refused unless ``overwrite=True``,
@@ -25,9 +28,10 @@ which clears the folder first. A re-run with nothing to do never starts Ray.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 
@@ -36,10 +40,24 @@ from pipeline.data import shards as sh
 from pipeline.data.importers import ClipTable, clips_from_records, load_clip_table
 from pipeline.data.schema import MANIFEST_NAME, SCHEMA_VERSION
 from pipeline.errors import UserError
+from pipeline.logs import progress
 from pipeline.storage import Storage
 from pipeline.typed import to_dict
 
 __all__ = ["run_preprocess", "is_up_to_date", "output_hash", "ClipWorker", "process_clip"]
+
+logger = logging.getLogger(__name__)
+
+# Failed clips named one by one on the console; the rest are counted (all are in errors.parquet).
+_ERRORS_SHOWN = 5
+
+Log = Callable[[int, str], None]  # (level, message)
+
+
+def _log_to(log: Callable[[str], None] | None) -> Log:
+    if log is None:
+        return logger.log
+    return lambda _level, message: log(message)
 
 # Settings that change the bytes written; workers/CPUs/shard size do not.
 _OUTPUT_FIELDS = ("detector", "yunet_model", "detect_every", "detect_max_side", "margin", "crop_size",
@@ -141,8 +159,9 @@ def _table_for(dataset: DatasetConfig, clips: Iterable | None) -> ClipTable:
 
 def run_preprocess(storage_root: str, dataset: DatasetConfig, prep: PreprocessConfig, *,
                    clips: Iterable | None = None, overwrite: bool = False, retry_errors: bool = False,
-                   log: Callable[[str], None] = print) -> dict:
+                   log: Callable[[str], None] | None = None) -> dict:
     """Preprocess every clip not yet in the shards; returns the manifest dict (module doc)."""
+    emit = _log_to(log)
     problems = prep.validate()
     if problems:
         raise UserError("preprocess: " + "; ".join(problems))
@@ -166,24 +185,24 @@ def run_preprocess(storage_root: str, dataset: DatasetConfig, prep: PreprocessCo
     table_ids = {c.clip_id for c in table.clips}
     old_errors = [e for e in old_errors if e["clip_id"] in table_ids]
     for note in table.notes:
-        log(f"preprocess: {note}")
-    log(f"preprocess {dataset.name}: {len(table.clips)} clips, {len(done & table_ids)} "
-        f"already in shards, {len(old_errors)} failed before (retry with --retry-errors), {len(todo)} to do "
-        f"-> {storage.path(rel_dir)}")
+        emit(logging.INFO, f"preprocess: {note}")
+    failed_before = f", {len(old_errors)} failed before (retry with --retry-errors)" if old_errors else ""
+    emit(logging.INFO, f"preprocess {dataset.name}: {len(table.clips)} clips, {len(done & table_ids)} already in "
+                       f"shards{failed_before}, {len(todo)} to do -> {storage.path(rel_dir)}")
 
     started = time.perf_counter()
     errors: list[dict] = list(old_errors)
     frames = 0
     if todo:
-        new_errors, frames = _run_ray(storage, rel_dir, dataset.name, todo, prep, out_hash, log)
+        new_errors, frames = _run_ray(storage, rel_dir, dataset.name, todo, prep, out_hash, emit)
         errors += new_errors
     elapsed = time.perf_counter() - started
     sh.write_errors(storage, rel_dir, errors)
     counts = sh.shard_counts(storage, rel_dir)
     stale = len(done - table_ids)
     if stale:
-        log(f"preprocess: warning: {stale} clip(s) in the shards are no longer in the annotation; "
-            "use --overwrite to rebuild without them")
+        emit(logging.WARNING, f"preprocess: {stale} clip(s) in the shards are no longer in the annotation; "
+                              "use --overwrite to rebuild without them")
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "dataset": dataset.name,
@@ -200,11 +219,13 @@ def run_preprocess(storage_root: str, dataset: DatasetConfig, prep: PreprocessCo
         "annotation_files": table.annotation_files,
         "notes": table.notes,
         "last_run": {"clips": len(todo), "frames_decoded": frames, "seconds": round(elapsed, 3),
-                     "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                     "finished_at": datetime.now(UTC).isoformat(timespec="seconds")},
     }
     sh.write_manifest(storage, rel_dir, manifest)
-    log(f"preprocess {dataset.name}: {counts['clips']} clips in {len(manifest['shards'])} shards, "
-        f"{len(errors)} errors" + (f" (see {storage.path(rel_dir, 'errors.parquet')})" if errors else ""))
+    rate = f" in {elapsed:.0f} s" if todo else ""
+    emit(logging.WARNING if errors else logging.INFO,
+         f"preprocess {dataset.name}: {counts['clips']} clips in {len(manifest['shards'])} shards{rate}, "
+         f"{len(errors)} errors" + (f" (see {storage.path(rel_dir, 'errors.parquet')})" if errors else ""))
     return manifest
 
 
@@ -224,7 +245,7 @@ def is_up_to_date(storage_root: str, dataset: DatasetConfig, prep: PreprocessCon
 
 
 def _run_ray(storage: Storage, rel_dir: str, dataset_name: str, todo: list,
-             prep: PreprocessConfig, out_hash: str, log) -> tuple[list[dict], int]:
+             prep: PreprocessConfig, out_hash: str, emit: Log) -> tuple[list[dict], int]:
     import ray
 
     from pipeline.raycluster import check_resources, ensure_ray
@@ -250,18 +271,21 @@ def _run_ray(storage: Storage, rel_dir: str, dataset_name: str, todo: list,
     errors: list[dict] = []
     done = frames = 0
     seen: set[str] = set()
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        rows = batch.to_pylist()
-        done += len(rows)
-        for r in rows:
-            if not r["ok"]:
-                errors.append({"clip_id": r["clip_id"], "source_path": r["source_path"], "reason": r["reason"]})
-                log(f"  error {r['clip_id']}: {r['reason']}")
-            frames += r["decoded"]
-        for r in rows:
-            if r["shard"] and r["shard"] not in seen:
-                seen.add(r["shard"])
-                n = sum(1 for x in rows if x["shard"] == r["shard"])
-                log(f"  shard {r['shard']}: {n} clips, {r['shard_bytes'] / 1e6:.1f} MB "
-                    f"[{done}/{len(todo)} clips, {len(errors)} errors]")
+    with progress(len(todo), f"preprocess {dataset_name}", unit="clip", logger=logger) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            rows = batch.to_pylist()
+            done += len(rows)
+            for r in rows:
+                if not r["ok"]:
+                    errors.append({"clip_id": r["clip_id"], "source_path": r["source_path"], "reason": r["reason"]})
+                    level = logging.WARNING if len(errors) <= _ERRORS_SHOWN else logging.DEBUG
+                    emit(level, f"preprocess: {r['clip_id']} failed: {r['reason']}")
+                frames += r["decoded"]
+            for r in rows:
+                if r["shard"] and r["shard"] not in seen:
+                    seen.add(r["shard"])
+                    n = sum(1 for x in rows if x["shard"] == r["shard"])
+                    emit(logging.DEBUG, f"  shard {r['shard']}: {n} clips, {r['shard_bytes'] / 1e6:.1f} MB "
+                                        f"[{done}/{len(todo)} clips, {len(errors)} errors]")
+            bar.update(len(rows), postfix=f"{len(errors)} errors" if errors else None)
     return errors, frames

@@ -7,12 +7,15 @@ what the cluster has so an impossible request fails with a message instead of wa
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
 from pipeline.errors import UserError
 
-__all__ = ["ensure_ray", "local_ray_env", "check_resources", "cluster_capacity"]
+__all__ = ["ensure_ray", "quiet_ray", "ray_log_dir", "local_ray_env", "check_resources", "cluster_capacity"]
+
+logger = logging.getLogger(__name__)
 
 
 # Ray Data starts this many actors to read Parquet footers on every read (its default, 32, is
@@ -34,14 +37,29 @@ def ensure_ray(num_cpus: int | None = None, *, dashboard: bool = True) -> None:
     Train's placement-group cleaner queries, and what frees the resources of a trial that Tune
     stops early. The dashboard can fail to come up in time on a heavily loaded machine; the stage
     then goes on without it rather than failing.
+
+    Ray is quiet on the console unless the command ran with ``-v`` (:func:`quiet_ray`): the
+    workers' output stays in the session's log files (``log_to_driver`` only with -v; an error
+    in a worker still reaches the driver, which raises it with the worker's traceback), Ray's
+    own loggers show warnings and errors, Ray Data prints no execution plans or progress.
     """
     import ray
 
+    from pipeline import logs
+
     if ray.is_initialized():
+        quiet_ray()
         return
-    kwargs: dict = {"log_to_driver": True, "configure_logging": False}
+    logs.demote(*_RAY_NOTICES)  # before ray.init: it has notices of its own
+    verbose = logs.verbosity() >= logs.VERBOSE
+    # configure_logging=False: Ray leaves the "ray" logger without handlers, route_logger in
+    # quiet_ray gives it this project's console; until then (ray.init's own notices) Python's
+    # last-resort handler, which setup_logging made the same console.
+    kwargs: dict = {"log_to_driver": verbose, "configure_logging": False}
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**kwargs)
+        quiet_ray()
+        _say_where_logs_are()
         return
     local_ray_env()
     kwargs.update(num_cpus=num_cpus, include_dashboard=dashboard)
@@ -52,13 +70,70 @@ def ensure_ray(num_cpus: int | None = None, *, dashboard: bool = True) -> None:
     except Exception as exc:  # the dashboard's start-up timeout raises a bare Exception
         if not dashboard:
             raise
-        print(f"warning: Ray's dashboard did not start ({str(exc).strip().splitlines()[0][:120]}); "
-              "continuing without it", flush=True)
+        logger.warning(f"Ray's dashboard did not start ({str(exc).strip().splitlines()[0][:120]}); "
+                       "continuing without it")
         if ray.is_initialized():
             ray.shutdown()
         kwargs.update(include_dashboard=False)
         kwargs.pop("dashboard_host", None)
         ray.init(**kwargs)
+    quiet_ray()
+    _say_where_logs_are()
+
+
+def _say_where_logs_are() -> None:
+    where = ray_log_dir()
+    if where:
+        logger.debug(f"Ray's logs (workers' output, Ray Data's ray-data/ folder): {where}")
+
+
+# Ray notices this project causes or cannot act on: on the console only with -v.
+_RAY_NOTICES = (
+    "Token authentication is enabled for this Ray cluster",   # ray.init, a local cluster's default
+    "Progress bars disabled. To enable",                       # Ray Data, quiet_ray's own setting
+    "Progress bars for operators disabled",                    # idem
+)
+
+
+def ray_log_dir() -> str | None:
+    """The session's log folder (workers' output, Ray Data's ray-data/ logs), when known."""
+    try:  # ray._private.worker._global_node: private, used only to tell the user where to look
+        import ray._private.worker as ray_worker
+
+        node = ray_worker._global_node
+        return node.get_logs_dir_path() if node is not None else None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def quiet_ray() -> None:
+    """Ray's console output for this process, per :func:`pipeline.logs.verbosity`.
+
+    The ``ray`` and ``ray.data`` loggers go through this project's console (warnings and
+    errors; info with -v) and file logs; Ray Data prints no execution plan at the start of each
+    dataset (``DataContext.print_on_execution_start``), no stats (``enable_auto_log_stats``) and
+    no progress bars unless -v on a terminal (the operators' bars with -vv). Ray Data's own log
+    file in the session folder keeps everything.
+    """
+    import sys
+
+    import ray.data
+
+    from pipeline import logs
+
+    level = logs.verbosity()
+    terminal = logs.console_is_terminal() and sys.stdout.isatty()
+    ctx = ray.data.DataContext.get_current()
+    ctx.print_on_execution_start = level >= logs.VERBOSE
+    ctx.enable_auto_log_stats = level >= logs.DEBUG
+    ctx.verbose_stats_logs = False
+    ctx.enable_progress_bars = level >= logs.VERBOSE and terminal
+    ctx.enable_operator_progress_bars = level >= logs.DEBUG and terminal
+    logs.demote(*_RAY_NOTICES)
+    logs.route_logger("ray")
+    logs.route_logger("ray.data")  # keeps its session file handler, loses its console one
+    logging.getLogger("ray").setLevel(logging.DEBUG if level >= logs.DEBUG else logging.INFO)
+
 
 def cluster_capacity(live_nodes: list[dict], cluster_config=None) -> tuple[dict, dict]:
     """(total, largest single node) resources the cluster has or can scale up to.

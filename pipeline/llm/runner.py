@@ -10,23 +10,33 @@ is invalid, both bounded; each validated answer is cached the moment it arrives.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.config import DescribeConfig
 from pipeline.errors import UserError
 from pipeline.llm.cache import AnswerCache, cache_key
-from pipeline.llm.client import (describe_error, endpoint_host, is_retryable, make_client, resolve_api_key,
-                                 retry_delay)
+from pipeline.llm.client import describe_error, endpoint_host, is_retryable, make_client, resolve_api_key, retry_delay
 from pipeline.llm.prompts import PromptTemplate, render_messages
 from pipeline.llm.sets import DescriptionSet
 from pipeline.llm.validation import InvalidAnswer, excerpt, parse_answer
 
 __all__ = ["DescribeResult", "generate_descriptions", "request_params", "llm_description_set"]
+
+logger = logging.getLogger(__name__)
+
+Log = Callable[[int, str], None]  # (level, message)
+
+
+def _log_to(log: Callable[[str], None] | None) -> Log:
+    if log is None:
+        return logger.log
+    return lambda _level, message: log(message)
 
 # Re-asking after an invalid answer with the same seed would, on a deterministic server,
 # return the same invalid answer; each re-ask shifts the seed by this much.
@@ -81,7 +91,7 @@ def _redact(text: str, secret: str) -> str:
 
 
 class _Run:
-    def __init__(self, cfg: DescribeConfig, cache: AnswerCache, log: Callable[[str], None]):
+    def __init__(self, cfg: DescribeConfig, cache: AnswerCache, log: Log):
         self.cfg, self.cache, self.log = cfg, cache, log
         self.params = request_params(cfg)
         self.requests = 0
@@ -135,7 +145,8 @@ class _Run:
                 if failures >= c.max_attempts:
                     raise _Failure(job, f"{reason} (gave up after {failures} attempts)") from None
                 delay = retry_delay(exc, failures, c.backoff_s, c.max_backoff_s)
-                self.log(f"[describe]   {job.class_name} #{job.sample}: {reason}; retry {failures} in {delay:.2f}s")
+                self.log(logging.WARNING,
+                         f"[describe] {job.class_name} #{job.sample}: {reason}; retry {failures} in {delay:.2f}s")
                 await asyncio.sleep(delay)
                 continue
             choice = response.choices[0] if response.choices else None
@@ -147,14 +158,15 @@ class _Run:
                 if invalid >= c.max_invalid_answers:
                     shown = _redact(excerpt(content), self.api_key)
                     raise _Failure(job, f"{invalid} invalid answers; last: {exc}; answer: {shown}") from None
-                self.log(f"[describe]   {job.class_name} #{job.sample}: invalid answer ({exc}); asking again")
+                self.log(logging.WARNING,
+                         f"[describe] {job.class_name} #{job.sample}: invalid answer ({exc}); asking again")
                 continue
             # fsync takes milliseconds; in a thread it does not stall the other requests' I/O.
             await asyncio.to_thread(self.cache.put, job.key, {
                 "class_name": job.class_name, "sample": job.sample, "model": c.model, "params": self.params,
                 "request_seed": seed, "messages": job.messages, "content": content, "descriptions": descriptions,
                 "finish_reason": choice.finish_reason,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
             })
             return descriptions
 
@@ -170,7 +182,7 @@ def _plan(cfg: DescribeConfig, class_names: list[str], template: PromptTemplate)
 
 
 async def _generate(cfg: DescribeConfig, jobs: list[_Job], cache: AnswerCache, refresh: bool,
-                    log: Callable[[str], None], result: DescribeResult) -> None:
+                    log: Log, result: DescribeResult) -> None:
     run = _Run(cfg, cache, log)
     todo = []
     for job in jobs:
@@ -181,7 +193,7 @@ async def _generate(cfg: DescribeConfig, jobs: list[_Job], cache: AnswerCache, r
             result.answers[(job.class_name, job.sample)] = hit
     result.cached = len(jobs) - len(todo)
     host = endpoint_host(cfg.base_url)
-    log(f"[describe] {len(jobs)} answers: {result.cached} cached, {len(todo)} to request from {host} "
+    log(logging.INFO, f"[describe] {len(jobs)} answers: {result.cached} cached, {len(todo)} to request from {host} "
         f"(model {cfg.model}, concurrency {cfg.concurrency}){' [refresh]' if refresh else ''}")
     if not todo:
         return
@@ -199,8 +211,8 @@ async def _generate(cfg: DescribeConfig, jobs: list[_Job], cache: AnswerCache, r
         remaining[job.class_name] -= 1
         if remaining[job.class_name] == 0:
             done_classes += 1
-            log(f"[describe] {job.class_name}: done ({done_classes}/{len(remaining)} classes, "
-                f"{result.new}/{len(todo)} new answers)")
+            log(logging.INFO, f"[describe] {job.class_name}: done ({done_classes}/{len(remaining)} classes, "
+                              f"{result.new}/{len(todo)} new answers)")
 
     client = make_client(cfg.base_url, run.api_key, cfg.timeout_s)
     try:
@@ -224,15 +236,19 @@ async def _generate(cfg: DescribeConfig, jobs: list[_Job], cache: AnswerCache, r
 
 def generate_descriptions(cfg: DescribeConfig, class_names: list[str], template: PromptTemplate,
                           cache: AnswerCache, *, refresh: bool = False,
-                          log: Callable[[str], None] = print) -> DescribeResult:
-    """Descriptions for each class from ``cfg.samples`` answers; raises UserError on failures."""
+                          log: Callable[[str], None] | None = None) -> DescribeResult:
+    """Descriptions for each class from ``cfg.samples`` answers; raises UserError on failures.
+
+    Progress goes to the ``pipeline.llm.runner`` logger (retries and re-asks as warnings), or
+    to ``log`` when given (every line, as a string).
+    """
     if not class_names:
         raise UserError("describe: the class list is empty")
     jobs = _plan(cfg, list(class_names), template)
     result = DescribeResult(classes={})
     start = time.perf_counter()
     try:
-        asyncio.run(_generate(cfg, jobs, cache, refresh, log, result))
+        asyncio.run(_generate(cfg, jobs, cache, refresh, _log_to(log), result))
     finally:
         result.seconds = time.perf_counter() - start
     for name in class_names:
@@ -256,7 +272,7 @@ def llm_description_set(name: str, cfg: DescribeConfig, template: PromptTemplate
         "classes_from": class_source,
         "params": {**request_params(cfg), "samples": cfg.samples, "min_words": cfg.min_words,
                    "max_words": cfg.max_words},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "answers": {"cached": result.cached, "new": result.new},
         "requests": result.requests,
     }

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ __all__ = [
     "resolve_set_path",
     "shipped_set_paths",
 ]
+
+logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 DESCRIPTIONS_DIR = "descriptions"  # below the storage root, where the describe stage writes
@@ -131,7 +134,9 @@ def read_description_set(path: str | Path) -> DescriptionSet:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         raise UserError(f"{text}: not valid YAML ({exc})") from None
-    return parse_description_set(data, text)
+    dset = parse_description_set(data, text)
+    logger.debug(f"read description set {dset.name} (id {dset.id}, {len(dset.classes)} classes) from {text}")
+    return dset
 
 
 def dump_description_set(dset: DescriptionSet) -> str:

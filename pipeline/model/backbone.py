@@ -10,7 +10,6 @@ activation is taken from the tag's own metadata unless the user says otherwise.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import sys
@@ -22,6 +21,8 @@ import torch
 from pipeline.errors import UserError
 
 __all__ = ["Backbone", "load_clip", "list_architectures", "cli"]
+
+logger = logging.getLogger(__name__)
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 _registered = False
@@ -117,6 +118,8 @@ def load_clip(
     else:
         source = None
     use_quick_gelu = _resolve_quick_gelu(name, pretrained, weights, quick_gelu)
+    logger.debug(f"CLIP {name}: weights from {source}" if source else
+                 f"CLIP {name}: random initialisation (no pretrained tag or weights file)")
     try:
         with _quiet_random_init_warning(source is None):
             model = open_clip.create_model(
@@ -142,12 +145,15 @@ def load_clip(
 
 def cli(argv: list[str] | None = None) -> int:
     """`dferclip models`: list architectures (and pretrained tags with --tags)."""
-    parser = argparse.ArgumentParser(prog="dferclip models", description=cli.__doc__)
+    from pipeline.cli import command_parser
+
+    parser = command_parser("dferclip models", cli.__doc__)
     parser.add_argument("--tags", action="store_true", help="also list each architecture's pretrained tags")
     parser.add_argument("--filter", default="", help="substring to filter names")
     args = parser.parse_args(argv)
     import open_clip
 
+    # The listing is the command's output: stdout.
     for name in list_architectures():
         if args.filter.lower() not in name.lower():
             continue

@@ -10,13 +10,15 @@ prompt's EOT can change any feature, so the sequence is cut there (an exact spee
 
 from __future__ import annotations
 
-import warnings
+import logging
 from typing import Literal
 
 import torch
 from torch import nn
 
 __all__ = ["PromptLearner", "TextEncoder"]
+
+logger = logging.getLogger(__name__)
 
 
 class PromptLearner(nn.Module):
@@ -49,10 +51,9 @@ class PromptLearner(nn.Module):
             n_tok = len(tokenizer.encode(text)) if hasattr(tokenizer, "encode") else 0
             if 1 + n_ctx + n_tok + 1 > context_length:
                 name = class_names[c] if class_names else str(c)
-                warnings.warn(
+                logger.warning(
                     f"class {name!r}: text of {n_tok} tokens + {n_ctx} context tokens exceeds CLIP's "
-                    f"{context_length}-token context and is truncated: {text[:60]!r}...",
-                    stacklevel=2,
+                    f"{context_length}-token context and is truncated: {text[:60]!r}..."
                 )
             text_lens.append(min(n_tok, context_length - 2 - n_ctx))
         tokens = tokenizer([f"{placeholder} {text}" for _, text in rows])  # (R, 77) token ids

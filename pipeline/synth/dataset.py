@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Sequence
@@ -29,9 +30,12 @@ import numpy as np
 
 from pipeline.datasets import CLASSES_7
 from pipeline.errors import UserError
+from pipeline.logs import progress as progress_display
 from pipeline.synth.render import render_clip
 
 __all__ = ["generate_dataset", "write_video", "video_codec", "LABELS_NAME", "VIDEOS_DIR"]
+
+logger = logging.getLogger(__name__)
 
 LABELS_NAME = "labels.csv"
 VIDEOS_DIR = "videos"
@@ -140,8 +144,9 @@ def generate_dataset(
     its ``labels.csv`` (written last, atomically, so its presence means the dataset is complete).
 
     ``workers`` processes render in parallel (default: one per CPU, up to 8; 1 renders in this
-    process). ``progress(done, total)`` is called after every finished clip. Videos from an
-    earlier run into the same folder that are not part of this dataset are removed.
+    process). ``progress(done, total)`` is called after every finished clip; without it, a
+    progress bar on a terminal (:func:`pipeline.logs.progress`). Videos from an earlier run into
+    the same folder that are not part of this dataset are removed.
     """
     _validate(clips_per_class, num_frames, size, fps, test_fraction, classes)
     out = Path(out_dir)
@@ -175,17 +180,21 @@ def generate_dataset(
 
     total = len(jobs)
     workers = min(os.cpu_count() or 1, 8) if workers is None else workers
-    if workers <= 1 or total < 4:
-        for done, job in enumerate(jobs, 1):
-            _make_clip(job)
-            if progress:
-                progress(done, total)
-    else:
-        # spawn, not fork: the caller may hold threads (torch, Ray) that fork would copy broken.
-        with ProcessPoolExecutor(max_workers=min(workers, total), mp_context=mp.get_context("spawn")) as pool:
-            for done, _ in enumerate(pool.map(_make_clip, jobs, chunksize=max(1, total // (4 * workers))), 1):
-                if progress:
-                    progress(done, total)
+    bar = progress_display(total, "demo data", unit="clip", logger=logger) if progress is None else None
+    report = progress if progress is not None else (lambda _done, _total: bar.update(1))
+    try:
+        if workers <= 1 or total < 4:
+            for done, job in enumerate(jobs, 1):
+                _make_clip(job)
+                report(done, total)
+        else:
+            # spawn, not fork: the caller may hold threads (torch, Ray) that fork would copy broken.
+            with ProcessPoolExecutor(max_workers=min(workers, total), mp_context=mp.get_context("spawn")) as pool:
+                for done, _ in enumerate(pool.map(_make_clip, jobs, chunksize=max(1, total // (4 * workers))), 1):
+                    report(done, total)
+    finally:
+        if bar is not None:
+            bar.close()
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import posixpath
 import time
 import uuid
@@ -42,6 +43,8 @@ from pipeline.storage import Storage
 
 __all__ = ["EmbeddingSet", "CacheInfo", "backbone_key", "cache_dir", "ensure_embeddings", "load_embeddings",
            "decode_frames"]
+
+logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 CACHE_FORMAT = 1
@@ -213,14 +216,14 @@ def ensure_embeddings(
     if storage.exists(rel, MANIFEST):
         manifest = json.loads(storage.read_text(rel, MANIFEST))
         if manifest.get("shards") == signature and storage.exists(rel, manifest["data_dir"]):
-            print(f"[tune] frame embeddings: reusing {storage.path(rel)} ({manifest['num_clips']} clips)", flush=True)
+            logger.info(f"[tune] frame embeddings: reusing {storage.path(rel)} ({manifest['num_clips']} clips)")
             return CacheInfo(rel, key, True, 0.0, manifest["num_clips"], manifest["num_frames"], manifest["embed_dim"])
-        print(f"[tune] frame embeddings at {storage.path(rel)} were computed from other shards; recomputing", flush=True)
+        logger.info(f"[tune] frame embeddings at {storage.path(rel)} were computed from other shards; recomputing")
         old_data = manifest.get("data_dir")
     else:
         old_data = None
 
-    print(f"[tune] frame embeddings: encoding {len(signature)} shard(s) with {key} (Ray Data)", flush=True)
+    logger.info(f"[tune] frame embeddings: encoding {len(signature)} shard(s) with {key} (Ray Data)")
     start = time.perf_counter()
     data_name = f"data-{uuid.uuid4().hex[:12]}"
     ds = ray.data.read_parquet([storage.path(shards_rel, n) for n in sorted(signature)], filesystem=storage.fs,
@@ -259,8 +262,8 @@ def ensure_embeddings(
     storage.write_text(json.dumps(manifest, indent=2) + "\n", rel, MANIFEST)
     if old_data and old_data != data_name:
         storage.delete(rel, old_data)
-    print(f"[tune] frame embeddings: {stats.num_rows} clips, {flat_frames} frames in {seconds:.1f}s -> "
-          f"{storage.path(rel)}", flush=True)
+    logger.info(f"[tune] frame embeddings: {stats.num_rows} clips, {flat_frames} frames in {seconds:.1f}s -> "
+                f"{storage.path(rel)}")
     return CacheInfo(rel, key, False, seconds, stats.num_rows, int(flat_frames), int(dim))
 
 

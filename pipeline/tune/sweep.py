@@ -10,15 +10,20 @@ retried from theirs. A folder started with different settings is refused rather 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+from pipeline import logs
 from pipeline.config import TuneConfig
 from pipeline.errors import UserError
 from pipeline.storage import Storage
 from pipeline.tune.space import param_space
 
 __all__ = ["SWEEP_FILE", "sweep_rel", "run_sweep"]
+
+logger = logging.getLogger(__name__)
 
 SWEEP_FILE = "sweep.json"
 
@@ -57,6 +62,9 @@ def run_sweep(
     parameters. ``signature`` identifies the sweep's settings (search space, metric, mode,
     model/train/data); a restore is refused when it differs. ``max_epochs`` bounds ASHA.
     ``callbacks`` (Ray Tune callbacks) apply to a new sweep; a restored one runs its own.
+
+    Tune's own console reporting (trial tables) only with -v (``RunConfig.verbose``: 1, or 2
+    with -vv); otherwise one summary line when the sweep ends.
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -67,7 +75,7 @@ def run_sweep(
     fs = None if storage.is_local else storage.fs
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         _check_same_sweep(storage, rel, signature)
-        print(f"[tune] resuming the interrupted sweep in {path}", flush=True)
+        logger.info(f"[tune] resuming the interrupted sweep in {path}")
         # Errored trials resume from their last checkpoint too: an interruption (a killed
         # node, Ctrl+C mid-report) is the usual cause, not the trial's configuration. Tune
         # restores the search (trials not generated yet are generated now), the scheduler and
@@ -75,7 +83,7 @@ def run_sweep(
         # ``callbacks`` given now are not used.
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)
-        return tuner.fit()
+        return _fit(tuner, name, path)
 
     space, num_samples = param_space(cfg, seed)
     storage.write_text(json.dumps({"name": name, "signature": signature}, indent=2, default=str) + "\n", rel, SWEEP_FILE)
@@ -105,7 +113,22 @@ def run_sweep(
             storage_filesystem=fs,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep_checkpoints),
             callbacks=callbacks,
-            verbose=1,
+            verbose=_tune_verbosity(),
         ),
     )
-    return tuner.fit()
+    return _fit(tuner, name, path)
+
+
+def _tune_verbosity() -> int:
+    """Tune's RunConfig.verbose: 0 (silent) unless -v (1: trial tables) or -vv (2)."""
+    return max(0, min(2, logs.verbosity()))
+
+
+def _fit(tuner, name: str, path: str):
+    start = time.monotonic()
+    grid = tuner.fit()
+    errors = grid.num_errors
+    logger.log(logging.WARNING if errors else logging.INFO,
+               f"[tune] sweep {name}: {len(grid)} trials ({grid.num_terminated} done, {errors} errored) "
+               f"in {time.monotonic() - start:.0f} s -> {path}")
+    return grid

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import logging
 
 import cv2
 import numpy as np
@@ -100,23 +100,26 @@ def test_readable_by_polars_and_ray_data_and_fold_selection(haar_run, ray_local)
 
 
 @pytest.mark.timeout(120)
-def test_rerun_is_idempotent_and_ignores_hidden_temp_files(haar_run, media):
+def test_rerun_is_idempotent_and_ignores_hidden_temp_files(haar_run, media, caplog):
     root, prep, manifest, _ = haar_run
     storage = Storage(root)
     rel = sh.shard_dir(storage, "demo")
     # What a killed writer leaves behind: a hidden temp file next to finished shards.
     (root / rel / ".part-deadbeef.parquet.1234.tmp").write_bytes(b"PAR1 half written")
     before = sorted(p.name for p in (root / rel).glob("part-*.parquet"))
-    lines: list[str] = []
-    again = run_preprocess(str(root), DatasetConfig(name="demo"), prep, clips=clip_list(media), log=lines.append)
-    assert "0 to do" in lines[0] and again["counts"] == manifest["counts"] and again["num_errors"] == len(BAD)
+    caplog.set_level(logging.INFO, logger="pipeline.preprocess")
+    again = run_preprocess(str(root), DatasetConfig(name="demo"), prep, clips=clip_list(media))  # logs, no callback
+    first = caplog.records[0]
+    assert first.name == "pipeline.preprocess" and first.levelno == logging.INFO
+    assert f"{len(BAD)} failed before" in first.getMessage() and "0 to do" in first.getMessage()
+    assert again["counts"] == manifest["counts"] and again["num_errors"] == len(BAD)
     assert sorted(p.name for p in (root / rel).glob("part-*.parquet")) == before
     assert pq.read_table(sh.shard_paths(storage, rel)).num_rows == len(GOOD)
     assert is_up_to_date(str(root), DatasetConfig(name="demo"), prep, clips=clip_list(media))
     changed = PreprocessConfig(**{**prep.__dict__, "crop_size": 64})
     assert not is_up_to_date(str(root), DatasetConfig(name="demo"), changed, clips=clip_list(media))
     with pytest.raises(UserError, match="other preprocess settings"):
-        run_preprocess(str(root), DatasetConfig(name="demo"), changed, clips=clip_list(media), log=lines.append)
+        run_preprocess(str(root), DatasetConfig(name="demo"), changed, clips=clip_list(media))
 
 
 @pytest.mark.timeout(240)
