@@ -541,6 +541,73 @@ class TuneConfig:
 
 
 @dataclass
+class TrackingConfig:
+    # MLflow experiment tracking beside TensorBoard (docs/tracking.md): one MLflow run per
+    # training fold and per sweep trial. Needs `pip install 'dferclip[tracking]'`.
+    # The tracking server or database, e.g. http://mlflow.example.com:5000 or
+    # sqlite:////abs/path/mlflow.db. null: the MLFLOW_TRACKING_URI environment variable is used;
+    # with neither set nothing is tracked.
+    mlflow_uri: str | None = None
+    # The MLflow experiment the runs go to (created when missing); null: the experiment's name.
+    mlflow_experiment: str | None = None
+    # Where a newly created MLflow experiment keeps its artifacts. null: the server's artifact
+    # store (http/https), or the folder mlartifacts/ beside a sqlite database.
+    artifact_location: str | None = None
+    # Upload the final checkpoint (final/model.pt, ~600 MB with ViT-B/32) as an artifact; plots,
+    # metrics.csv and summary.json are uploaded either way.
+    log_checkpoint: bool = True
+    # Extra tags on every run (team, ticket, ...).
+    tags: dict[str, str] = field(default_factory=dict)
+
+    # Class attributes, not fields (no annotation).
+    URI_SCHEMES = ("sqlite", "http", "https", "file", "postgresql", "mysql", "mssql", "databricks")
+
+    @staticmethod
+    def uri_problem(uri: str) -> str | None:
+        """What is wrong with a tracking URI (from the config or MLFLOW_TRACKING_URI), or None."""
+        from urllib.parse import urlsplit
+
+        uri = uri.strip()
+        if not uri:
+            return "is empty; give a tracking URI, or null to turn tracking off"
+        if uri == "databricks" or uri.startswith("databricks://"):
+            return None
+        m = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):", uri)
+        if not m or len(m[1]) == 1:  # no scheme, or a Windows drive letter
+            return (
+                f"{uri!r} has no scheme; for a local store write sqlite:///<absolute path>/mlflow.db "
+                "(MLflow 3 refuses bare-path file stores)"
+            )
+        scheme = m[1].lower().split("+")[0]  # postgresql+psycopg2 -> postgresql
+        if scheme not in TrackingConfig.URI_SCHEMES:
+            return f"{uri!r}: unsupported scheme {m[1]!r} (use one of {', '.join(TrackingConfig.URI_SCHEMES)})"
+        if scheme == "sqlite" and not re.match(r"sqlite:///.", uri, re.I):
+            return f"{uri!r}: write sqlite:///<relative path> or sqlite:////<absolute path> (a file, not in memory)"
+        if scheme in ("http", "https") and not urlsplit(uri).hostname:
+            return f"{uri!r}: no host name"
+        return None
+
+    def validate(self) -> list[str]:
+        problems = []
+        if self.mlflow_uri is not None and (why := self.uri_problem(self.mlflow_uri)):
+            problems.append(f"mlflow_uri: {why}")
+        if self.mlflow_experiment is not None and not 0 < len(self.mlflow_experiment.strip()) <= 500:
+            problems.append(
+                f"mlflow_experiment: 1 to 500 characters, or null for the experiment's name, "
+                f"got {self.mlflow_experiment!r}"
+            )
+        if self.artifact_location is not None and not self.artifact_location.strip():
+            problems.append("artifact_location: is empty; give a location, or null for the default")
+        for key in self.tags:
+            if not 0 < len(key) <= 250 or key.startswith(("mlflow.", "dferclip.")):
+                problems.append(
+                    f"tags: {key!r}: a key of 1 to 250 characters, not starting with 'mlflow.' or "
+                    "'dferclip.' (set by MLflow and this project)"
+                )
+        return problems
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -550,6 +617,7 @@ class ExperimentConfig:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def validate(self) -> list[str]:
         problems = []
