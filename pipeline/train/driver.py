@@ -88,7 +88,7 @@ def _progress_callback(queue):
 
 def _fit_with_progress(trainer, queue, spec: RunSpec):
     """Run ``trainer.fit()`` in a thread and show one progress bar fed by the epochs' rows."""
-    from pipeline.logs import progress_bar
+    from pipeline.logs import progress
     from pipeline.train.recipe import progress_line
 
     t = spec.train
@@ -103,15 +103,16 @@ def _fit_with_progress(trainer, queue, spec: RunSpec):
     thread = threading.Thread(target=run, name=f"fit-{spec.run_name}", daemon=True)
     thread.start()
     split, metric = spec.selection_split, t.best_metric
-    with progress_bar(total=t.epochs, desc=f"train fold {spec.fold}", unit="epoch") as bar:
+    with progress(t.epochs, f"train fold {spec.fold}", unit="epoch", logger=logger) as bar:
         while thread.is_alive() or not queue.empty():
             try:
                 row = queue.get(timeout=0.5)
             except Exception:  # noqa: BLE001 — ray.util.queue.Empty: nothing reported yet
                 continue
-            bar.update(int(row["epoch"]) - bar.n)
-            bar.set_postfix_str(f"{split} UAR {row.get(f'{split}_uar', float('nan')):.3f} "
-                                f"best {metric} {row.get(f'best_{metric}') or float('nan'):.3f} @ {row.get('best_epoch')}")
+            # A restarted worker group reports epochs again from its checkpoint: count each once.
+            bar.update(max(0, int(row["epoch"]) - bar.done),
+                       postfix=f"{split} UAR {row.get(f'{split}_uar', float('nan')):.3f}, "
+                               f"best {metric} {row.get(f'best_{metric}') or float('nan'):.3f} @ {row.get('best_epoch')}")
             logger.debug(progress_line(spec.run_name, row, t.epochs, split, metric))
     thread.join()
     if "error" in outcome:

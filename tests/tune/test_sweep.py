@@ -17,7 +17,7 @@ from pipeline.errors import UserError
 
 from .conftest import EXAMPLE_CONFIG
 
-PARAMS = ["n_ctx", "temporal_depth"]
+PARAMS = ["model.n_ctx", "model.temporal_depth"]
 
 
 def _config(root, *overrides):
@@ -47,7 +47,7 @@ def _check_outputs(out, cfg):
     assert img is not None and img.shape[0] > 100 and img.shape[1] > 100
 
     best = load_config(os.path.join(out.path, "best_config.yaml"))
-    assert best.model.n_ctx == out.best["n_ctx"] and best.model.temporal_depth == out.best["temporal_depth"]
+    assert best.model.n_ctx == out.best["model.n_ctx"] and best.model.temporal_depth == out.best["model.temporal_depth"]
     assert best.train.epochs == cfg.train.epochs and best.model.clip_model == cfg.model.clip_model
     return table
 
@@ -63,7 +63,7 @@ def test_fast_sweep_outputs_and_early_stopping(ray_local, shard_root):
 
     # Same folder, different search space: refused instead of mixing two sweeps.
     with pytest.raises(UserError, match="different settings"):
-        stage.main(_config(shard_root, "tune.n_ctx=[4, 8]"))
+        stage.main(_config(shard_root, "tune.space.model.n_ctx=[4, 8]"))
 
 
 class _InterruptAfterFirstTrial(tune.Callback):
