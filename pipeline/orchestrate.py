@@ -113,15 +113,15 @@ def _run_preprocess(cfg: ExperimentConfig, storage: Storage) -> dict:
     from pipeline.data.shards import shard_dir
     from pipeline.preprocess import run_preprocess
 
-    manifest = run_preprocess(storage.uri(), cfg.dataset, cfg.preprocess)
+    manifest = run_preprocess(storage, cfg.dataset, cfg.preprocess)
     counts = manifest.get("counts", {}) if isinstance(manifest, dict) else {}
     return {"shards": storage.uri(shard_dir(storage, cfg.dataset.name)), "clips": counts.get("clips", "")}
 
 
 def _run_train(cfg: ExperimentConfig, storage: Storage) -> dict:
-    from pipeline.train_run import run_train
+    from pipeline.train.experiment import run_train
 
-    last = run_train(cfg)["runs"][-1]  # the configured fold: one run
+    last = run_train(cfg, storage=storage)["runs"][-1]  # the configured fold: one run
     return {
         "run_dir": _location(storage, last["paths"]["run_dir"]),
         "checkpoint": _location(storage, last["paths"]["final_checkpoint"]),

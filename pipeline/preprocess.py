@@ -157,7 +157,7 @@ def _table_for(dataset: DatasetConfig, clips: Iterable | None) -> ClipTable:
     return clips_from_records(clips, dataset.name, dataset.class_names)
 
 
-def run_preprocess(storage_root: str, dataset: DatasetConfig, prep: PreprocessConfig, *,
+def run_preprocess(storage_root: Storage | str, dataset: DatasetConfig, prep: PreprocessConfig, *,
                    clips: Iterable | None = None, overwrite: bool = False, retry_errors: bool = False,
                    log: Callable[[str], None] | None = None) -> dict:
     """Preprocess every clip not yet in the shards; returns the manifest dict (module doc)."""
@@ -165,7 +165,7 @@ def run_preprocess(storage_root: str, dataset: DatasetConfig, prep: PreprocessCo
     problems = prep.validate()
     if problems:
         raise UserError("preprocess: " + "; ".join(problems))
-    storage = Storage(storage_root)
+    storage = storage_root if isinstance(storage_root, Storage) else Storage(storage_root)
     rel_dir = sh.shard_dir(storage, dataset.name)
     table = _table_for(dataset, clips)
     if not table.clips:

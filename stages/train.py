@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 from pipeline.cli import run_cli, stage_parser
 from pipeline.config import ExperimentConfig, load_config
-from pipeline.train_run import run_train
 
 __all__ = ["main", "cli"]
 
@@ -28,7 +27,9 @@ __all__ = ["main", "cli"]
 def main(
     cfg: ExperimentConfig | None, *, folds: str | None = None, resume: str | None = None, overrides: Sequence[str] = ()
 ) -> dict:
-    """The stage on a loaded config (None with ``resume``): :func:`pipeline.train_run.run_train`."""
+    """The stage on a loaded config (None with ``resume``): :func:`pipeline.train.experiment.run_train`."""
+    from pipeline.train.experiment import run_train
+
     return run_train(cfg, folds=folds, resume=resume, overrides=overrides)
 
 

@@ -46,6 +46,7 @@ from pipeline.config import DatasetConfig
 from pipeline.data.schema import membership
 from pipeline.datasets import CLASSES_7, CLASSES_11
 from pipeline.errors import UserError
+from pipeline.storage import is_uri
 
 __all__ = ["ClipEntry", "ClipTable", "load_clip_table", "clips_from_records", "DFEW_LABELS", "FERV39K_LABELS"]
 
@@ -393,7 +394,7 @@ def clips_from_records(records: Iterable, dataset: str, classes: list[str]) -> C
             continue
         where = f"clips[{i}]"
         path = str(rec["path"])
-        if "://" not in path:  # Ray workers may run in another directory
+        if not is_uri(path):  # Ray workers may run in another directory
             path = str(Path(path).expanduser().resolve())
         label = rec["label"]
         name = classes[label] if isinstance(label, int) and 0 <= label < len(classes) else _class_name(str(label), classes)

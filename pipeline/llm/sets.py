@@ -28,7 +28,7 @@ import yaml
 
 from pipeline.errors import UserError
 from pipeline.llm.prompts import PROMPTS_DIR
-from pipeline.storage import Storage
+from pipeline.storage import Storage, is_uri
 
 __all__ = [
     "DescriptionSet",
@@ -120,7 +120,7 @@ def read_description_set(path: str | Path) -> DescriptionSet:
     """Read a set from a local path or a pyarrow.fs URI (s3://..., gs://...)."""
     text = str(path)
     try:
-        if "://" in text:
+        if is_uri(text):
             import pyarrow.fs as pafs
 
             fs, inner = pafs.FileSystem.from_uri(text)
@@ -181,7 +181,7 @@ def default_description_set_path(class_names: list[str] | tuple[str, ...]) -> Pa
 
 def resolve_set_path(name_or_path: str) -> str:
     """A file path or URI as given; a bare name of a shipped set (``default-7``) becomes its path."""
-    if "://" in name_or_path or Path(name_or_path).expanduser().exists():
+    if is_uri(name_or_path) or Path(name_or_path).expanduser().exists():
         return name_or_path
     shipped = shipped_set_paths()
     if name_or_path in shipped:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from collections.abc import Sequence
+
 from pipeline.config import ExperimentConfig, dump_config
 from pipeline.datasets import get_dataset
 from pipeline.errors import UserError
@@ -28,7 +30,7 @@ from pipeline.train.outputs import clean_json
 from pipeline.train.recipe import RunSpec
 from pipeline.typed import apply_override, from_dict
 
-__all__ = ["resolve_descriptions", "run_fold", "run_folds", "resume_run", "parse_folds",
+__all__ = ["run_train", "resolve_descriptions", "run_fold", "run_folds", "resume_run", "parse_folds",
            "fold_table", "TRAIN_DIR"]
 
 logger = logging.getLogger(__name__)
@@ -133,9 +135,9 @@ def _markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_folds(cfg: ExperimentConfig, folds: list[int]) -> dict:
+def run_folds(cfg: ExperimentConfig, folds: list[int], storage: Storage | None = None) -> dict:
     """The k-fold protocol: one fresh run per fold, one after the other, then the table."""
-    storage = Storage(cfg.storage.root)
+    storage = storage or Storage(cfg.storage.root)
     summaries = []
     for k in folds:
         if len(folds) > 1:
@@ -201,3 +203,22 @@ def resume_run(ref: str, *, root: str | None = None, overrides: list[str] | tupl
     logger.info("[%s] resuming from its latest checkpoint (up to %d epochs)", name, cfg.train.epochs)
     return _run(cfg, root_storage, name)
 
+
+def run_train(cfg: ExperimentConfig | None, *, folds: str | None = None, resume: str | None = None,
+              overrides: Sequence[str] = (), storage: Storage | None = None) -> dict:
+    """The train stage: ``folds`` of ``cfg`` (None: ``train.fold``; ``all``; ``1,3``) as fresh
+    runs, or the run ``resume`` (a run folder, or its name below ``<storage.root>/train`` with
+    ``cfg`` given) continued with its own config and ``overrides``. Returns ``{"runs": [summary,
+    ...]}`` plus ``"kfold"`` for several folds. Ray is joined (``RAY_ADDRESS``) or started locally."""
+    from pipeline.raycluster import ensure_ray
+
+    if resume is not None:
+        if folds is not None:
+            raise UserError("--resume continues one run; it cannot be combined with --folds")
+        ensure_ray()
+        return {"runs": [resume_run(resume, root=cfg.storage.root if cfg else None, overrides=list(overrides))]}
+    if cfg is None:
+        raise UserError("--config is required (or --resume RUN)")
+    fold_list = parse_folds(folds, cfg.dataset.name, cfg.train.fold)
+    ensure_ray()
+    return run_folds(cfg, fold_list, storage)
