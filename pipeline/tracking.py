@@ -51,6 +51,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import logging
 import math
 import numbers
 import os
@@ -76,6 +77,8 @@ __all__ = [
     "metric_name",
     "INSTALL_HINT",
 ]
+
+logger = logging.getLogger(__name__)
 
 ENV_VAR = "MLFLOW_TRACKING_URI"
 INSTALL_HINT = "pip install 'dferclip[tracking]'"
@@ -353,7 +356,7 @@ class RunTracker:
         truncated to the store's limit. ``tags``: added to the settings' tags (values as strings).
         Resuming sets the run back to RUNNING, counts ``dferclip.restarts`` and logs only params
         the run does not have yet: MLflow params cannot change, so a changed value is reported on
-        stdout and the run keeps the first. A ``resume_run_id`` the store does not know (deleted
+        as a warning and the run keeps the first. A ``resume_run_id`` the store does not know (deleted
         run, another store) starts a new run, with a message.
         """
         from mlflow.entities import Param, RunTag
@@ -376,23 +379,25 @@ class RunTracker:
             except MlflowException as exc:
                 if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                     raise
-                print(
-                    f"tracking: MLflow run {resume_run_id} not found in {_redact(self.settings.uri)}; "
-                    f"starting a new run",
-                    flush=True,
+                logger.warning(
+                    "tracking: MLflow run %s not found in %s; starting a new run",
+                    resume_run_id,
+                    _redact(self.settings.uri),
                 )
             if run is not None and run.info.lifecycle_stage != "active":
-                print(f"tracking: MLflow run {resume_run_id} is deleted; starting a new run", flush=True)
+                logger.warning("tracking: MLflow run %s is deleted; starting a new run", resume_run_id)
                 run = None
         if run is not None:
             self.run_id = run.info.run_id
             have = run.data.params
             changed = {k: (have[k], v) for k, v in wanted.items() if k in have and have[k] != v}
             for k, (old, new) in changed.items():
-                print(
-                    f"tracking: param {k} is {new!r} now but {old!r} in MLflow run {self.run_id}; "
-                    "MLflow keeps the first value",
-                    flush=True,
+                logger.warning(
+                    "tracking: param %s is %r now but %r in MLflow run %s; MLflow keeps the first value",
+                    k,
+                    new,
+                    old,
+                    self.run_id,
                 )
             wanted = {k: v for k, v in wanted.items() if k not in have}
             restarts = int(run.data.tags.get(TAG_RESTARTS, "0")) + 1

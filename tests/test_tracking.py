@@ -265,7 +265,7 @@ def test_checkpoint_upload_can_be_turned_off(store, tmp_path):
     assert _artifacts(MlflowClient(store), run_id) == []
 
 
-def test_resume_continues_the_same_run(store, capsys):
+def test_resume_continues_the_same_run(store, caplog):
     settings = tracking_settings({"mlflow_uri": store}, "exp")
     first = open_tracker(settings)
     run_id = first.start("fold1", params={"model": {"n_ctx": 8}}, tags={"dferclip.fold": "1"})
@@ -288,15 +288,15 @@ def test_resume_continues_the_same_run(store, capsys):
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["dferclip.restarts"] == "1"
     assert run.data.params == {"model.n_ctx": "8", "model.depth": "2"}  # MLflow params never change
-    assert "param model.n_ctx is '16' now but '8'" in capsys.readouterr().out
+    assert "param model.n_ctx is '16' now but '8'" in caplog.text
     assert _history(client, run_id, "train_loss") == [(1, 1.0), (2, 0.5), (3, 0.25)]
     assert len(client.search_runs([settings.experiment_id])) == 1
 
 
-def test_resume_of_an_unknown_run_starts_a_new_one(store, capsys):
+def test_resume_of_an_unknown_run_starts_a_new_one(store, caplog):
     tracker = open_tracker(tracking_settings({"mlflow_uri": store}, "exp"))
     run_id = tracker.start("fold1", resume_run_id="0" * 32)
-    assert run_id != "0" * 32 and "not found" in capsys.readouterr().out
+    assert run_id != "0" * 32 and "not found" in caplog.text
     with pytest.raises(RuntimeError, match="one tracker per run"):
         tracker.start("fold1")
     with pytest.raises(ValueError, match="status must be one of"):
