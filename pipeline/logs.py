@@ -12,24 +12,25 @@ Library code logs; it never prints (only a command's *result* goes to stdout: pr
 and `pipeline.cli` calls :func:`setup_logging` once per command (``-v``/``-q``), so a module
 only ever asks for its logger. The console (stderr) shows, per verbosity:
 
-=========  =======================  ==========================================
-verbosity  pipeline / stages        Ray's own loggers (after :func:`route_logger`)
-=========  =======================  ==========================================
+=========  =======================  ==============================================
+verbosity  pipeline / stages        other libraries: Ray, Python warnings, ...
+=========  =======================  ==============================================
 -1 (-q)    warnings and errors      errors
-0          info and up              warnings and errors (but not :func:`demote`'d notices)
-1 (-v)     debug and up             info and up
-2 (-vv)    debug and up             debug and up
-=========  =======================  ==========================================
+0          info and up              warnings and errors (not :func:`demote`'d ones)
+1 (-v)     debug and up             info and up (as far as the library's level lets)
+2 (-vv)    debug and up             debug and up (Ray sets its loggers to debug)
+=========  =======================  ==============================================
 
 Lines are plain for info/debug, ``warning: ...`` and ``error: ...`` above; a third-party
-logger's lines name it (``warning: ray.data: ...``).
+logger's lines name it (``warning: ray.data: ...``). Everything goes to stderr: stdout is
+for results.
 
     setup_logging(verbosity=0)                    # the CLI does it; idempotent
     verbosity() -> int                            # QUIET, NORMAL, VERBOSE or DEBUG
     add_file_handler(path, level=logging.DEBUG) -> logging.Handler   # a run's detailed log
     remove_handler(handler)                       # detach and close it (end of the run)
     route_logger(name)                            # a third-party logger onto the same console/files
-    demote(*fragments)                            # known third-party notices: console at debug only
+    demote(*fragments)                            # known third-party notices: console with -v only
     progress(total, desc, unit="it") -> Progress  # one bar per stage on a terminal, else log lines
 """
 
@@ -118,7 +119,9 @@ class _Console(logging.Handler):
         text = record.getMessage()
         if record.exc_info:
             text += "\n" + self._plain.formatException(record.exc_info)
-        if not _own(record.name):
+        if record.name == "py.warnings":  # "file:line: Category: message" and the source line
+            text = text.rstrip()
+        elif not _own(record.name):
             text = f"{_origin(record.name)}: {text}"
         if record.levelno >= logging.ERROR:
             return f"error: {text}"
@@ -148,19 +151,27 @@ _CONSOLE = _Console()
 def setup_logging(verbosity: int = NORMAL) -> None:
     """Configure the console for ``verbosity`` (QUIET -1, NORMAL 0, VERBOSE 1, DEBUG 2).
 
-    Installs the console handler on the ``pipeline`` and ``stages`` loggers once; a later call
-    only changes the verbosity (and so what the console shows, for Ray's loggers too). The
-    loggers keep propagating, so pytest's ``caplog`` still sees every record. Third-party
-    records that reach no handler at all (Python's "last resort") take the same console.
+    Installs the console handler on the root logger once; a later call only changes the
+    verbosity (and so what the console shows, for Ray's loggers too). The ``pipeline`` and
+    ``stages`` loggers pass everything (DEBUG) on to it; other libraries' loggers keep their
+    level (the root's WARNING unless they set one). One handler at the root: a library calling
+    ``logging.info()`` cannot add a second one (``basicConfig``) that repeats every line, and
+    pytest's ``caplog`` sees every record. Records that reach no handler at all (a logger that
+    does not propagate, like Ray's during ``ray.init``) take the same console.
     """
     global _verbosity
     with _lock:
         _verbosity = max(QUIET, min(DEBUG, int(verbosity)))
-        for name in OWN_LOGGERS:
-            _attach(logging.getLogger(name))
-        # A library logging before anything configured it (Ray during ray.init with
-        # configure_logging=False) would print the bare message; it gets our console instead.
+        _own_levels()
+        root = logging.getLogger()
+        for handler in list(root.handlers):  # a basicConfig() from before: it would repeat our lines
+            if type(handler) is logging.StreamHandler and handler.stream in (sys.stderr, sys.__stderr__):
+                root.removeHandler(handler)
+        _attach(root)
         logging.lastResort = _CONSOLE
+        # Python warnings (a library's UserWarning) as third-party warnings: -q hides them and a
+        # file log keeps them. Python's filters still show each one once per place.
+        logging.captureWarnings(True)
 
 
 def verbosity() -> int:
@@ -176,14 +187,22 @@ def console_is_terminal() -> bool:
         return False
 
 
+def _own_levels() -> None:
+    for name in OWN_LOGGERS:  # the handlers decide; a file log wants the debug lines
+        logging.getLogger(name).setLevel(logging.DEBUG)
+
+
 def _attach(logger: logging.Logger) -> None:
     if _CONSOLE not in logger.handlers:
         logger.addHandler(_CONSOLE)
     for handler in _files:
         if handler not in logger.handlers:
             logger.addHandler(handler)
-    if _own(logger.name):
-        logger.setLevel(logging.DEBUG)  # the handlers decide; a file log wants the debug lines
+
+
+def _holders() -> list[logging.Logger]:
+    """The loggers that hold our handlers: the root, and the routed ones (they do not propagate)."""
+    return [logging.getLogger(), *(logging.getLogger(name) for name in sorted(_routed))]
 
 
 def route_logger(name: str) -> logging.Logger:
@@ -227,8 +246,9 @@ def add_file_handler(path: str | Path, level: int = logging.DEBUG) -> logging.Ha
     handler.setFormatter(logging.Formatter(FILE_FORMAT))
     with _lock:
         _files.append(handler)
-        for name in (*OWN_LOGGERS, *_routed):
-            _attach(logging.getLogger(name))
+        _own_levels()
+        for logger in _holders():
+            logger.addHandler(handler)
     return handler
 
 
@@ -237,8 +257,8 @@ def remove_handler(handler: logging.Handler) -> None:
     with _lock:
         if handler in _files:
             _files.remove(handler)
-        for name in (*OWN_LOGGERS, *_routed):
-            logging.getLogger(name).removeHandler(handler)
+        for logger in _holders():
+            logger.removeHandler(handler)
     handler.close()
 
 
@@ -266,9 +286,7 @@ class Progress:
         self.started = self._last = time.monotonic()
         self._bar = None
         if enabled is None:
-            enabled = (
-                _verbosity >= NORMAL and console_is_terminal() and _CONSOLE in logging.getLogger("pipeline").handlers
-            )
+            enabled = _verbosity >= NORMAL and console_is_terminal() and _CONSOLE in logging.getLogger().handlers
         if enabled:
             try:
                 from tqdm import tqdm

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ DEBUG_LINE = "read description set"
 @pytest.fixture(autouse=True)
 def restore_logging():
     """Each test leaves the process's logging as it found it (other tests share the process)."""
-    names = (*logs.OWN_LOGGERS, "ray", "ray.data", "tests.logs")
+    names = ("", *logs.OWN_LOGGERS, "ray", "ray.data", "tests.logs")
     saved = {
         n: (list(logging.getLogger(n).handlers), logging.getLogger(n).level, logging.getLogger(n).propagate)
         for n in names
@@ -34,6 +35,7 @@ def restore_logging():
     yield
     logs.setup_logging(logs.NORMAL)
     logging.lastResort = last_resort
+    logging.captureWarnings(False)
     for n, (handlers, level, propagate) in saved.items():
         lg = logging.getLogger(n)
         lg.handlers[:] = handlers
@@ -149,6 +151,27 @@ def test_console_format_levels_and_third_parties(capsys):
     ray_data.warning("not shown either")
     ray_data.error("third-party error")
     assert capsys.readouterr().err.splitlines() == ["warning: shown warning", "error: tests: third-party error"]
+
+
+def test_a_library_logging_through_the_root_adds_no_second_console(capsys):
+    logs.setup_logging(logs.NORMAL)
+    logging.info("a library's module-level call (logging.basicConfig if the root had no handler)")
+    logging.getLogger("pipeline.logcheck").info("once")
+    logging.getLogger("some.library").warning("a library warning")
+    logging.getLogger("some.library").info("a library info: below the root's level")
+    assert capsys.readouterr().err.splitlines() == ["once", "warning: some: a library warning"]
+
+
+def test_python_warnings_are_third_party_warnings(capsys):
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        logs.setup_logging(logs.NORMAL)
+        warnings.warn("a library's UserWarning", UserWarning, stacklevel=1)
+        err = capsys.readouterr().err
+        assert err.startswith("warning: ") and "UserWarning: a library's UserWarning" in err
+        logs.setup_logging(logs.QUIET)
+        warnings.warn("hidden when quiet", UserWarning, stacklevel=1)
+        assert capsys.readouterr().err == ""
 
 
 def test_file_handler_keeps_debug_lines_whatever_the_console_shows(tmp_path, capsys):
