@@ -1,6 +1,6 @@
 """The experiment configuration schema: one YAML file per experiment, one section per stage.
 
-Every field has the paper's value as its default where the paper has one (DESIGN.md §1), so
+Every field has the paper's value as its default where the paper has one (docs/design.md §1), so
 ``configs/dfew.yaml`` only states what differs. Load with :func:`load_config`; overrides
 (``--set train.epochs=2``) go through exactly the same validation as the file.
 Library code never receives this whole object: stages pick out the section they need.

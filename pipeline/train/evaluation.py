@@ -33,7 +33,8 @@ def frame_pairs(batches: Iterable[dict], device: torch.device) -> Iterator[tuple
     ({"video": (B, T, S, S, 3), "label": (B,)}, torch or numpy)."""
     for batch in batches:
         video = model_layout(batch["video"]).to(device, non_blocking=True)
-        labels = batch["label"] if torch.is_tensor(batch["label"]) else torch.from_numpy(np.asarray(batch["label"]))
+        # numpy batches from Ray Data are read-only views: copy the (B,) labels rather than alias them
+        labels = batch["label"] if torch.is_tensor(batch["label"]) else torch.tensor(np.asarray(batch["label"]))
         yield video, labels.to(device=device, dtype=torch.long)
 
 

@@ -80,8 +80,12 @@ def _write_latest(storage: Storage, data: dict) -> None:
 
 
 def _run(cfg: ExperimentConfig, storage: Storage, name: str) -> dict:
-    job = TrainJob(RunSpec.for_experiment(cfg, name, resolve_descriptions(cfg, storage)), storage,
-                   runs=storage.child(TRAIN_DIR))
+    from pipeline.tracking import tracking_settings
+
+    settings = tracking_settings(cfg.tracking, cfg.name)  # resolved once here, None when off
+    spec = RunSpec.for_experiment(cfg, name, resolve_descriptions(cfg, storage),
+                                  settings.to_dict() if settings else None)
+    job = TrainJob(spec, storage, runs=storage.child(TRAIN_DIR))
     result = fit(job)
     if result.error is not None:
         raise result.error

@@ -24,6 +24,7 @@ The run's progress lives in one :class:`RunState` that is checkpointed and resto
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Callable, Iterable
@@ -80,6 +81,9 @@ class RunSpec:
     preprocess: dict | None = None
     # The experiment config the run belongs to, saved with its checkpoints.
     experiment: dict = field(default_factory=dict)
+    # MLflow settings resolved once by the driver (pipeline.tracking.TrackingSettings.to_dict());
+    # None: not tracked.
+    tracking: dict | None = None
 
     @property
     def selection_split(self) -> str:
@@ -91,17 +95,18 @@ class RunSpec:
         return ("test", "val") if self.selection_split == "val" else ("test",)
 
     @classmethod
-    def for_experiment(cls, cfg: ExperimentConfig, run_name: str,
-                       descriptions: dict[str, list[str]] | None) -> RunSpec:
+    def for_experiment(cls, cfg: ExperimentConfig, run_name: str, descriptions: dict[str, list[str]] | None,
+                       tracking: dict | None = None) -> RunSpec:
         """The spec of one run of an experiment config (its fold is ``cfg.train.fold``)."""
         return cls(model=cfg.model, train=cfg.train, class_names=tuple(cfg.dataset.class_names),
                    descriptions=descriptions, run_name=run_name, dataset=cfg.dataset.name, fold=cfg.train.fold,
-                   experiment=to_dict(cfg))
+                   experiment=to_dict(cfg), tracking=tracking)
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": to_dict(self.model), "train": to_dict(self.train), "class_names": list(self.class_names),
                 "descriptions": self.descriptions, "run_name": self.run_name, "dataset": self.dataset,
-                "fold": self.fold, "preprocess": self.preprocess, "experiment": self.experiment}
+                "fold": self.fold, "preprocess": self.preprocess, "experiment": self.experiment,
+                "tracking": self.tracking}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
@@ -109,7 +114,8 @@ class RunSpec:
                    train=from_dict(TrainConfig, data["train"], "run spec train"),
                    class_names=tuple(data["class_names"]), descriptions=data.get("descriptions"),
                    run_name=data["run_name"], dataset=data.get("dataset", ""), fold=int(data.get("fold", 1)),
-                   preprocess=data.get("preprocess"), experiment=data.get("experiment") or {})
+                   preprocess=data.get("preprocess"), experiment=data.get("experiment") or {},
+                   tracking=data.get("tracking"))
 
 
 @dataclass
@@ -159,6 +165,38 @@ class Recipe:
         self.scheduler = build_scheduler(self.optimizer, t)
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.precision == "fp16")
         self.state = RunState()
+        self.tracker = None  # an open pipeline.tracking.RunTracker while tracked() runs
+
+    # -- experiment tracking (MLflow) -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def tracked(self, enabled: bool = True):
+        """Log this run to MLflow while the block runs, when the spec asks for it and ``enabled``
+        (rank 0 only): params at the start (a restarted worker continues the run whose id the
+        checkpointed state holds), every epoch's row, the final test row; the run ends FINISHED,
+        KILLED (Tune stopped the trial) or FAILED. Yields the tracker, or None."""
+        from pipeline.tracking import open_tracker
+
+        self.tracker = open_tracker(self.spec.tracking) if enabled else None
+        if self.tracker is None:
+            yield None
+            return
+        spec, s = self.spec, self.state
+        s.tracking_run_id = self.tracker.start(
+            spec.run_name, params=spec.experiment, resume_run_id=s.tracking_run_id,
+            tags={"dferclip.run_name": spec.run_name, "dferclip.dataset": spec.dataset, "dferclip.fold": spec.fold})
+        try:
+            yield self.tracker
+        except SystemExit:  # tune.report raises it in a trial that Tune stopped (ASHA)
+            self.tracker.finish("KILLED")
+            raise
+        except BaseException:
+            self.tracker.finish("FAILED")
+            raise
+        else:
+            self.tracker.finish("FINISHED")
+        finally:
+            self.tracker = None
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -224,6 +262,8 @@ class Recipe:
         row["seconds"] = round(seconds, 3)
         s.history.append(row)
         s.epoch = epoch
+        if self.tracker is not None:
+            self.tracker.log_epoch(row, step=epoch)
         return row, improved
 
     def finish(self, load_best: Callable[[], None], test_batches: Callable[[], Batches]) -> dict[str, Any]:
@@ -238,6 +278,8 @@ class Recipe:
         if self.spec.selection_split == "val":
             m = self.evaluate(test_batches())
             s.history[-1].update(m.flat("test", names))
+            if self.tracker is not None:
+                self.tracker.log_epoch(m.flat("test", names), step=s.epoch)
             return {"loss": m.loss, "uar": m.uar, "war": m.war, "recall": dict(zip(names, m.recall)),
                     "confusion": m.confusion}
         best = s.best_row or {}

@@ -153,40 +153,44 @@ def train_loop_per_worker(loop_config: dict) -> None:
         return frame_pairs(eval_its[split].iter_torch_batches(batch_size=t.eval_batch_size,
                                                               prefetch_batches=t.data_loader_threads), device)
 
-    for epoch in recipe.epochs():
-        started = time.perf_counter()
-        if rank == 0 and clock is not None:
-            ray.get(clock.set.remote(epoch))
-        batches = train_it.iter_torch_batches(batch_size=batch, local_shuffle_buffer_size=shuffle or None,
-                                              prefetch_batches=t.data_loader_threads)
-        if epoch == t.fail_once_at_epoch and rank == (1 if world > 1 else 0):
-            batches = _fail_once(batches, storage, epoch, rank)
-        train_row = recipe.train_epoch(frame_pairs(batches, device))
-        evals = {spec.selection_split: recipe.evaluate(eval_pairs(spec.selection_split))}
-        row, improved = recipe.end_epoch(train_row, evals, time.perf_counter() - started)
-        with contextlib.ExitStack() as stack:
-            checkpoint = None
-            if rank == 0:
-                if improved:
-                    _write_model(storage, "best", model, {"epoch": row["epoch"], "metrics": dict(row),
-                                                          "run_name": spec.run_name, "preprocess": spec.preprocess})
-                # The directory lives until report() below has copied it to storage.
-                d = stack.enter_context(tempfile.TemporaryDirectory(prefix="ckpt"))
-                extra = {**recipe.state_dict(), "config": spec.experiment, "run_name": spec.run_name}
-                torch.save(checkpoint_payload(model, extra), os.path.join(d, CHECKPOINT_FILE))
-                checkpoint = ray.train.Checkpoint.from_directory(d)
-            if recipe.last_epoch:
-                def load_best() -> None:
-                    _barrier(world)  # rank 0 has written best/model.pt
-                    model.load_state_dict(_read_payload(storage, "best")["state_dict"])
-
-                test = recipe.finish(load_best, lambda: eval_pairs("test"))
-            if files is not None:
-                files.write_epoch(recipe.state.history, row, spec.run_name, purge_step)
+    with recipe.tracked(enabled=rank == 0) as tracker:
+        for epoch in recipe.epochs():
+            started = time.perf_counter()
+            if rank == 0 and clock is not None:
+                ray.get(clock.set.remote(epoch))
+            batches = train_it.iter_torch_batches(batch_size=batch, local_shuffle_buffer_size=shuffle or None,
+                                                  prefetch_batches=t.data_loader_threads)
+            if epoch == t.fail_once_at_epoch and rank == (1 if world > 1 else 0):
+                batches = _fail_once(batches, storage, epoch, rank)
+            train_row = recipe.train_epoch(frame_pairs(batches, device))
+            evals = {spec.selection_split: recipe.evaluate(eval_pairs(spec.selection_split))}
+            row, improved = recipe.end_epoch(train_row, evals, time.perf_counter() - started)
+            with contextlib.ExitStack() as stack:
+                checkpoint = None
+                if rank == 0:
+                    if improved:
+                        _write_model(storage, "best", model, {"epoch": row["epoch"], "metrics": dict(row),
+                                                              "run_name": spec.run_name, "preprocess": spec.preprocess})
+                    # The directory lives until report() below has copied it to storage.
+                    d = stack.enter_context(tempfile.TemporaryDirectory(prefix="ckpt"))
+                    extra = {**recipe.state_dict(), "config": spec.experiment, "run_name": spec.run_name}
+                    torch.save(checkpoint_payload(model, extra), os.path.join(d, CHECKPOINT_FILE))
+                    checkpoint = ray.train.Checkpoint.from_directory(d)
                 if recipe.last_epoch:
-                    _write_final(files, storage, model, spec, recipe, test)
-                logger.info(progress_line(spec.run_name, row, t.epochs, spec.selection_split, t.best_metric))
-            ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch{row['epoch']:04d}")
+                    def load_best() -> None:
+                        _barrier(world)  # rank 0 has written best/model.pt
+                        model.load_state_dict(_read_payload(storage, "best")["state_dict"])
+
+                    test = recipe.finish(load_best, lambda: eval_pairs("test"))
+                if files is not None:
+                    files.write_epoch(recipe.state.history, row, spec.run_name, purge_step)
+                    if recipe.last_epoch:
+                        _write_final(files, storage, model, spec, recipe, test)
+                    logger.info(progress_line(spec.run_name, row, t.epochs, spec.selection_split, t.best_metric))
+                ray.train.report(row, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch{row['epoch']:04d}")
+        if tracker is not None and recipe.last_epoch:
+            tracker.log_files(storage.uri(), ["*.png", "metrics.csv", "summary.json"])
+            tracker.log_checkpoint(storage.uri("final"))
     if files is not None:
         files.close()
 

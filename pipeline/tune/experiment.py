@@ -17,6 +17,7 @@ again resumes it.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
 from pipeline.storage import Storage
 from pipeline.train.recipe import reported_metrics
+from pipeline.typed import to_dict
 
 __all__ = ["SweepOutcome", "run_tune", "validate_tune"]
 
@@ -51,7 +53,47 @@ def validate_tune(cfg: ExperimentConfig) -> None:
         raise UserError(f"tune.mode: {t.metric} is a loss; use mode: min")
 
 
-def _trainable(cfg: ExperimentConfig, storage: Storage, name: str, descriptions, swept: tuple[str, ...]):
+class _SweepRun:
+    """The sweep's own MLflow run, which the trials' runs nest under (when tracking is on).
+
+    Its id is kept in the sweep folder, so a resumed sweep continues the same parent run."""
+
+    FILE = "mlflow_run.json"
+
+    def __init__(self, cfg: ExperimentConfig, storage: Storage, rel: str, name: str):
+        from pipeline.tracking import open_tracker, tracking_settings
+
+        self.settings = tracking_settings(cfg.tracking, cfg.name)
+        self.tracker = open_tracker(self.settings)
+        self.storage, self.rel = storage, rel
+        if self.tracker is None:
+            return
+        previous = (json.loads(storage.read_text(rel, self.FILE))["run_id"]
+                    if storage.exists(rel, self.FILE) else None)
+        run_id = self.tracker.start(f"sweep {name}", params=to_dict(cfg), resume_run_id=previous,
+                                    tags={"dferclip.kind": "sweep", "dferclip.sweep": name})
+        storage.write_text(json.dumps({"run_id": run_id}) + "\n", rel, self.FILE)
+        self.settings = self.settings.nested_in(run_id)
+
+    @property
+    def trial_settings(self) -> dict | None:
+        return self.settings.to_dict() if self.tracker is not None else None
+
+    def end(self, status: str) -> None:
+        """Close trials Tune tore down before they could (full-mode workers), upload the sweep's
+        table and plots, end the parent run."""
+        if self.tracker is None:
+            return
+        from pipeline.tracking import close_open_runs
+
+        close_open_runs(self.settings, "KILLED")
+        if status == "FINISHED":
+            self.tracker.log_files(self.storage.uri(self.rel), ["results.csv", "heatmap.png", "best_config.yaml"])
+        self.tracker.finish(status)
+
+
+def _trainable(cfg: ExperimentConfig, storage: Storage, name: str, descriptions, swept: tuple[str, ...],
+               tracking: dict | None):
     """The Tune trainable of this sweep's mode, with its resources."""
     from ray import tune
 
@@ -63,7 +105,7 @@ def _trainable(cfg: ExperimentConfig, storage: Storage, name: str, descriptions,
         from pipeline.tune.full import RUNS_DIR, FullSetup, full_trainable
 
         # The driver only waits on its Train workers; they hold the trial's real resources.
-        setup = FullSetup(cfg, descriptions, storage, storage.child(sweep_rel(name), RUNS_DIR), swept)
+        setup = FullSetup(cfg, descriptions, storage, storage.child(sweep_rel(name), RUNS_DIR), swept, tracking)
         return full_trainable(setup, driver_cpus=t.driver_cpus)
     from pipeline.tune.embeddings import ensure_embeddings, load_embeddings
     from pipeline.tune.fast import FastSetup, fast_trial
@@ -73,7 +115,7 @@ def _trainable(cfg: ExperimentConfig, storage: Storage, name: str, descriptions,
     info = ensure_embeddings(storage, cfg.dataset.name, cfg.model, cfg.dataset.class_names, seed=cfg.train.seed,
                              batch_size=t.embed_batch_size, workers=t.embed_workers, cpus=t.embed_cpus,
                              gpus=t.embed_gpus)
-    setup = FastSetup(cfg, descriptions, swept, storage.path(info.rel_dir))
+    setup = FastSetup(cfg, descriptions, swept, storage.path(info.rel_dir), tracking)
     return tune.with_resources(tune.with_parameters(fast_trial, data=load_embeddings(storage, info), setup=setup),
                                {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial})
 
@@ -90,7 +132,7 @@ def run_tune(cfg: ExperimentConfig, *, callbacks: list | None = None) -> SweepOu
     from pipeline.tune import results as res
     from pipeline.tune.space import apply_params_to_dict, expected_trials, swept_keys
     from pipeline.tune.sweep import run_sweep, sweep_rel
-    from pipeline.typed import from_dict, to_dict
+    from pipeline.typed import from_dict
 
     # validate
     validate_tune(cfg)
@@ -109,14 +151,20 @@ def run_tune(cfg: ExperimentConfig, *, callbacks: list | None = None) -> SweepOu
                         "run `dferclip preprocess` first")
     # build
     ensure_ray()
-    trainable = _trainable(cfg, storage, name, descriptions, swept)
+    rel = sweep_rel(name)
+    tracking = _SweepRun(cfg, storage, rel, name)
+    trainable = _trainable(cfg, storage, name, descriptions, swept, tracking.trial_settings)
     # run
     logger.info("[tune] %s sweep %r: %s search over %s; metric %s (%s); up to %d epochs per trial, %d at a time",
                 mode, name, t.search, ", ".join(swept), t.metric, t.mode, cfg.train.epochs, t.max_concurrent_trials)
-    results = run_sweep(trainable, t, storage=storage, name=name, max_epochs=cfg.train.epochs, seed=cfg.train.seed,
-                        signature=signature, keep_checkpoints=cfg.train.keep_checkpoints, callbacks=callbacks)
+    try:
+        results = run_sweep(trainable, t, storage=storage, name=name, max_epochs=cfg.train.epochs,
+                            seed=cfg.train.seed, signature=signature, keep_checkpoints=cfg.train.keep_checkpoints,
+                            callbacks=callbacks)
+    except BaseException:
+        tracking.end("FAILED")
+        raise
     # write
-    rel = sweep_rel(name)
     table = res.results_table(results, list(swept), t.metric, t.mode, cfg.train.epochs, res.trial_statuses(results))
     pq_path, csv_path = res.write_table(storage, rel, table)
     storage.write_bytes(res.heatmap_png(table, t.metric, t.mode, f"{name}: best {t.metric} ({mode} mode)"), rel,
@@ -136,6 +184,7 @@ def run_tune(cfg: ExperimentConfig, *, callbacks: list | None = None) -> SweepOu
             header.append("Found with a frozen image encoder and no augmentation; full training fine-tunes "
                           f"the encoder at train.lr_image_encoder={cfg.train.lr_image_encoder:g}.")
         storage.write_text(res.best_config_yaml(best_cfg, header), rel, "best_config.yaml")
+    tracking.end("KILLED" if interrupted else "FINISHED")
     logger.info("%s", table.drop(columns=["error", "metric"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     logger.info("[tune] results: %s, %s, %s", pq_path, csv_path, storage.path(rel, "heatmap.png"))
     if interrupted:

@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -48,6 +49,7 @@ class FastSetup:
     descriptions: dict[str, list[str]] | None
     swept: tuple[str, ...]  # dotted config paths (``model.n_ctx`` ...)
     where: str = "<embeddings>"  # names the data in error messages
+    tracking: dict | None = None  # MLflow settings (runs nest under the sweep's run)
 
 
 def build_frozen_model(spec: RunSpec) -> nn.Module:
@@ -90,7 +92,7 @@ def fast_trial(config: dict, *, data: EmbeddingSet, setup: FastSetup) -> None:
     from pipeline.tune.space import apply_params, trial_params
 
     cfg = apply_params(setup.experiment, trial_params(config, list(setup.swept)))
-    spec = RunSpec.for_experiment(cfg, tune.get_context().get_trial_name(), setup.descriptions)
+    spec = RunSpec.for_experiment(cfg, tune.get_context().get_trial_name(), setup.descriptions, setup.tracking)
     t = spec.train
     plan = plan_splits(_index_table(data), spec.fold, t.selection, t.val_fraction, t.seed, setup.where)
     row_of = {cid: i for i, cid in enumerate(data.clip_ids)}
@@ -109,18 +111,19 @@ def fast_trial(config: dict, *, data: EmbeddingSet, setup: FastSetup) -> None:
         best_state = saved["best_state"]
 
     split = spec.selection_split
-    for epoch in recipe.epochs():
-        started = time.perf_counter()
-        order = rows["train"][np.random.default_rng([t.seed, epoch]).permutation(len(rows["train"]))]
-        train_row = recipe.train_epoch(_pairs(data, order, spec, device, epoch))
-        evals = {split: recipe.evaluate(_pairs(data, rows[split], spec, device, None))}
-        row, improved = recipe.end_epoch(train_row, evals, time.perf_counter() - started)
-        if improved:
-            best_state = _trainable_state(model)
-        saved = {"model": _trainable_state(model), "recipe": recipe.state_dict(), "best_state": best_state}
-        if recipe.last_epoch:
-            recipe.finish(lambda: model.load_state_dict(best_state, strict=False),
-                          lambda: _pairs(data, rows["test"], spec, device, None))
-        with tempfile.TemporaryDirectory(prefix="fastckpt") as d:
-            torch.save(saved, os.path.join(d, STATE_FILE))
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
+    with recipe.tracked():  # one MLflow run per trial when tracking is on
+        for epoch in recipe.epochs():
+            started = time.perf_counter()
+            order = rows["train"][np.random.default_rng([t.seed, epoch]).permutation(len(rows["train"]))]
+            train_row = recipe.train_epoch(_pairs(data, order, spec, device, epoch))
+            evals = {split: recipe.evaluate(_pairs(data, rows[split], spec, device, None))}
+            row, improved = recipe.end_epoch(train_row, evals, time.perf_counter() - started)
+            if improved:
+                best_state = _trainable_state(model)
+            saved = {"model": _trainable_state(model), "recipe": recipe.state_dict(), "best_state": best_state}
+            if recipe.last_epoch:
+                recipe.finish(partial(model.load_state_dict, best_state, strict=False),
+                              partial(_pairs, data, rows["test"], spec, device, None))
+            with tempfile.TemporaryDirectory(prefix="fastckpt") as d:
+                torch.save(saved, os.path.join(d, STATE_FILE))
+                tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))

@@ -34,6 +34,7 @@ class FullSetup:
     storage: Storage  # the experiment's storage root (shards)
     runs: Storage  # Ray storage_path of the trials' Train runs
     swept: tuple[str, ...]  # dotted config paths
+    tracking: dict | None = None  # MLflow settings (runs nest under the sweep's run)
 
 
 def full_trial(config: dict, *, setup: FullSetup) -> None:
@@ -48,7 +49,7 @@ def full_trial(config: dict, *, setup: FullSetup) -> None:
 
     cfg = apply_params(setup.experiment, trial_params(config, list(setup.swept)))
     name = tune.get_context().get_trial_name()
-    job = TrainJob(RunSpec.for_experiment(cfg, name, setup.descriptions), setup.storage, runs=setup.runs)
+    job = TrainJob(RunSpec.for_experiment(cfg, name, setup.descriptions, setup.tracking), setup.storage, runs=setup.runs)
     guard = TrainRunGuard(tune.get_context().get_trial_id())
     try:
         fit(job, callbacks=[guard.callback(), TuneReportCallback()], progress=False)

@@ -130,7 +130,8 @@ def test_killed_worker_restarts_from_last_checkpoint(train_store, tmp_path):
     from stages.train import main
 
     cfg = load_config(tiny_config(train_store, tmp_path / "fail.yaml", fail_once_at_epoch=2,
-                                  selection="validation", val_fraction=0.34))
+                                  selection="validation", val_fraction=0.34),
+                      [f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlflow.db", "tracking.log_checkpoint=false"])
     summary = main(cfg)["runs"][0]
     run = Path(summary["paths"]["run_dir"])
     assert (run / "fault_injected_epoch2").is_file()
@@ -143,6 +144,21 @@ def test_killed_worker_restarts_from_last_checkpoint(train_store, tmp_path):
     assert metrics["test_uar"].to_list()[0] is None and metrics["test_uar"].to_list()[1] is not None
     assert summary["test"]["uar"] == pytest.approx(metrics["test_uar"].to_list()[1])
     assert (run / "confusion_val.png").is_file() and (run / "confusion_test.png").is_file()
+    # MLflow (tracking.mlflow_uri): the restarted worker group continued the same run.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.tracking.mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name(cfg.name).experiment_id])
+    assert len(runs) == 1
+    r = runs[0]
+    assert r.info.status == "FINISHED" and r.info.run_name == summary["run_name"]
+    assert r.data.tags["dferclip.restarts"] == "1" and r.data.tags["dferclip.fold"] == "1"
+    assert r.data.params["train.epochs"] == "2" and r.data.params["train.selection"] == "validation"
+    assert sorted({m.step for m in client.get_metric_history(r.info.run_id, "val_uar")}) == [1, 2]
+    [test_uar] = client.get_metric_history(r.info.run_id, "test_uar")  # evaluated once, at the end
+    assert test_uar.step == 2 and test_uar.value == pytest.approx(summary["test"]["uar"])
+    artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
+    assert {"curves.png", "confusion_test.png", "metrics.csv", "summary.json"} <= artifacts
 
 
 @pytest.mark.slow
@@ -151,8 +167,9 @@ def test_kfold_command_writes_per_fold_and_mean_table(train_store, tmp_path):
     from stages.train import cli
 
     cfg_path = tiny_config(train_store, tmp_path / "kfold.yaml")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert cli(["--config", str(cfg_path), "--folds", "1,2", "--set", "train.epochs=1",
-                "--set", "train.num_workers=1", "--set", "train.batch_size=4"]) == 0
+                "--set", "train.num_workers=1", "--set", "train.batch_size=4", "--set", f"tracking.mlflow_uri={uri}"]) == 0
     latest = json.loads((train_store / "train" / "latest.json").read_text())
     table = pl.read_csv(Path(latest["kfold"]["dir"]) / "folds.csv")
     assert table["fold"].to_list() == ["1", "2", "mean", "std"]
@@ -161,6 +178,16 @@ def test_kfold_command_writes_per_fold_and_mean_table(train_store, tmp_path):
     assert "| mean |" in (Path(latest["kfold"]["dir"]) / "folds.md").read_text()
     for run in table["run"].to_list()[:2]:
         assert (train_store / "train" / run / "final" / "model.pt").is_file()
+    # one MLflow run per fold, each with its final checkpoint as an artifact
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(load_config(cfg_path).name).experiment_id])
+    assert sorted(r.info.run_name for r in runs) == sorted(table["run"].to_list()[:2])
+    assert sorted(r.data.tags["dferclip.fold"] for r in runs) == ["1", "2"]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        assert "checkpoint" in {a.path for a in client.list_artifacts(r.info.run_id)}
 
 
 @pytest.mark.timeout(120)

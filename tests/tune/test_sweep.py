@@ -53,11 +53,24 @@ def _check_outputs(out, cfg):
 
 
 @pytest.mark.timeout(900)
-def test_fast_sweep_outputs_and_early_stopping(ray_local, shard_root):
-    cfg = _config(shard_root)
+def test_fast_sweep_outputs_and_early_stopping(ray_local, shard_root, tmp_path):
+    cfg = _config(shard_root, f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlflow.db")
     out = stage.main(cfg)
     assert not out.interrupted
-    _check_outputs(out, cfg)
+    table = _check_outputs(out, cfg)
+    # MLflow: the sweep's run, and one run per trial nested under it, ended as the trial ended.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.tracking.mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name(cfg.name).experiment_id])
+    [sweep] = [r for r in runs if r.data.tags.get("dferclip.kind") == "sweep"]
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
+    assert sweep.info.status == "FINISHED" and len(trials) == len(runs) - 1 == 4
+    assert {"results.csv", "heatmap.png", "best_config.yaml"} <= {a.path for a in client.list_artifacts(sweep.info.run_id)}
+    statuses = sorted(r.info.status for r in trials)
+    expected = sorted("KILLED" if s == "stopped_early" else "FINISHED" for s in table["status"])
+    assert statuses == expected
+    assert {r.data.params["model.n_ctx"] for r in trials} == {"2", "8"}
     # The cache was made once, below the storage root, keyed by backbone.
     assert len(os.listdir(shard_root / "embeddings" / "demo")) == 1
 
