@@ -81,10 +81,21 @@ def build(tmp: Path, clips: int, frames: int, size: int) -> tuple[Path, Path]:
             ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 90])
             jpegs.append(buf.tobytes())
             (folder / f"{t:05d}.jpg").write_bytes(jpegs[-1])
-        rows.append({"clip_id": f"clip{k:04d}", "dataset": "bench", "label": k % 7, "label_name": str(k % 7),
-                     "splits": ["1:train"], "num_frames": frames, "frames": jpegs,
-                     "boxes": [[0.0, 0.0, float(size), float(size)]] * frames, "face_fallback": False,
-                     "source_path": str(folder), "fps": 25.0})
+        rows.append(
+            {
+                "clip_id": f"clip{k:04d}",
+                "dataset": "bench",
+                "label": k % 7,
+                "label_name": str(k % 7),
+                "splits": ["1:train"],
+                "num_frames": frames,
+                "frames": jpegs,
+                "boxes": [[0.0, 0.0, float(size), float(size)]] * frames,
+                "face_fallback": False,
+                "source_path": str(folder),
+                "fps": 25.0,
+            }
+        )
     shard = tmp / "part-bench.parquet"
     import pyarrow as pa
 
@@ -189,12 +200,14 @@ def timed(fns: dict, repeats: int) -> dict[str, list[float]]:
 
 def methods(shard: Path, folders: Path, out_size: int) -> dict:
     """The timed methods on one built data set; each takes the round number as its epoch."""
-    return {"ours": lambda e: run_shards(shard, out_size, DECODE_BATCH, e, False),
-            "ours_fast": lambda e: run_shards(shard, out_size, DECODE_BATCH, e, True),
-            "pil": lambda e: run_pil(folders, out_size, e),
-            "decode": lambda e: run_decode(shard, e, "exact"),
-            "decode_fast": lambda e: run_decode(shard, e, "fast"),
-            "decode_cv2": lambda e: run_decode(shard, e, "opencv")}
+    return {
+        "ours": lambda e: run_shards(shard, out_size, DECODE_BATCH, e, False),
+        "ours_fast": lambda e: run_shards(shard, out_size, DECODE_BATCH, e, True),
+        "pil": lambda e: run_pil(folders, out_size, e),
+        "decode": lambda e: run_decode(shard, e, "exact"),
+        "decode_fast": lambda e: run_decode(shard, e, "fast"),
+        "decode_cv2": lambda e: run_decode(shard, e, "opencv"),
+    }
 
 
 def paired_ratio(a: list[float], b: list[float]) -> float:
@@ -205,8 +218,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=24)
     parser.add_argument("--frames", type=int, default=48, help="frames stored per clip")
-    parser.add_argument("--sizes", default="224,448",
-                        help="stored crop sizes (preprocess.crop_size) to run, comma-separated")
+    parser.add_argument(
+        "--sizes", default="224,448", help="stored crop sizes (preprocess.crop_size) to run, comma-separated"
+    )
     parser.add_argument("--input", type=int, default=224, help="model input size")
     parser.add_argument("--repeats", type=int, default=11)
     args = parser.parse_args()
@@ -216,21 +230,33 @@ def main() -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="bench_data") as d:
             shard, folders = build(Path(d), args.clips, args.frames, size)
-            print(f"{args.clips} clips x {args.frames} stored frames at {size} px -> {T} frames at {args.input} px, "
-                  f"train mode, clips per CPU-second on one core, {args.repeats} rounds, ratios paired within a round")
+            print(
+                f"{args.clips} clips x {args.frames} stored frames at {size} px -> {T} frames at {args.input} px, "
+                f"train mode, clips per CPU-second on one core, {args.repeats} rounds, ratios paired within a round"
+            )
             rates = timed(methods(shard, folders, args.input), args.repeats)
-        for name, label in (("ours", "shards + ClipTransform (ours)    "),
-                            ("ours_fast", "  the same, augment.fast_decode on"),
-                            ("pil", "per-file PIL (published way)     "),
-                            ("decode", "pure decode (the limit)          "),
-                            ("decode_fast", "pure decode, fast DCT/upsampling "),
-                            ("decode_cv2", "pure decode with OpenCV          ")):
-            print(f"  {label}: {statistics.median(rates[name]):7.1f} clips/s  (median of rounds; best {max(rates[name]):.1f})")
-        for name, limit, what in (("ours", "decode", "ours (default, exact)"), ("ours_fast", "decode_fast", "ours, fast decode")):
+        for name, label in (
+            ("ours", "shards + ClipTransform (ours)    "),
+            ("ours_fast", "  the same, augment.fast_decode on"),
+            ("pil", "per-file PIL (published way)     "),
+            ("decode", "pure decode (the limit)          "),
+            ("decode_fast", "pure decode, fast DCT/upsampling "),
+            ("decode_cv2", "pure decode with OpenCV          "),
+        ):
+            print(
+                f"  {label}: {statistics.median(rates[name]):7.1f} clips/s  (median of rounds; best {max(rates[name]):.1f})"
+            )
+        for name, limit, what in (
+            ("ours", "decode", "ours (default, exact)"),
+            ("ours_fast", "decode_fast", "ours, fast decode"),
+        ):
             per_round = [o / p for o, p in zip(rates[name], rates["pil"])]
-            print(f"  {what:21s}: {paired_ratio(rates[name], rates['pil']):5.2f}x the PIL baseline (target >= 5x; rounds "
-                  f"{min(per_round):.2f}-{max(per_round):.2f}), {100 * paired_ratio(rates[name], rates[limit]):5.1f} % "
-                  f"of its pure decode (target >= 65 %)")
+            print(
+                f"  {what:21s}: {paired_ratio(rates[name], rates['pil']):5.2f}x the PIL baseline (target >= 5x; rounds "
+                f"{min(per_round):.2f}-{max(per_round):.2f}), {100 * paired_ratio(rates[name], rates[limit]):5.1f} % "
+                f"of its pure decode (target >= 65 %)"
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -46,8 +46,9 @@ class Server:
 
     def __enter__(self) -> Server:
         script = REPO / "tests/llm/openai_server.py"
-        self.proc = subprocess.Popen([sys.executable, str(script), "--port", "0", "--latency", str(LATENCY)],
-                                     stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), "--port", "0", "--latency", str(LATENCY)], stdout=subprocess.PIPE, text=True
+        )
         line = self.proc.stdout.readline()  # "serving http://127.0.0.1:PORT/v1 ..."
         self.base_url = line.split()[1]
         return self
@@ -62,11 +63,18 @@ class Server:
 
 
 def _run(server: Server, root: Path, concurrency: int) -> tuple[float, int]:
-    cfg = load_config(None, [
-        f"storage.root={root}", "dataset.name=mafw", "describe.enabled=true",
-        f"describe.base_url={server.base_url}", "describe.model=bench-model",
-        f"describe.samples={SAMPLES}", f"describe.concurrency={concurrency}",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"storage.root={root}",
+            "dataset.name=mafw",
+            "describe.enabled=true",
+            f"describe.base_url={server.base_url}",
+            "describe.model=bench-model",
+            f"describe.samples={SAMPLES}",
+            f"describe.concurrency={concurrency}",
+        ],
+    )
     before = server.stats()["chat_requests"]
     start = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):  # the stage's progress lines
@@ -89,14 +97,18 @@ def main() -> int:
         hit_s, hit_n = _run(server, tmp / "concurrent", default)
         peak = server.stats()["max_in_flight"]
     ratio = par_s / seq_s
-    print(f"describe bench: {CLASSES} classes x {SAMPLES} samples = {CLASSES * SAMPLES} answers, "
-          f"server latency {LATENCY * 1000:.0f} ms")
+    print(
+        f"describe bench: {CLASSES} classes x {SAMPLES} samples = {CLASSES * SAMPLES} answers, "
+        f"server latency {LATENCY * 1000:.0f} ms"
+    )
     print(f"  sequential (concurrency 1):        {seq_s:6.2f} s  {seq_n} requests")
     print(f"  concurrent (default concurrency {default}): {par_s:6.2f} s  {par_n} requests  (peak in flight {peak})")
     print(f"  ratio concurrent / sequential:     {ratio:6.3f}  (target <= 0.15) {'OK' if ratio <= 0.15 else 'MISSED'}")
     ok_cache = hit_n == 0 and hit_s < 2.0
-    print(f"  cached re-run:                     {hit_s:6.2f} s  {hit_n} requests  "
-          f"(target 0 requests, < 2 s) {'OK' if ok_cache else 'MISSED'}")
+    print(
+        f"  cached re-run:                     {hit_s:6.2f} s  {hit_n} requests  "
+        f"(target 0 requests, < 2 s) {'OK' if ok_cache else 'MISSED'}"
+    )
     return 0
 
 

@@ -98,6 +98,7 @@ def main() -> None:
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(model(video), labels).backward()
             opt.step()
+
         return run
 
     def evaluate(model):
@@ -105,6 +106,7 @@ def main() -> None:
             with torch.no_grad():
                 for _ in range(args.eval_batches):
                     model(video)
+
         return run
 
     with torch.no_grad():  # same function, same numbers

@@ -51,8 +51,11 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         clip = Path(tmp) / "clip.mp4"
-        write_video(clip, render_clip("happiness", np.random.default_rng(0), num_frames=args.frames,
-                                      size=(width, height)), fps=12)
+        write_video(
+            clip,
+            render_clip("happiness", np.random.default_rng(0), num_frames=args.frames, size=(width, height)),
+            fps=12,
+        )
         # The baseline's input: exactly the frames predict feeds the model.
         frames = ClipLoader(model.num_frames, model.image_size, PreprocessConfig()).load(clip)
         video = torch.from_numpy(frames.video).unsqueeze(0).permute(0, 1, 4, 2, 3).to(args.device)  # (1, T, 3, S, S)
@@ -89,13 +92,19 @@ def main() -> None:
             load_times.append(time.perf_counter() - start)
 
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{args.arch}, {args.text} texts, {model.num_frames} model frames, {args.frames}-frame {width}x{height} "
-          f"mp4, device {args.device}, torch threads {torch.get_num_threads()}, {args.repeats} interleaved repeats")
+    print(
+        f"{args.arch}, {args.text} texts, {model.num_frames} model frames, {args.frames}-frame {width}x{height} "
+        f"mp4, device {args.device}, torch threads {torch.get_num_threads()}, {args.repeats} interleaved repeats"
+    )
     print("model load / build excluded from both; class text features computed before timing")
-    print(f"bare forward (1 clip, frames as tensor): median {med['forward'] * 1000:8.1f} ms  "
-          f"(all: {', '.join(f'{t * 1000:.0f}' for t in times['forward'])})")
-    print(f"predict end to end (read+detect+crop+sample+resize+forward): median {med['predict'] * 1000:8.1f} ms  "
-          f"(all: {', '.join(f'{t * 1000:.0f}' for t in times['predict'])})")
+    print(
+        f"bare forward (1 clip, frames as tensor): median {med['forward'] * 1000:8.1f} ms  "
+        f"(all: {', '.join(f'{t * 1000:.0f}' for t in times['forward'])})"
+    )
+    print(
+        f"predict end to end (read+detect+crop+sample+resize+forward): median {med['predict'] * 1000:8.1f} ms  "
+        f"(all: {', '.join(f'{t * 1000:.0f}' for t in times['predict'])})"
+    )
     print(f"  of which decode+detect+crop+resize alone: median {statistics.median(load_times) * 1000:.1f} ms")
     print(f"ratio predict / bare forward: {med['predict'] / med['forward']:.3f}  (target <= 1.1)")
 

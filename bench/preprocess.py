@@ -36,8 +36,13 @@ def worker_fps(video: Path, every: int, repeat: int) -> float:
     from pipeline.data.video import open_frames
 
     prep = PreprocessConfig()
-    cropper = ClipCropper(HaarDetector(max_side=prep.detect_max_side), detect_every=every, margin=prep.margin,
-                          crop_size=prep.crop_size, jpeg_quality=prep.jpeg_quality)
+    cropper = ClipCropper(
+        HaarDetector(max_side=prep.detect_max_side),
+        detect_every=every,
+        margin=prep.margin,
+        crop_size=prep.crop_size,
+        jpeg_quality=prep.jpeg_quality,
+    )
     best = 0.0
     for _ in range(repeat):
         t = time.perf_counter()
@@ -54,8 +59,7 @@ def job_fps(video: Path, clips: int, workers: int, frames_per_clip: int) -> floa
     root = Path(tempfile.mkdtemp(prefix="bench-prep-"))
     try:
         prep = PreprocessConfig(num_workers=workers, cpus_per_worker=1.0, shard_target_mb=4.0)
-        items = [{"clip_id": f"c{i:03d}", "path": str(video), "label": i % 7, "split": "train"}
-                 for i in range(clips)]
+        items = [{"clip_id": f"c{i:03d}", "path": str(video), "label": i % 7, "split": "train"} for i in range(clips)]
         t = time.perf_counter()
         manifest = run_preprocess(str(root), DatasetConfig(name="demo"), prep, clips=items, log=lambda _: None)
         elapsed = time.perf_counter() - t
@@ -81,14 +85,18 @@ def main() -> int:
     k = PreprocessConfig().detect_every
     tmp = Path(tempfile.mkdtemp(prefix="bench-video-"))
     video = write_video(tmp / "face_640x360.mp4", face_frames(args.frames, 640, 360, size=150, drift=1))
-    print(f"video: 640x360, {args.frames} frames, H.264; Haar on grayscale downscaled to <= "
-          f"{PreprocessConfig().detect_max_side} px; crop {PreprocessConfig().crop_size} px, JPEG q{PreprocessConfig().jpeg_quality}")
+    print(
+        f"video: 640x360, {args.frames} frames, H.264; Haar on grayscale downscaled to <= "
+        f"{PreprocessConfig().detect_max_side} px; crop {PreprocessConfig().crop_size} px, JPEG q{PreprocessConfig().jpeg_quality}"
+    )
 
     every1 = worker_fps(video, 1, args.repeat)
     everyk = worker_fps(video, k, args.repeat)
     print(f"one worker, detect every frame : {every1:7.1f} frames/s  (baseline)")
-    print(f"one worker, detect every {k} (k) : {everyk:7.1f} frames/s  ratio {everyk / every1:.2f}x  "
-          f"[targets: >= 150 frames/s: {'ok' if everyk >= 150 else 'MISSED'}; >= 3x: {'ok' if everyk / every1 >= 3 else 'MISSED'}]")
+    print(
+        f"one worker, detect every {k} (k) : {everyk:7.1f} frames/s  ratio {everyk / every1:.2f}x  "
+        f"[targets: >= 150 frames/s: {'ok' if everyk >= 150 else 'MISSED'}; >= 3x: {'ok' if everyk / every1 >= 3 else 'MISSED'}]"
+    )
 
     if not args.skip_ray:
         from pipeline.raycluster import ensure_ray
@@ -97,9 +105,13 @@ def main() -> int:
         job_fps(video, 2, 2, args.frames)  # warm-up: worker processes, imports, the cascade file
         one = job_fps(video, args.clips, 1, args.frames)
         two = job_fps(video, args.clips, 2, args.frames)
-        print(f"Ray Data job, 1 worker : {one:7.1f} frames/s  (baseline; {args.clips} clips, wall-clock incl. actor start)")
-        print(f"Ray Data job, 2 workers: {two:7.1f} frames/s  ratio {two / one:.2f}x  "
-              f"[target >= 1.7x: {'ok' if two / one >= 1.7 else 'MISSED'}]")
+        print(
+            f"Ray Data job, 1 worker : {one:7.1f} frames/s  (baseline; {args.clips} clips, wall-clock incl. actor start)"
+        )
+        print(
+            f"Ray Data job, 2 workers: {two:7.1f} frames/s  ratio {two / one:.2f}x  "
+            f"[target >= 1.7x: {'ok' if two / one >= 1.7 else 'MISSED'}]"
+        )
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

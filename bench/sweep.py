@@ -57,8 +57,8 @@ def full_step(model, opt, video: torch.Tensor, labels: torch.Tensor, micro: int)
     total = 0.0
     try:
         for i in range(0, B, micro):
-            logits = model.logits_from_frames(model.encode_frames(video[i:i + micro]))  # (b, C)
-            loss = F.cross_entropy(logits, labels[i:i + micro], reduction="sum") / B  # parts of the batch mean
+            logits = model.logits_from_frames(model.encode_frames(video[i : i + micro]))  # (b, C)
+            loss = F.cross_entropy(logits, labels[i : i + micro], reduction="sum") / B  # parts of the batch mean
             loss.backward()  # accumulates into the encoder/temporal grads and text_leaf.grad
             total += float(loss.detach())
     finally:
@@ -103,16 +103,21 @@ def main() -> None:
     tcfg = TrainConfig()
     B, T, M = args.batch, args.frames, min(args.micro_batch, args.batch)
     load = os.getloadavg()
-    print(f"# {args.model}, random weights, {len(classes)} classes with descriptions, n_ctx {mcfg.n_ctx}, "
-          f"depth {mcfg.temporal_depth}; batch {B} clips x {T} frames; {torch.get_num_threads()} CPU threads; "
-          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    print(
+        f"# {args.model}, random weights, {len(classes)} classes with descriptions, n_ctx {mcfg.n_ctx}, "
+        f"depth {mcfg.temporal_depth}; batch {B} clips x {T} frames; {torch.get_num_threads()} CPU threads; "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        flush=True,
+    )
 
     torch.manual_seed(0)
     labels = torch.randint(0, len(classes), (B,))
     full = build_model(mcfg, classes, descriptions)
     S = full.image_size
     video = torch.randint(0, 256, (B, T, 3, S, S), dtype=torch.uint8)  # (B, T, 3, H, W)
-    opt = _sgd(full.param_groups(tcfg.lr_image_encoder, tcfg.lr_temporal, tcfg.lr_prompt, train_image_encoder=True), tcfg)
+    opt = _sgd(
+        full.param_groups(tcfg.lr_image_encoder, tcfg.lr_temporal, tcfg.lr_prompt, train_image_encoder=True), tcfg
+    )
     full.train()
     full_step(full, opt, video[:M], labels[:M], M)  # warm-up: one micro-batch's worth
     print(f"full step: {B // M + (B % M > 0)} encoder passes of {M} clips x {T} frames each ...", flush=True)
@@ -122,7 +127,7 @@ def main() -> None:
     # One-time cost: every stored frame through the encoder once, without gradients.
     full.eval()
     with torch.inference_mode():
-        frames = video[:max(1, 64 // T)]  # 64 frames per forward
+        frames = video[: max(1, 64 // T)]  # 64 frames per forward
         full.encode_frames(frames)
         t_embed = statistics.mean(_timed(partial(full.encode_frames, frames), 3)) / (frames.shape[0] * T)
         E = full.encode_frames(video[:1, :1]).shape[-1]
@@ -130,24 +135,33 @@ def main() -> None:
 
     spec = RunSpec(model=mcfg, train=tcfg, class_names=tuple(classes), descriptions=descriptions, run_name="bench")
     fast = build_frozen_model(spec)
-    fopt = _sgd(fast.param_groups(tcfg.lr_image_encoder, tcfg.lr_temporal, tcfg.lr_prompt, train_image_encoder=False),
-                tcfg)
+    fopt = _sgd(
+        fast.param_groups(tcfg.lr_image_encoder, tcfg.lr_temporal, tcfg.lr_prompt, train_image_encoder=False), tcfg
+    )
     fast.train()
     feats = torch.randn(B, T, E)  # (B, T, E) cached embeddings
     fast_step(fast, fopt, feats, labels)  # warm-up
     t_fast = _timed(lambda: fast_step(fast, fopt, feats, labels), args.fast_steps)
 
     full_s, fast_s = statistics.mean(t_full), statistics.mean(t_fast)
-    print(f"full trial step (image encoder fine-tuned): {full_s:9.2f} s  (mean of {len(t_full)}: "
-          f"{', '.join(f'{t:.2f}' for t in t_full)})")
-    print(f"fast trial step (cached embeddings)       : {fast_s:9.3f} s  (mean of {len(t_fast)}: "
-          f"{', '.join(f'{t:.3f}' for t in t_fast)})")
-    print(f"ratio fast/full per trial, batch {B} x {T} frames, both measured: 1/{full_s / fast_s:.0f}  "
-          f"({fast_s / full_s:.4f})")
+    print(
+        f"full trial step (image encoder fine-tuned): {full_s:9.2f} s  (mean of {len(t_full)}: "
+        f"{', '.join(f'{t:.2f}' for t in t_full)})"
+    )
+    print(
+        f"fast trial step (cached embeddings)       : {fast_s:9.3f} s  (mean of {len(t_fast)}: "
+        f"{', '.join(f'{t:.3f}' for t in t_fast)})"
+    )
+    print(
+        f"ratio fast/full per trial, batch {B} x {T} frames, both measured: 1/{full_s / fast_s:.0f}  "
+        f"({fast_s / full_s:.4f})"
+    )
     print(f"target <= 1/50: {'met' if fast_s * 50 <= full_s else 'NOT met'}")
-    print(f"one-time embedding cost (not per trial): {t_embed * 1e3:.2f} ms per stored frame "
-          f"(e.g. 100 stored frames per clip -> {t_embed * 100:.2f} s per clip, = "
-          f"{t_embed * 100 * B / full_s:.1f} full steps per {B} clips)")
+    print(
+        f"one-time embedding cost (not per trial): {t_embed * 1e3:.2f} ms per stored frame "
+        f"(e.g. 100 stored frames per clip -> {t_embed * 100:.2f} s per clip, = "
+        f"{t_embed * 100 * B / full_s:.1f} full steps per {B} clips)"
+    )
 
 
 if __name__ == "__main__":

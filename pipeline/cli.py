@@ -49,8 +49,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def add_logging_args(parser: argparse.ArgumentParser) -> None:
     """``-v/--verbose`` (countable) and ``-q/--quiet`` (args.verbose, args.quiet)."""
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-v", "--verbose", action="count", default=0,
-                       help="more detail: debug lines and Ray's own log (-vv: Ray's debug lines too)")
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more detail: debug lines and Ray's own log (-vv: Ray's debug lines too)",
+    )
     group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
 
 
@@ -84,8 +89,14 @@ def stage_parser(prog: str, description: str | None, config_required: bool = Tru
     """The arguments every stage shares: ``--config FILE``, repeated ``--set KEY=VALUE``, ``-v``/``-q``."""
     parser = command_parser(prog, description)
     parser.add_argument("--config", required=config_required, help="experiment YAML (see configs/)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.epochs=2 (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=2 (repeatable)",
+    )
     return parser
 
 

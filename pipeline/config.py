@@ -146,8 +146,15 @@ class DescribeConfig:
 
     def validate(self) -> list[str]:
         problems = []
-        for name in ("samples", "descriptions_per_answer", "max_tokens", "concurrency", "max_attempts",
-                     "max_invalid_answers", "min_words"):
+        for name in (
+            "samples",
+            "descriptions_per_answer",
+            "max_tokens",
+            "concurrency",
+            "max_attempts",
+            "max_invalid_answers",
+            "min_words",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_words < self.min_words:
@@ -339,25 +346,41 @@ class TuneConfig:
 
     # Class attributes, not fields (no annotation).
     DEFAULT_SPACE = {"model.n_ctx": (2, 4, 8, 16), "model.temporal_depth": (1, 2, 3, 4)}
-    LEGACY_KEYS = {"n_ctx": "model.n_ctx", "temporal_depth": "model.temporal_depth",
-                   "class_specific_contexts": "model.class_specific_contexts",
-                   "lr_temporal": "train.lr_temporal", "lr_prompt": "train.lr_prompt"}
+    LEGACY_KEYS = {
+        "n_ctx": "model.n_ctx",
+        "temporal_depth": "model.temporal_depth",
+        "class_specific_contexts": "model.class_specific_contexts",
+        "lr_temporal": "train.lr_temporal",
+        "lr_prompt": "train.lr_prompt",
+    }
     # (field, or section.*: why a trial may not set it), first match wins.
     NOT_SWEPT = (
         ("name", "names the experiment and its outputs, not a trial setting"),
         ("storage.*", "is where every stage reads and writes; all trials of a sweep share one storage root"),
         ("dataset.*", "is the data the trials are compared on; run one sweep per dataset"),
         ("tune.*", "holds the sweep's own settings, not a trial's"),
-        ("preprocess.*", "is applied once, before the sweep, by `dferclip preprocess`: every trial reads the same "
-                         "shards, so a per-trial value would change nothing"),
-        ("describe.*", "is read once for the whole sweep (the description set) or never reaches training "
-                       "(the LLM settings), so a per-trial value would change nothing"),
+        (
+            "preprocess.*",
+            "is applied once, before the sweep, by `dferclip preprocess`: every trial reads the same "
+            "shards, so a per-trial value would change nothing",
+        ),
+        (
+            "describe.*",
+            "is read once for the whole sweep (the description set) or never reaches training "
+            "(the LLM settings), so a per-trial value would change nothing",
+        ),
         ("train.fold", "is the data split: trials are only comparable on the same test clips; run one sweep per fold"),
         ("train.selection", "decides which clips tune.metric is measured on; trials must be scored on the same ones"),
-        ("train.val_fraction", "decides which clips tune.metric is measured on; trials must be scored on the same ones"),
+        (
+            "train.val_fraction",
+            "decides which clips tune.metric is measured on; trials must be scored on the same ones",
+        ),
         ("train.best_metric", "decides which epoch a trial reports as its best; trials must be scored the same way"),
-        ("train.epochs", "bounds every trial: ASHA's max_t and the results' completed/stopped_early status use "
-                         "the sweep's one train.epochs"),
+        (
+            "train.epochs",
+            "bounds every trial: ASHA's max_t and the results' completed/stopped_early status use "
+            "the sweep's one train.epochs",
+        ),
     )
     # Frozen-encoder mode computes the frame embeddings once (pipeline/tune/embeddings.py keys the
     # cache by clip_model, pretrained/weights, quick_gelu, input_normalization, and the seed with
@@ -383,8 +406,11 @@ class TuneConfig:
                 space[path] = list(values) if isinstance(values, (list, tuple)) else values
                 setattr(self, key, None)
                 logging.getLogger(__name__).warning(
-                    "tune.%s is deprecated: write it as tune.space: {%s: %s}", key, path,
-                    yaml.safe_dump(values, default_flow_style=True).strip().removesuffix("...").strip())
+                    "tune.%s is deprecated: write it as tune.space: {%s: %s}",
+                    key,
+                    path,
+                    yaml.safe_dump(values, default_flow_style=True).strip().removesuffix("...").strip(),
+                )
             self.space = space
         elif isinstance(self.space, dict):
             self.space = self._flat(self.space)  # given together with a legacy key: validate() says so
@@ -433,8 +459,10 @@ class TuneConfig:
         if frozen_encoder:
             for pattern, why in cls.FULL_MODE_ONLY:
                 if match(pattern):
-                    return (f"cannot be swept in frozen-encoder mode (tune.frozen_encoder: true): {path} {why}; "
-                            f"sweep it in full mode (tune.frozen_encoder: false)")
+                    return (
+                        f"cannot be swept in frozen-encoder mode (tune.frozen_encoder: true): {path} {why}; "
+                        f"sweep it in full mode (tune.frozen_encoder: false)"
+                    )
         return None
 
     @staticmethod
@@ -475,9 +503,11 @@ class TuneConfig:
         problems = []
         m = experiment.model
         if self.frozen_encoder and "train.seed" in self.space and not m.weights and not m.pretrained:
-            problems.append("tune.space.train.seed: with random initial weights (no model.pretrained or model.weights) "
-                            "the seed also initialises the image encoder, whose frame embeddings frozen-encoder mode "
-                            "computes once; sweep it in full mode (tune.frozen_encoder: false)")
+            problems.append(
+                "tune.space.train.seed: with random initial weights (no model.pretrained or model.weights) "
+                "the seed also initialises the image encoder, whose frame embeddings frozen-encoder mode "
+                "computes once; sweep it in full mode (tune.frozen_encoder: false)"
+            )
         base = to_dict(experiment)
 
         def check(params: dict) -> list[str]:
@@ -498,7 +528,7 @@ class TuneConfig:
                         continue
                     key, sep, message = problem.partition(": ")
                     if sep and (key == path or key.startswith((path + "[", path + "."))):
-                        problems.append(f"tune.space.{path}[{i}]: {leaf}{key[len(path):]} {message}")
+                        problems.append(f"tune.space.{path}[{i}]: {leaf}{key[len(path) :]} {message}")
                     else:
                         problems.append(f"tune.space.{path}[{i}]: with {path}={value!r}, {problem}")
         return problems
@@ -507,8 +537,10 @@ class TuneConfig:
         problems = []
         for key in self.LEGACY_KEYS:
             if getattr(self, key) is not None:
-                problems.append(f"{key}: deprecated spelling of the tune.space entry {self.LEGACY_KEYS[key]}, "
-                                f"given together with tune.space; move its values into tune.space")
+                problems.append(
+                    f"{key}: deprecated spelling of the tune.space entry {self.LEGACY_KEYS[key]}, "
+                    f"given together with tune.space; move its values into tune.space"
+                )
         if not isinstance(self.space, dict) or not self.space:
             problems.append("space: give at least one parameter to sweep, e.g. {model.n_ctx: [2, 4, 8, 16]}")
         else:
@@ -525,8 +557,10 @@ class TuneConfig:
                     if twice:
                         problems.append(f"space.{path}: {twice[0]!r} is listed more than once")
             if self.search == "grid" and self.num_samples > 1 and "train.seed" in self.space:
-                problems.append("space.train.seed: grid search with num_samples > 1 already sweeps train.seed "
-                                "(train.seed + 0, 1, ...); remove it from the space or set num_samples: 1")
+                problems.append(
+                    "space.train.seed: grid search with num_samples > 1 already sweeps train.seed "
+                    "(train.seed + 0, 1, ...); remove it from the space or set num_samples: 1"
+                )
         for key in ("num_samples", "grace_period", "max_concurrent_trials", "embed_batch_size", "embed_workers"):
             if getattr(self, key) < 1:
                 problems.append(f"{key}: must be >= 1, got {getattr(self, key)}")

@@ -34,16 +34,29 @@ class DatasetSpec:
 _REGISTRY: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
-        DatasetSpec("dfew", CLASSES_7, (1, 2, 3, 4, 5), "brightness",
-                    "DFEW: 16,372 clips, 7 classes, 5 official folds"),
-        DatasetSpec("ferv39k", CLASSES_7, (1,), "rotation",
-                    "FERV39k: 38,935 clips, 7 classes, one official train/test split"),
-        DatasetSpec("mafw", CLASSES_11, (1, 2, 3, 4, 5), "brightness",
-                    "MAFW: 10,045 clips, 11 single-label classes, 5 official folds"),
-        DatasetSpec("demo", CLASSES_7, (1,), "brightness",
-                    "Synthetic drawn-face videos made by `dferclip demo-data`, 7 classes"),
-        DatasetSpec("csv", CLASSES_7, (1,), "brightness",
-                    "Your own videos listed in a CSV (path,label[,split]); classes from the config"),
+        DatasetSpec(
+            "dfew", CLASSES_7, (1, 2, 3, 4, 5), "brightness", "DFEW: 16,372 clips, 7 classes, 5 official folds"
+        ),
+        DatasetSpec(
+            "ferv39k", CLASSES_7, (1,), "rotation", "FERV39k: 38,935 clips, 7 classes, one official train/test split"
+        ),
+        DatasetSpec(
+            "mafw",
+            CLASSES_11,
+            (1, 2, 3, 4, 5),
+            "brightness",
+            "MAFW: 10,045 clips, 11 single-label classes, 5 official folds",
+        ),
+        DatasetSpec(
+            "demo", CLASSES_7, (1,), "brightness", "Synthetic drawn-face videos made by `dferclip demo-data`, 7 classes"
+        ),
+        DatasetSpec(
+            "csv",
+            CLASSES_7,
+            (1,),
+            "brightness",
+            "Your own videos listed in a CSV (path,label[,split]); classes from the config",
+        ),
     )
 }
 

@@ -59,8 +59,18 @@ CLI_TAKES_COMMAND = True
 
 # Never uploaded with the working dir: the virtualenv alone is gigabytes, runs/ holds artifacts
 # (the cluster reads those from the storage root, not from the upload).
-DEFAULT_EXCLUDES = [".git", ".venv", "venv", "runs", "__pycache__", "*.pyc", ".pytest_cache",
-                    "*.egg-info", "build", ".whl"]
+DEFAULT_EXCLUDES = [
+    ".git",
+    ".venv",
+    "venv",
+    "runs",
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    "*.egg-info",
+    "build",
+    ".whl",
+]
 
 _ADDRESS_VARS = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
 
@@ -75,8 +85,10 @@ def resolve_address(address: str | None) -> str:
     for candidate in (address, *(os.environ.get(v) for v in _ADDRESS_VARS)):
         if candidate:
             return candidate
-    raise UserError("no cluster address: pass --address http://HEAD:8265 or set RAY_API_SERVER_ADDRESS "
-                    "(reach a remote dashboard through `ray dashboard cluster.yaml` or a port-forward)")
+    raise UserError(
+        "no cluster address: pass --address http://HEAD:8265 or set RAY_API_SERVER_ADDRESS "
+        "(reach a remote dashboard through `ray dashboard cluster.yaml` or a port-forward)"
+    )
 
 
 def auth_headers() -> dict[str, str]:
@@ -128,8 +140,9 @@ def project_dependencies(project_dir: Path) -> list[str]:
     return [d for d in deps if re.split(r"[\s\[<>=!~;]", d, maxsplit=1)[0].lower() != "ray"]
 
 
-def build_runtime_env(project_dir: Path, *, env_names: Sequence[str] = (), install_deps: bool = False,
-                      base_file: str | None = None) -> dict:
+def build_runtime_env(
+    project_dir: Path, *, env_names: Sequence[str] = (), install_deps: bool = False, base_file: str | None = None
+) -> dict:
     """Runtime environment for a stage job: working dir, excludes, optional pip, env vars by name.
 
     ``base_file`` (e.g. ``cluster/runtime_env.yaml``) is read first; what this function adds
@@ -175,20 +188,35 @@ def _job_config_path(config: str, project_dir: Path) -> str:
     try:
         return path.relative_to(project_dir).as_posix()
     except ValueError:
-        logger.info(f"note: {config} is outside {project_dir}, so it is not uploaded; the job reads "
-                    f"{path} on the cluster (fine for a local cluster or shared storage)")
+        logger.info(
+            f"note: {config} is outside {project_dir}, so it is not uploaded; the job reads "
+            f"{path} on the cluster (fine for a local cluster or shared storage)"
+        )
         return str(path)
 
 
-def submit(client, *, stage: str, config: str, overrides: Sequence[str] = (), extra: Sequence[str] = (),
-           project_dir: Path, runtime_env: dict, submission_id: str | None = None) -> str:
+def submit(
+    client,
+    *,
+    stage: str,
+    config: str,
+    overrides: Sequence[str] = (),
+    extra: Sequence[str] = (),
+    project_dir: Path,
+    runtime_env: dict,
+    submission_id: str | None = None,
+) -> str:
     """Submit one stage as a Ray job and return its submission id."""
     command = entrypoint(stage, _job_config_path(config, project_dir), overrides, extra)
     deadline = time.monotonic() + 60.0
     while True:
         try:
-            return client.submit_job(entrypoint=command, runtime_env=runtime_env, submission_id=submission_id,
-                                     metadata={"dferclip_stage": stage, "config": config})
+            return client.submit_job(
+                entrypoint=command,
+                runtime_env=runtime_env,
+                submission_id=submission_id,
+                metadata={"dferclip_stage": stage, "config": config},
+            )
         except RuntimeError as exc:
             # A head that has just started answers before its job agent registers; Ray says
             # "try again later", so do that for a minute rather than fail the submission.
@@ -228,18 +256,36 @@ def wait_for_job(client, job_id: str, *, follow_logs: bool = True) -> int:
 
 def _submit_parser() -> argparse.ArgumentParser:
     parser = command_parser(
-        "dferclip submit", __doc__,
-        epilog="Arguments after `--` go to the stage unchanged, e.g. `dferclip submit train --config X -- --help`.")
+        "dferclip submit",
+        __doc__,
+        epilog="Arguments after `--` go to the stage unchanged, e.g. `dferclip submit train --config X -- --help`.",
+    )
     parser.add_argument("stage", choices=sorted(stage_modules()), help="the stage to run as a job")
-    parser.add_argument("--address", help="job server, e.g. http://127.0.0.1:8265 (default: $RAY_API_SERVER_ADDRESS, "
-                        "then $RAY_ADDRESS)")
+    parser.add_argument(
+        "--address", help="job server, e.g. http://127.0.0.1:8265 (default: $RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS)"
+    )
     parser.add_argument("--config", required=True, help="experiment YAML; inside the project dir it is uploaded")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value in the job (repeatable)")
-    parser.add_argument("--env", dest="env_names", action="append", default=[], metavar="NAME",
-                        help="pass this environment variable's value to the job (e.g. the LLM key); repeatable")
-    parser.add_argument("--install-deps", action="store_true",
-                        help="pip-install pyproject.toml's dependencies in the job (clusters without the project)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value in the job (repeatable)",
+    )
+    parser.add_argument(
+        "--env",
+        dest="env_names",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="pass this environment variable's value to the job (e.g. the LLM key); repeatable",
+    )
+    parser.add_argument(
+        "--install-deps",
+        action="store_true",
+        help="pip-install pyproject.toml's dependencies in the job (clusters without the project)",
+    )
     parser.add_argument("--runtime-env", metavar="FILE", help="base runtime-env YAML, e.g. cluster/runtime_env.yaml")
     parser.add_argument("--working-dir", default=".", help="project directory to upload (default: .)")
     parser.add_argument("--submission-id", help="job id to use instead of Ray's generated one")
@@ -260,7 +306,7 @@ def _submit_cli(argv: list[str]) -> int:
     extra: list[str] = []
     if "--" in argv:
         cut = argv.index("--")
-        argv, extra = argv[:cut], argv[cut + 1:]
+        argv, extra = argv[:cut], argv[cut + 1 :]
     args = _submit_parser().parse_args(argv)
     project_dir = Path(args.working_dir).expanduser().resolve()
     if not (project_dir / "stages").is_dir():
@@ -270,11 +316,20 @@ def _submit_cli(argv: list[str]) -> int:
         from pipeline.config import load_config
 
         load_config(args.config, args.overrides)
-    runtime_env = build_runtime_env(project_dir, env_names=args.env_names, install_deps=args.install_deps,
-                                    base_file=args.runtime_env)
+    runtime_env = build_runtime_env(
+        project_dir, env_names=args.env_names, install_deps=args.install_deps, base_file=args.runtime_env
+    )
     client = connect(args.address)
-    job_id = submit(client, stage=args.stage, config=args.config, overrides=args.overrides, extra=extra,
-                    project_dir=project_dir, runtime_env=runtime_env, submission_id=args.submission_id)
+    job_id = submit(
+        client,
+        stage=args.stage,
+        config=args.config,
+        overrides=args.overrides,
+        extra=extra,
+        project_dir=project_dir,
+        runtime_env=runtime_env,
+        submission_id=args.submission_id,
+    )
     if args.no_wait:
         print(job_id)
         return 0

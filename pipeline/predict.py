@@ -56,8 +56,16 @@ __all__ = [
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 _PREP = PreprocessConfig()  # the preprocess defaults, used as this module's defaults
-_CROP_FIELDS = ("detector", "yunet_model", "detect_every", "detect_max_side", "margin", "crop_size",
-                "jpeg_quality", "max_frames")
+_CROP_FIELDS = (
+    "detector",
+    "yunet_model",
+    "detect_every",
+    "detect_max_side",
+    "margin",
+    "crop_size",
+    "jpeg_quality",
+    "max_frames",
+)
 
 
 @dataclass
@@ -85,9 +93,16 @@ class Prediction:
         return ranked if k is None else ranked[:k]
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "ok": self.ok, "label": self.label, "probability": self.probability,
-                "probabilities": dict(self.probabilities), "face_fallback": self.face_fallback,
-                "frames": self.frames, "error": self.error}
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "label": self.label,
+            "probability": self.probability,
+            "probabilities": dict(self.probabilities),
+            "face_fallback": self.face_fallback,
+            "frames": self.frames,
+            "error": self.error,
+        }
 
 
 def recorded_preprocess(extra: dict) -> PreprocessConfig | None:
@@ -120,8 +135,10 @@ def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[tuple[str, str | N
         if path.is_dir():
             try:
                 frames = list_frame_files(path)
-                videos = sorted((p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS),
-                                key=lambda p: natural_key(p.name))
+                videos = sorted(
+                    (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS),
+                    key=lambda p: natural_key(p.name),
+                )
             except Exception as exc:  # noqa: BLE001 — unreadable folder: report it, go on
                 out.append((str(path), f"cannot list folder: {exc}"))
                 continue
@@ -130,8 +147,13 @@ def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[tuple[str, str | N
             elif videos:
                 out.extend((str(v), None) for v in videos)
             else:
-                out.append((str(path), f"folder has no frame images ({'/'.join(FRAME_EXTENSIONS)}) "
-                                       f"and no videos ({'/'.join(VIDEO_EXTENSIONS)})"))
+                out.append(
+                    (
+                        str(path),
+                        f"folder has no frame images ({'/'.join(FRAME_EXTENSIONS)}) "
+                        f"and no videos ({'/'.join(VIDEO_EXTENSIONS)})",
+                    )
+                )
         elif path.exists():
             out.append((str(path), None))
         else:
@@ -179,8 +201,14 @@ class ClipLoader:
             with self._lock:
                 spare = self._spare.pop() if self._spare else False
             detector = build_detector(p.detector, p.yunet_model, p.detect_max_side) if spare is False else spare
-            cropper = ClipCropper(detector, detect_every=p.detect_every, margin=p.margin, crop_size=p.crop_size,
-                                  jpeg_quality=p.jpeg_quality, max_frames=p.max_frames)
+            cropper = ClipCropper(
+                detector,
+                detect_every=p.detect_every,
+                margin=p.margin,
+                crop_size=p.crop_size,
+                jpeg_quality=p.jpeg_quality,
+                max_frames=p.max_frames,
+            )
             self._local.cropper = cropper
         return cropper
 
@@ -194,11 +222,13 @@ class ClipLoader:
         stream = open_frames(path, threads=1)
         crops = self._cropper().run(stream.frames)  # every stored frame, JPEG, as in a shard row
         idx = sample_indices(len(crops.frames), self.T, train=False)  # (T,)
-        row = pa.table({
-            "clip_id": pa.array([str(path)]),
-            "label": pa.array([0], pa.int64()),
-            "frames": pa.array([[crops.frames[i] for i in idx]], pa.list_(pa.binary())),
-        })
+        row = pa.table(
+            {
+                "clip_id": pa.array([str(path)]),
+                "label": pa.array([0], pa.int64()),
+                "frames": pa.array([[crops.frames[i] for i in idx]], pa.list_(pa.binary())),
+            }
+        )
         video = self.transform(row)["video"][0]  # (T, S, S, 3)
         return LoadedClip(video, crops.face_fallback, crops.num_decoded)
 
@@ -259,9 +289,16 @@ def iter_predictions(
         model = checkpoint_or_model
     model = getattr(model, "module", model)  # a DDP-wrapped model works too
     model.eval().to(dev)  # note: a model object passed in is moved to ``device`` and left in eval mode
-    prep = PreprocessConfig(detector=detector, yunet_model=yunet_model, detect_every=detect_every,
-                            detect_max_side=detect_max_side, margin=margin, crop_size=crop_size,
-                            jpeg_quality=jpeg_quality, max_frames=max_frames)
+    prep = PreprocessConfig(
+        detector=detector,
+        yunet_model=yunet_model,
+        detect_every=detect_every,
+        detect_max_side=detect_max_side,
+        margin=margin,
+        crop_size=crop_size,
+        jpeg_quality=jpeg_quality,
+        max_frames=max_frames,
+    )
     loader = ClipLoader(model.num_frames, model.image_size, prep)
     items = expand_inputs(paths) if expand else [(str(p), None) for p in paths]
     names = list(model.class_names)
@@ -287,8 +324,9 @@ def iter_predictions(
                 continue
             p = next(rows)
             k = int(p.argmax())
-            yield Prediction(path, names[k], float(p[k]), {n: float(v) for n, v in zip(names, p)},
-                             clip.face_fallback, clip.frames)
+            yield Prediction(
+                path, names[k], float(p[k]), {n: float(v) for n, v in zip(names, p)}, clip.face_fallback, clip.frames
+            )
 
     # Decode ahead by about two batches: enough to keep the model busy, bounded memory.
     ahead = 2 * batch_size + workers
@@ -338,4 +376,3 @@ def predict_paths(checkpoint_or_model, paths: Sequence[str | os.PathLike], **opt
     :class:`~pipeline.errors.UserError`; a bad input only sets its Prediction's ``error``.
     """
     return list(iter_predictions(checkpoint_or_model, paths, **options))
-

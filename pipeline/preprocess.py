@@ -59,25 +59,43 @@ def _log_to(log: Callable[[str], None] | None) -> Log:
         return logger.log
     return lambda _level, message: log(message)
 
+
 # Settings that change the bytes written; workers/CPUs/shard size do not.
-_OUTPUT_FIELDS = ("detector", "yunet_model", "detect_every", "detect_max_side", "margin", "crop_size",
-                  "jpeg_quality", "max_frames")
+_OUTPUT_FIELDS = (
+    "detector",
+    "yunet_model",
+    "detect_every",
+    "detect_max_side",
+    "margin",
+    "crop_size",
+    "jpeg_quality",
+    "max_frames",
+)
 # JPEG at quality ~90 of a face crop: about 0.35 byte per pixel; used only to size batches.
 _BYTES_PER_PIXEL = 0.35
 _FRAMES_GUESS = 64
 
-_SUMMARY_SCHEMA = pa.schema([
-    ("clip_id", pa.string()), ("source_path", pa.string()), ("ok", pa.bool_()), ("reason", pa.string()),
-    ("shard", pa.string()), ("shard_bytes", pa.int64()), ("num_frames", pa.int64()),
-    ("decoded", pa.int64()), ("face_fallback", pa.bool_()),
-])
+_SUMMARY_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("source_path", pa.string()),
+        ("ok", pa.bool_()),
+        ("reason", pa.string()),
+        ("shard", pa.string()),
+        ("shard_bytes", pa.int64()),
+        ("num_frames", pa.int64()),
+        ("decoded", pa.int64()),
+        ("face_fallback", pa.bool_()),
+    ]
+)
 
 
 def output_hash(dataset_name: str, classes: list[str], prep: PreprocessConfig) -> str:
     """Hash of what determines the shard rows' content (dataset, label order, crop settings)."""
     settings = {k: getattr(prep, k) for k in _OUTPUT_FIELDS}
-    return config_hash({"dataset": dataset_name, "classes": list(classes), "settings": settings,
-                        "schema_version": SCHEMA_VERSION})
+    return config_hash(
+        {"dataset": dataset_name, "classes": list(classes), "settings": settings, "schema_version": SCHEMA_VERSION}
+    )
 
 
 def process_clip(clip: dict, cropper) -> tuple[dict, int]:
@@ -87,10 +105,17 @@ def process_clip(clip: dict, cropper) -> tuple[dict, int]:
     stream = open_frames(clip["source"], threads=1)
     result = cropper.run(stream.frames)
     return {
-        "clip_id": clip["clip_id"], "dataset": clip["dataset"], "label": int(clip["label"]),
-        "label_name": clip["label_name"], "splits": list(clip["splits"]), "num_frames": len(result.frames),
-        "frames": result.frames, "boxes": result.boxes, "face_fallback": result.face_fallback,
-        "source_path": clip["source"], "fps": stream.fps,
+        "clip_id": clip["clip_id"],
+        "dataset": clip["dataset"],
+        "label": int(clip["label"]),
+        "label_name": clip["label_name"],
+        "splits": list(clip["splits"]),
+        "num_frames": len(result.frames),
+        "frames": result.frames,
+        "boxes": result.boxes,
+        "face_fallback": result.face_fallback,
+        "source_path": clip["source"],
+        "fps": stream.fps,
     }, result.num_decoded
 
 
@@ -107,9 +132,14 @@ class ClipWorker:
         self.storage = Storage(storage_root)
         self.rel_dir, self.out_hash, self.target_bytes = rel_dir, out_hash, target_bytes
         detector = build_detector(prep["detector"], prep["yunet_model"], prep["detect_max_side"])
-        self.cropper = ClipCropper(detector, detect_every=prep["detect_every"], margin=prep["margin"],
-                                   crop_size=prep["crop_size"], jpeg_quality=prep["jpeg_quality"],
-                                   max_frames=prep["max_frames"])
+        self.cropper = ClipCropper(
+            detector,
+            detect_every=prep["detect_every"],
+            margin=prep["margin"],
+            crop_size=prep["crop_size"],
+            jpeg_quality=prep["jpeg_quality"],
+            max_frames=prep["max_frames"],
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         summary: list[dict] = []
@@ -131,12 +161,21 @@ class ClipWorker:
             try:
                 row, decoded = process_clip(clip, self.cropper)
             except Exception as exc:  # noqa: BLE001 — any per-clip failure goes to the error table
-                summary.append({**base, "ok": False, "reason": _reason(exc), "num_frames": 0, "decoded": 0,
-                                "face_fallback": False})
+                summary.append(
+                    {**base, "ok": False, "reason": _reason(exc), "num_frames": 0, "decoded": 0, "face_fallback": False}
+                )
                 continue
             rows.append(row)
-            pending.append({**base, "ok": True, "reason": "", "num_frames": row["num_frames"],
-                            "decoded": decoded, "face_fallback": row["face_fallback"]})
+            pending.append(
+                {
+                    **base,
+                    "ok": True,
+                    "reason": "",
+                    "num_frames": row["num_frames"],
+                    "decoded": decoded,
+                    "face_fallback": row["face_fallback"],
+                }
+            )
             size += sum(len(f) for f in row["frames"])
             if size >= self.target_bytes:
                 flush()
@@ -157,9 +196,16 @@ def _table_for(dataset: DatasetConfig, clips: Iterable | None) -> ClipTable:
     return clips_from_records(clips, dataset.name, dataset.class_names)
 
 
-def run_preprocess(storage_root: Storage | str, dataset: DatasetConfig, prep: PreprocessConfig, *,
-                   clips: Iterable | None = None, overwrite: bool = False, retry_errors: bool = False,
-                   log: Callable[[str], None] | None = None) -> dict:
+def run_preprocess(
+    storage_root: Storage | str,
+    dataset: DatasetConfig,
+    prep: PreprocessConfig,
+    *,
+    clips: Iterable | None = None,
+    overwrite: bool = False,
+    retry_errors: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict:
     """Preprocess every clip not yet in the shards; returns the manifest dict (module doc)."""
     emit = _log_to(log)
     problems = prep.validate()
@@ -175,11 +221,14 @@ def run_preprocess(storage_root: Storage | str, dataset: DatasetConfig, prep: Pr
         storage.delete(rel_dir)
     done, hashes = sh.finished_clips(storage, rel_dir)
     if done and hashes != {out_hash}:
-        raise UserError(f"{storage.path(rel_dir)} holds shards made with other preprocess settings or classes; "
-                        "re-run with --overwrite (or a different storage.root) to rebuild them")
+        raise UserError(
+            f"{storage.path(rel_dir)} holds shards made with other preprocess settings or classes; "
+            "re-run with --overwrite (or a different storage.root) to rebuild them"
+        )
     # Clips that failed before stay failed (a corrupt file stays corrupt) unless asked to retry.
-    old_errors = [] if retry_errors else [e for e in sh.read_errors(storage, rel_dir).to_pylist()
-                                          if e["clip_id"] not in done]
+    old_errors = (
+        [] if retry_errors else [e for e in sh.read_errors(storage, rel_dir).to_pylist() if e["clip_id"] not in done]
+    )
     failed = {e["clip_id"] for e in old_errors}
     todo = [c for c in table.clips if c.clip_id not in done and c.clip_id not in failed]
     table_ids = {c.clip_id for c in table.clips}
@@ -187,8 +236,11 @@ def run_preprocess(storage_root: Storage | str, dataset: DatasetConfig, prep: Pr
     for note in table.notes:
         emit(logging.INFO, f"preprocess: {note}")
     failed_before = f", {len(old_errors)} failed before (retry with --retry-errors)" if old_errors else ""
-    emit(logging.INFO, f"preprocess {dataset.name}: {len(table.clips)} clips, {len(done & table_ids)} already in "
-                       f"shards{failed_before}, {len(todo)} to do -> {storage.path(rel_dir)}")
+    emit(
+        logging.INFO,
+        f"preprocess {dataset.name}: {len(table.clips)} clips, {len(done & table_ids)} already in "
+        f"shards{failed_before}, {len(todo)} to do -> {storage.path(rel_dir)}",
+    )
 
     started = time.perf_counter()
     errors: list[dict] = list(old_errors)
@@ -201,8 +253,11 @@ def run_preprocess(storage_root: Storage | str, dataset: DatasetConfig, prep: Pr
     counts = sh.shard_counts(storage, rel_dir)
     stale = len(done - table_ids)
     if stale:
-        emit(logging.WARNING, f"preprocess: {stale} clip(s) in the shards are no longer in the annotation; "
-                              "use --overwrite to rebuild without them")
+        emit(
+            logging.WARNING,
+            f"preprocess: {stale} clip(s) in the shards are no longer in the annotation; "
+            "use --overwrite to rebuild without them",
+        )
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "dataset": dataset.name,
@@ -218,19 +273,26 @@ def run_preprocess(storage_root: Storage | str, dataset: DatasetConfig, prep: Pr
         "inputs_hash": table.inputs_hash(),
         "annotation_files": table.annotation_files,
         "notes": table.notes,
-        "last_run": {"clips": len(todo), "frames_decoded": frames, "seconds": round(elapsed, 3),
-                     "finished_at": datetime.now(UTC).isoformat(timespec="seconds")},
+        "last_run": {
+            "clips": len(todo),
+            "frames_decoded": frames,
+            "seconds": round(elapsed, 3),
+            "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
     }
     sh.write_manifest(storage, rel_dir, manifest)
     rate = f" in {elapsed:.0f} s" if todo else ""
-    emit(logging.WARNING if errors else logging.INFO,
-         f"preprocess {dataset.name}: {counts['clips']} clips in {len(manifest['shards'])} shards{rate}, "
-         f"{len(errors)} errors" + (f" (see {storage.path(rel_dir, 'errors.parquet')})" if errors else ""))
+    emit(
+        logging.WARNING if errors else logging.INFO,
+        f"preprocess {dataset.name}: {counts['clips']} clips in {len(manifest['shards'])} shards{rate}, "
+        f"{len(errors)} errors" + (f" (see {storage.path(rel_dir, 'errors.parquet')})" if errors else ""),
+    )
     return manifest
 
 
-def is_up_to_date(storage_root: str, dataset: DatasetConfig, prep: PreprocessConfig, *,
-                  clips: Iterable | None = None) -> bool:
+def is_up_to_date(
+    storage_root: str, dataset: DatasetConfig, prep: PreprocessConfig, *, clips: Iterable | None = None
+) -> bool:
     """True when the shards were made from these inputs with these output settings and every
     clip was attempted (what ``dferclip run`` checks before skipping preprocess)."""
     storage = Storage(storage_root)
@@ -239,13 +301,16 @@ def is_up_to_date(storage_root: str, dataset: DatasetConfig, prep: PreprocessCon
         return False
     manifest = sh.read_manifest(storage, rel_dir)
     table = _table_for(dataset, clips)
-    return (manifest.get("schema_version") == SCHEMA_VERSION
-            and manifest.get("output_hash") == output_hash(dataset.name, table.classes, prep)
-            and manifest.get("inputs_hash") == table.inputs_hash())
+    return (
+        manifest.get("schema_version") == SCHEMA_VERSION
+        and manifest.get("output_hash") == output_hash(dataset.name, table.classes, prep)
+        and manifest.get("inputs_hash") == table.inputs_hash()
+    )
 
 
-def _run_ray(storage: Storage, rel_dir: str, dataset_name: str, todo: list,
-             prep: PreprocessConfig, out_hash: str, emit: Log) -> tuple[list[dict], int]:
+def _run_ray(
+    storage: Storage, rel_dir: str, dataset_name: str, todo: list, prep: PreprocessConfig, out_hash: str, emit: Log
+) -> tuple[list[dict], int]:
     import ray
 
     from pipeline.raycluster import check_resources, ensure_ray
@@ -253,20 +318,32 @@ def _run_ray(storage: Storage, rel_dir: str, dataset_name: str, todo: list,
     ensure_ray()
     check_resources("preprocess worker", cpus=prep.cpus_per_worker, key="preprocess.cpus_per_worker")
     target = int(prep.shard_target_mb * 1024 * 1024)
-    clip_bytes = (prep.max_frames or _FRAMES_GUESS) * prep.crop_size ** 2 * _BYTES_PER_PIXEL
+    clip_bytes = (prep.max_frames or _FRAMES_GUESS) * prep.crop_size**2 * _BYTES_PER_PIXEL
     # A batch is about one shard, but small enough that every worker gets several batches.
     per_batch = max(1, min(int(target // clip_bytes) or 1, -(-len(todo) // (4 * prep.num_workers))))
-    items = [{"clip_id": c.clip_id, "source": c.source, "label": c.label, "label_name": c.label_name,
-              "splits": list(c.splits), "dataset": dataset_name} for c in todo]
+    items = [
+        {
+            "clip_id": c.clip_id,
+            "source": c.source,
+            "label": c.label,
+            "label_name": c.label_name,
+            "splits": list(c.splits),
+            "dataset": dataset_name,
+        }
+        for c in todo
+    ]
     blocks = max(1, -(-len(items) // per_batch))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     ds = ds.map_batches(
         ClipWorker,
         # Absolute: a Ray worker's current directory need not be the driver's.
-        fn_constructor_kwargs=dict(storage_root=storage.uri(), rel_dir=rel_dir, prep=to_dict(prep),
-                                   out_hash=out_hash, target_bytes=target),
-        batch_size=per_batch, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=min(prep.num_workers, blocks)), num_cpus=prep.cpus_per_worker,
+        fn_constructor_kwargs=dict(
+            storage_root=storage.uri(), rel_dir=rel_dir, prep=to_dict(prep), out_hash=out_hash, target_bytes=target
+        ),
+        batch_size=per_batch,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=min(prep.num_workers, blocks)),
+        num_cpus=prep.cpus_per_worker,
     )
     errors: list[dict] = []
     done = frames = 0
@@ -285,7 +362,10 @@ def _run_ray(storage: Storage, rel_dir: str, dataset_name: str, todo: list,
                 if r["shard"] and r["shard"] not in seen:
                     seen.add(r["shard"])
                     n = sum(1 for x in rows if x["shard"] == r["shard"])
-                    emit(logging.DEBUG, f"  shard {r['shard']}: {n} clips, {r['shard_bytes'] / 1e6:.1f} MB "
-                                        f"[{done}/{len(todo)} clips, {len(errors)} errors]")
+                    emit(
+                        logging.DEBUG,
+                        f"  shard {r['shard']}: {n} clips, {r['shard_bytes'] / 1e6:.1f} MB "
+                        f"[{done}/{len(todo)} clips, {len(errors)} errors]",
+                    )
             bar.update(len(rows), postfix=f"{len(errors)} errors" if errors else None)
     return errors, frames

@@ -70,8 +70,9 @@ def ensure_ray(num_cpus: int | None = None, *, dashboard: bool = True) -> None:
     except Exception as exc:  # the dashboard's start-up timeout raises a bare Exception
         if not dashboard:
             raise
-        logger.warning(f"Ray's dashboard did not start ({str(exc).strip().splitlines()[0][:120]}); "
-                       "continuing without it")
+        logger.warning(
+            f"Ray's dashboard did not start ({str(exc).strip().splitlines()[0][:120]}); continuing without it"
+        )
         if ray.is_initialized():
             ray.shutdown()
         kwargs.update(include_dashboard=False)
@@ -89,9 +90,9 @@ def _say_where_logs_are() -> None:
 
 # Ray notices this project causes or cannot act on: on the console only with -v.
 _RAY_NOTICES = (
-    "Token authentication is enabled for this Ray cluster",   # ray.init, a local cluster's default
-    "Progress bars disabled. To enable",                       # Ray Data, quiet_ray's own setting
-    "Progress bars for operators disabled",                    # idem
+    "Token authentication is enabled for this Ray cluster",  # ray.init, a local cluster's default
+    "Progress bars disabled. To enable",  # Ray Data, quiet_ray's own setting
+    "Progress bars for operators disabled",  # idem
 )
 
 
@@ -162,8 +163,16 @@ def cluster_capacity(live_nodes: list[dict], cluster_config=None) -> tuple[dict,
     return total, largest
 
 
-def check_resources(what: str, *, cpus: float = 0.0, gpus: float = 0.0, count: int = 1, key: str = "",
-                    spare_cpus: float = 0.0, spare_for: str = "") -> None:
+def check_resources(
+    what: str,
+    *,
+    cpus: float = 0.0,
+    gpus: float = 0.0,
+    count: int = 1,
+    key: str = "",
+    spare_cpus: float = 0.0,
+    spare_for: str = "",
+) -> None:
     """Fail at once when ``count`` requests of ``cpus``/``gpus`` each can never be placed.
 
     One request (a worker, a trial) must fit on a single node, and ``count`` of them (the
@@ -187,11 +196,14 @@ def check_resources(what: str, *, cpus: float = 0.0, gpus: float = 0.0, count: i
         if each > largest.get(name, 0.0):
             problems.append(f"{each:g} {name}s per {what} (the largest node has {largest.get(name, 0.0):g})")
         elif each * count > total.get(name, 0.0):
-            problems.append(f"{count} x {each:g} {name}s for {count} {what}s at once "
-                            f"(the cluster has {total.get(name, 0.0):g})")
+            problems.append(
+                f"{count} x {each:g} {name}s for {count} {what}s at once (the cluster has {total.get(name, 0.0):g})"
+            )
     if not problems and spare_cpus and cpus * count + spare_cpus > total.get("CPU", 0.0):
-        problems.append(f"{count} x {cpus:g} CPUs for {count} {what}s, leaving less than {spare_cpus:g} of the "
-                        f"cluster's {total.get('CPU', 0.0):g} CPUs for {spare_for}")
+        problems.append(
+            f"{count} x {cpus:g} CPUs for {count} {what}s, leaving less than {spare_cpus:g} of the "
+            f"cluster's {total.get('CPU', 0.0):g} CPUs for {spare_for}"
+        )
     if problems:
         where = f"; lower {key}" if key else ""
         raise UserError(f"{what} asks for {' and '.join(problems)}: it would wait forever{where}")

@@ -116,20 +116,20 @@ img {{ max-width: 100%; border: 1px solid #eee; }}
 .big {{ font-size: 1.4em; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<p class="big">Test UAR <b>{_pct(evaluation.get('uar'))}</b> &nbsp; WAR <b>{_pct(evaluation.get('war'))}</b>
-&nbsp; ({evaluation.get('clips', '?')} test clips)</p>
+<p class="big">Test UAR <b>{_pct(evaluation.get("uar"))}</b> &nbsp; WAR <b>{_pct(evaluation.get("war"))}</b>
+&nbsp; ({evaluation.get("clips", "?")} test clips)</p>
 <h2>Dataset</h2>
-<p>{manifest.get('counts', {}).get('clips', '?')} clips in {len(manifest.get('shards', []))} shards;
-{len(manifest.get('errors', []) if isinstance(manifest.get('errors'), list) else [])} failed clips.</p>
+<p>{manifest.get("counts", {}).get("clips", "?")} clips in {len(manifest.get("shards", []))} shards;
+{len(manifest.get("errors", []) if isinstance(manifest.get("errors"), list) else [])} failed clips.</p>
 {_table(["class", "clips"], dataset_rows)}
 {_table(["fold:split", "clips"], split_rows)}
 <h2>Sample face crops (onset to apex)</h2>
 {img("faces", "face crops per class")}
 <h2>Descriptions used</h2>
-<p>Set <code>{html.escape(str(dset.get('name', '')))}</code> from <code>{html.escape(str(description_set))}</code></p>
+<p>Set <code>{html.escape(str(dset.get("name", "")))}</code> from <code>{html.escape(str(description_set))}</code></p>
 {_table(["class", "description"], desc_rows)}
 <h2>Training</h2>
-<p>Run <code>{html.escape(str(train_dir))}</code>; best epoch {html.escape(str(summary.get('best_epoch', '?')))}.</p>
+<p>Run <code>{html.escape(str(train_dir))}</code>; best epoch {html.escape(str(summary.get("best_epoch", "?")))}.</p>
 {img("curves", "loss, UAR and WAR per epoch")}
 <h2>Evaluation on the test split</h2>
 {img("confusion", "confusion matrix")}

@@ -46,8 +46,15 @@ def confusion_png(cm, class_names: Sequence[str], title: str = "") -> bytes:
     ax.set_ylabel("true")
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, f"{norm[i, j] * 100:.0f}%\n({cm[i, j]})", ha="center", va="center", fontsize=7,
-                    color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{norm[i, j] * 100:.0f}%\n({cm[i, j]})",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="recall")
     if title:
         ax.set_title(title)
@@ -61,8 +68,11 @@ def curves_png(history: Sequence[dict], title: str = "") -> bytes:
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
 
     def series(key):
-        pts = [(row["epoch"], row[key]) for row in history
-               if row.get(key) is not None and not (isinstance(row[key], float) and math.isnan(row[key]))]
+        pts = [
+            (row["epoch"], row[key])
+            for row in history
+            if row.get(key) is not None and not (isinstance(row[key], float) and math.isnan(row[key]))
+        ]
         return zip(*pts) if pts else ((), ())
 
     for split, style in (("train", "-"), ("val", "--"), ("test", ":")):
@@ -72,7 +82,9 @@ def curves_png(history: Sequence[dict], title: str = "") -> bytes:
         for metric, color in (("uar", "tab:blue"), ("war", "tab:orange")):
             xs, ys = series(f"{split}_{metric}")
             if xs:
-                ax_acc.plot(xs, [100 * y for y in ys], style, marker="o", color=color, label=f"{split} {metric.upper()}")
+                ax_acc.plot(
+                    xs, [100 * y for y in ys], style, marker="o", color=color, label=f"{split} {metric.upper()}"
+                )
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("cross-entropy")
     ax_acc.set_xlabel("epoch")

@@ -56,7 +56,7 @@ class Storage:
             return self.path(*parts)
         return posixpath.join(self.uri_root, *parts)
 
-    def child(self, *parts: str) -> "Storage":
+    def child(self, *parts: str) -> Storage:
         """The storage rooted at the sub-folder ``parts`` (same filesystem)."""
         return Storage(self.uri(*parts))
 

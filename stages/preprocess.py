@@ -18,19 +18,26 @@ __all__ = ["main", "cli"]
 def main(cfg: ExperimentConfig, *, overwrite: bool = False, retry_errors: bool = False) -> dict:
     from pipeline.preprocess import run_preprocess
 
-    return run_preprocess(cfg.storage.root, cfg.dataset, cfg.preprocess,
-                          overwrite=overwrite, retry_errors=retry_errors)
+    return run_preprocess(cfg.storage.root, cfg.dataset, cfg.preprocess, overwrite=overwrite, retry_errors=retry_errors)
 
 
 def cli(argv=None) -> int:
     parser = stage_parser("dferclip preprocess", __doc__)
-    parser.add_argument("--overwrite", action="store_true",
-                        help="delete this dataset's shards first and preprocess everything again")
-    parser.add_argument("--retry-errors", action="store_true",
-                        help="try the clips listed in errors.parquet again (e.g. after fixing the files)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="delete this dataset's shards first and preprocess everything again"
+    )
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="try the clips listed in errors.parquet again (e.g. after fixing the files)",
+    )
     args = parser.parse_args(argv)
-    return run_cli(lambda: (main(load_config(args.config, args.overrides), overwrite=args.overwrite,
-                                 retry_errors=args.retry_errors), 0)[1])
+    return run_cli(
+        lambda: (
+            main(load_config(args.config, args.overrides), overwrite=args.overwrite, retry_errors=args.retry_errors),
+            0,
+        )[1]
+    )
 
 
 if __name__ == "__main__":

@@ -56,7 +56,9 @@ def test_tune_space_values_are_checked_against_the_whole_config():
     assert info.value.problems == ["tune.space.model.n_ctxx: not a config field (did you mean model.n_ctx?)"]
     with pytest.raises(ConfigError) as info:
         load_config(None, ["train.epochs=10", "tune.space={train.warmup_epochs: [0, 10]}"])
-    assert info.value.problems == ["tune.space.train.warmup_epochs[1]: warmup_epochs must be in 0..epochs-1 (9), got 10"]
+    assert info.value.problems == [
+        "tune.space.train.warmup_epochs[1]: warmup_epochs must be in 0..epochs-1 (9), got 10"
+    ]
 
 
 def test_every_problem_is_reported_with_its_key_path(tmp_path):

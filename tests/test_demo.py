@@ -16,16 +16,28 @@ from pipeline.synth import generate_dataset
 from stages import demo, evaluate
 
 # The demo's model, crops and optimiser; fewer frames, clips and epochs.
-SHORT = ["model.num_frames=8", "preprocess.num_workers=1", "train.epochs=2", "train.batch_size=8",
-         "train.warmup_epochs=1"]
+SHORT = [
+    "model.num_frames=8",
+    "preprocess.num_workers=1",
+    "train.epochs=2",
+    "train.batch_size=8",
+    "train.warmup_epochs=1",
+]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_short_demo_writes_report_and_its_checkpoint_predicts_fresh_videos(ray_local, tmp_path):
     root = tmp_path / "demo"
-    cfg = load_config(DEFAULT_CONFIG, [f"storage.root={root}", f"dataset.root={root / 'data'}",
-                                       f"dataset.annotations={root / 'data' / 'labels.csv'}", *SHORT])
+    cfg = load_config(
+        DEFAULT_CONFIG,
+        [
+            f"storage.root={root}",
+            f"dataset.root={root / 'data'}",
+            f"dataset.annotations={root / 'data' / 'labels.csv'}",
+            *SHORT,
+        ],
+    )
     result = run_demo(cfg, clips_per_class=3, seed=0)
 
     report = Path(result["report"])

@@ -17,11 +17,21 @@ from stages import run
 from tests.llm.openai_server import ChatServer
 
 TINY = [
-    "model.clip_model=dferclip-micro", "model.pretrained=null", "model.num_frames=8", "model.temporal_heads=2",
-    "model.temporal_head_dim=32", "model.temporal_mlp_dim=128", "model.n_ctx=4",
-    "preprocess.crop_size=48", "preprocess.num_workers=1",
-    "train.epochs=1", "train.batch_size=8", "train.eval_batch_size=16", "train.milestones=[1]",
-    "train.num_workers=1", "train.cpus_per_worker=1",
+    "model.clip_model=dferclip-micro",
+    "model.pretrained=null",
+    "model.num_frames=8",
+    "model.temporal_heads=2",
+    "model.temporal_head_dim=32",
+    "model.temporal_mlp_dim=128",
+    "model.n_ctx=4",
+    "preprocess.crop_size=48",
+    "preprocess.num_workers=1",
+    "train.epochs=1",
+    "train.batch_size=8",
+    "train.eval_batch_size=16",
+    "train.milestones=[1]",
+    "train.num_workers=1",
+    "train.cpus_per_worker=1",
 ]
 
 
@@ -34,12 +44,22 @@ def test_run_skips_up_to_date_stages_and_reruns_downstream_of_a_template_edit(ra
     shutil.copyfile(PROMPTS_DIR / "templates" / "visual_features.yaml", template)
     monkeypatch.setenv("DFERCLIP_TEST_LLM_KEY", "sk-test-not-a-real-key")
     with ChatServer() as server:
-        cfg = load_config(None, [
-            "name=runtest", f"storage.root={tmp_path / 'root'}", "dataset.name=demo", f"dataset.root={data}",
-            f"dataset.annotations={data / 'labels.csv'}", "describe.enabled=true", f"describe.base_url={server.base_url}",
-            "describe.model=test-model", "describe.api_key_env=DFERCLIP_TEST_LLM_KEY", f"describe.template={template}",
-            *TINY,
-        ])
+        cfg = load_config(
+            None,
+            [
+                "name=runtest",
+                f"storage.root={tmp_path / 'root'}",
+                "dataset.name=demo",
+                f"dataset.root={data}",
+                f"dataset.annotations={data / 'labels.csv'}",
+                "describe.enabled=true",
+                f"describe.base_url={server.base_url}",
+                "describe.model=test-model",
+                "describe.api_key_env=DFERCLIP_TEST_LLM_KEY",
+                f"describe.template={template}",
+                *TINY,
+            ],
+        )
         first = run_pipeline(cfg)
         assert first.ran == ["describe", "preprocess", "train"] and not first.skipped
         requests_after_first = len(server.chat_requests())

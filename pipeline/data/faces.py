@@ -53,8 +53,9 @@ Box = np.ndarray  # float32 [4]: x0, y0, x1, y1 in source pixels
 class HaarDetector:
     """Haar cascade on a downscaled grayscale frame; returns boxes ``[N, 4]`` in source pixels."""
 
-    def __init__(self, max_side: int = 320, scale_factor: float = 1.15, min_neighbors: int = 5,
-                 min_face_fraction: float = 0.15):
+    def __init__(
+        self, max_side: int = 320, scale_factor: float = 1.15, min_neighbors: int = 5, min_face_fraction: float = 0.15
+    ):
         path = Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"
         self.cascade = cv2.CascadeClassifier(str(path))
         if self.cascade.empty():
@@ -67,16 +68,20 @@ class HaarDetector:
     def detect(self, bgr: np.ndarray) -> np.ndarray:
         h, w = bgr.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
-        small = bgr if scale == 1.0 else cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))),
-                                                    interpolation=cv2.INTER_AREA)
+        small = (
+            bgr
+            if scale == 1.0
+            else cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        )
         gray = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
         # Faces smaller than this share of the shorter side are not searched for: DFER clips are
         # framed on one person, and every smaller scale the cascade scans costs time.
         min_side = max(20, int(self.min_face_fraction * min(gray.shape)))
         if min(gray.shape) < min_side:
             return np.zeros((0, 4), np.float32)
-        found = self.cascade.detectMultiScale(gray, scaleFactor=self.scale_factor,
-                                              minNeighbors=self.min_neighbors, minSize=(min_side, min_side))
+        found = self.cascade.detectMultiScale(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_side, min_side)
+        )
         if len(found) == 0:
             return np.zeros((0, 4), np.float32)
         xywh = np.asarray(found, np.float32) / scale
@@ -96,8 +101,11 @@ class YuNetDetector:
     def detect(self, bgr: np.ndarray) -> np.ndarray:
         h, w = bgr.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
-        small = bgr if scale == 1.0 else cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))),
-                                                    interpolation=cv2.INTER_AREA)
+        small = (
+            bgr
+            if scale == 1.0
+            else cv2.resize(bgr, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        )
         size = (small.shape[1], small.shape[0])
         if size != self._size:
             self.detector.setInputSize(size)
@@ -154,7 +162,7 @@ def square_crop(bgr: np.ndarray, box: Box, margin: float, size: int) -> np.ndarr
     x0 = min(max(x0, 0), w - side) if side <= w else (w - side) // 2
     y0 = min(max(y0, 0), h - side) if side <= h else (h - side) // 2
     x1, y1 = x0 + side, y0 + side
-    patch = bgr[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
+    patch = bgr[max(y0, 0) : min(y1, h), max(x0, 0) : min(x1, w)]
     pad = (max(0, -y0), max(0, y1 - h), max(0, -x0), max(0, x1 - w))
     if any(pad):
         patch = cv2.copyMakeBorder(patch, *pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
@@ -240,8 +248,11 @@ class ClipCropper:
             n = t + 1
             if self.detector is None:
                 h, w = frame.shape[:2]
-                full = cv2.resize(frame, (self.crop_size, self.crop_size),
-                                  interpolation=cv2.INTER_AREA if max(h, w) > self.crop_size else cv2.INTER_LINEAR)
+                full = cv2.resize(
+                    frame,
+                    (self.crop_size, self.crop_size),
+                    interpolation=cv2.INTER_AREA if max(h, w) > self.crop_size else cv2.INTER_LINEAR,
+                )
                 out.append(encode_jpeg(full, self.jpeg_quality) if encode_now else full)
                 boxes.append([0.0, 0.0, float(w), float(h)])
                 continue

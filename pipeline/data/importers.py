@@ -52,10 +52,24 @@ __all__ = ["ClipEntry", "ClipTable", "load_clip_table", "clips_from_records", "D
 
 # Each benchmark's own label words -> the canonical class names of pipeline.datasets.
 DFEW_LABELS = dict(zip(range(1, 8), CLASSES_7))  # the release's 1..7 follow the paper's order
-FERV39K_LABELS = {"happy": "happiness", "sad": "sadness", "neutral": "neutral", "angry": "anger",
-                  "surprise": "surprise", "disgust": "disgust", "fear": "fear"}
-_SYNONYMS = {**FERV39K_LABELS, "sadness": "sadness", "anger": "anger", "happiness": "happiness",
-             "surprised": "surprise", "disgusted": "disgust", "fearful": "fear"}
+FERV39K_LABELS = {
+    "happy": "happiness",
+    "sad": "sadness",
+    "neutral": "neutral",
+    "angry": "anger",
+    "surprise": "surprise",
+    "disgust": "disgust",
+    "fear": "fear",
+}
+_SYNONYMS = {
+    **FERV39K_LABELS,
+    "sadness": "sadness",
+    "anger": "anger",
+    "happiness": "happiness",
+    "surprised": "surprise",
+    "disgusted": "disgust",
+    "fearful": "fear",
+}
 
 
 @dataclass(frozen=True)
@@ -110,11 +124,15 @@ class _Collector:
             row[2].append(split)
 
     def table(self) -> ClipTable:
-        clips = [ClipEntry(cid, src, self.index[name], name, tuple(sorted(splits, key=_split_key)))
-                 for cid, (src, name, splits) in self.rows.items()]
+        clips = [
+            ClipEntry(cid, src, self.index[name], name, tuple(sorted(splits, key=_split_key)))
+            for cid, (src, name, splits) in self.rows.items()
+        ]
         clips.sort(key=lambda c: c.clip_id)
-        notes = [f"skipped {n} clip(s) labelled {name!r} (not in the configured classes)"
-                 for name, n in sorted(self.dropped.items())]
+        notes = [
+            f"skipped {n} clip(s) labelled {name!r} (not in the configured classes)"
+            for name, n in sorted(self.dropped.items())
+        ]
         return ClipTable(self.dataset, self.classes, clips, self.files, notes)
 
 
@@ -164,6 +182,7 @@ def load_clip_table(dataset: DatasetConfig) -> ClipTable:
 
 # --- DFEW -----------------------------------------------------------------------------------
 
+
 def _read_dfew(dataset: DatasetConfig, classes: list[str]) -> ClipTable:
     root = _root(dataset)
     split_dir = _require(root / "EmoLabel_DataSplit", "DFEW split folder")
@@ -205,6 +224,7 @@ def _dfew_source(root: Path, vid: str) -> str:
 
 # --- FERV39k --------------------------------------------------------------------------------
 
+
 def _read_ferv39k(dataset: DatasetConfig, classes: list[str]) -> ClipTable:
     root = _root(dataset)
     setup = _require(root / "4_setups" / "All_scenes", "FERV39k setup folder")
@@ -225,13 +245,16 @@ def _read_ferv39k(dataset: DatasetConfig, classes: list[str]) -> ClipTable:
             if label_name is None:
                 if line_no == 1 and "/" not in rel:
                     continue  # a header line
-                raise UserError(f"{where}: unknown emotion {word!r} (expected one of "
-                                f"{', '.join(sorted(w.capitalize() for w in FERV39K_LABELS))})")
+                raise UserError(
+                    f"{where}: unknown emotion {word!r} (expected one of "
+                    f"{', '.join(sorted(w.capitalize() for w in FERV39K_LABELS))})"
+                )
             col.add(rel, str(faces / rel), label_name, membership(1, split), where)
     return col.table()
 
 
 # --- MAFW -----------------------------------------------------------------------------------
+
 
 def _read_mafw(dataset: DatasetConfig, classes: list[str]) -> ClipTable:
     root = _root(dataset)
@@ -298,7 +321,9 @@ def _read_published_lists(dataset: DatasetConfig, classes: list[str]) -> ClipTab
         elif (s := _SPLIT_RE.search(f.name)) is not None:
             split = membership(1, s.group(1).lower())
         else:
-            raise UserError(f"{f}: cannot tell the split from the file name (expected ..._set_N_train.txt or ..._train.txt)")
+            raise UserError(
+                f"{f}: cannot tell the split from the file name (expected ..._set_N_train.txt or ..._train.txt)"
+            )
         col.files.append(str(f))
         for line_no, line in enumerate(_read_text(f).splitlines(), start=1):
             parts = line.split()
@@ -334,6 +359,7 @@ def _resolve_published(path: str, root: Path | None) -> str:
 
 
 # --- plain CSV (csv, demo) ------------------------------------------------------------------
+
 
 def _hash_split(key: str) -> str:
     return "test" if int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 5 == 0 else "train"
@@ -397,7 +423,9 @@ def clips_from_records(records: Iterable, dataset: str, classes: list[str]) -> C
         if not is_uri(path):  # Ray workers may run in another directory
             path = str(Path(path).expanduser().resolve())
         label = rec["label"]
-        name = classes[label] if isinstance(label, int) and 0 <= label < len(classes) else _class_name(str(label), classes)
+        name = (
+            classes[label] if isinstance(label, int) and 0 <= label < len(classes) else _class_name(str(label), classes)
+        )
         if name is None:
             raise UserError(f"{where}: unknown label {label!r} (classes: {', '.join(classes)})")
         clip_id = str(rec.get("clip_id") or path)

@@ -140,7 +140,9 @@ def write_manifest(storage: Storage, rel_dir: str, manifest: dict) -> None:
 def read_manifest(storage: Storage, rel_dir: str) -> dict:
     """The manifest of a shard folder; UserError naming the folder when there is none."""
     if not storage.exists(rel_dir, MANIFEST_NAME):
-        raise UserError(f"no shards manifest at {storage.path(rel_dir, MANIFEST_NAME)}: run `dferclip preprocess` first")
+        raise UserError(
+            f"no shards manifest at {storage.path(rel_dir, MANIFEST_NAME)}: run `dferclip preprocess` first"
+        )
     try:
         return json.loads(storage.read_text(rel_dir, MANIFEST_NAME))
     except json.JSONDecodeError as exc:

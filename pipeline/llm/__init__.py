@@ -7,11 +7,26 @@ the ``openai`` client — that happens only when a request is actually made.
 
 from pipeline.llm.cache import AnswerCache, cache_key
 from pipeline.llm.diff import diff_description_sets
-from pipeline.llm.prompts import (ClassSet, PromptTemplate, list_class_sets, list_templates, load_class_set,
-                                  load_template, render_messages)
+from pipeline.llm.prompts import (
+    ClassSet,
+    PromptTemplate,
+    list_class_sets,
+    list_templates,
+    load_class_set,
+    load_template,
+    render_messages,
+)
 from pipeline.llm.runner import DescribeResult, generate_descriptions, llm_description_set
-from pipeline.llm.sets import (DESCRIPTIONS_DIR, DescriptionSet, default_description_set_path, dump_description_set,
-                               load_description_set, read_description_set, resolve_set_path, write_description_set)
+from pipeline.llm.sets import (
+    DESCRIPTIONS_DIR,
+    DescriptionSet,
+    default_description_set_path,
+    dump_description_set,
+    load_description_set,
+    read_description_set,
+    resolve_set_path,
+    write_description_set,
+)
 from pipeline.llm.validation import InvalidAnswer, parse_answer
 
 __all__ = [

@@ -53,5 +53,6 @@ class AnswerCache:
         return self.storage.write_text(json.dumps(record, indent=1, ensure_ascii=False), self.folder, self._name(key))
 
     def keys(self) -> list[str]:
-        return [name[: -len(".json")] for name in self.storage.list(self.folder, suffix=".json")
-                if not name.startswith(".")]
+        return [
+            name[: -len(".json")] for name in self.storage.list(self.folder, suffix=".json") if not name.startswith(".")
+        ]

@@ -57,9 +57,11 @@ def resolve_api_key(base_url: str, env_name: str) -> str:
         return key
     if is_loopback(base_url):
         return PLACEHOLDER_KEY
-    raise UserError(f"describe.api_key_env: the environment variable {env_name} is not set, and "
-                    f"{endpoint_host(base_url)} is not a local endpoint; export {env_name}=... "
-                    f"(keys never go in the config file)")
+    raise UserError(
+        f"describe.api_key_env: the environment variable {env_name} is not set, and "
+        f"{endpoint_host(base_url)} is not a local endpoint; export {env_name}=... "
+        f"(keys never go in the config file)"
+    )
 
 
 def make_client(base_url: str, api_key: str, timeout_s: float):
@@ -73,8 +75,7 @@ def make_client(base_url: str, api_key: str, timeout_s: float):
         # Plain HTTP (local vLLM / Ollama) never handshakes TLS, so skip loading the system CA
         # bundle (~0.3 s per client). The context trusts no CA: an https redirect fails closed.
         http_client = DefaultAsyncHttpxClient(verify=ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
-    return AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0,
-                       http_client=http_client)
+    return AsyncOpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s, max_retries=0, http_client=http_client)
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -16,9 +16,11 @@ def _summary(dset: DescriptionSet) -> str:
     if source == "llm":
         template = p.get("template") or {}
         answers = p.get("answers") or {}
-        return (f"llm {p.get('model')} @ {p.get('base_url_host')}, template {template.get('name')} "
-                f"({str(template.get('sha256', ''))[:12]}), {p.get('created')}, "
-                f"cached {answers.get('cached')} / new {answers.get('new')}")
+        return (
+            f"llm {p.get('model')} @ {p.get('base_url_host')}, template {template.get('name')} "
+            f"({str(template.get('sha256', ''))[:12]}), {p.get('created')}, "
+            f"cached {answers.get('cached')} / new {answers.get('new')}"
+        )
     return str(source)
 
 
@@ -31,13 +33,19 @@ def _column(descriptions: list[str] | None, width: int) -> list[str]:
     return lines
 
 
-def diff_description_sets(a: DescriptionSet, b: DescriptionSet, label_a: str = "A", label_b: str = "B",
-                          width: int | None = None) -> str:
+def diff_description_sets(
+    a: DescriptionSet, b: DescriptionSet, label_a: str = "A", label_b: str = "B", width: int | None = None
+) -> str:
     """A printable side-by-side comparison; each class is marked same / changed / only in A|B."""
     width = width or max(shutil.get_terminal_size((120, 24)).columns, 60)
     col = (width - 3) // 2
-    out = [f"A: {label_a}  [{a.name}, id {a.id}]", f"   {_summary(a)}",
-           f"B: {label_b}  [{b.name}, id {b.id}]", f"   {_summary(b)}", ""]
+    out = [
+        f"A: {label_a}  [{a.name}, id {a.id}]",
+        f"   {_summary(a)}",
+        f"B: {label_b}  [{b.name}, id {b.id}]",
+        f"   {_summary(b)}",
+        "",
+    ]
     names = list(a.classes) + [n for n in b.classes if n not in a.classes]
     counts = {"same": 0, "changed": 0, "only in A": 0, "only in B": 0}
     for name in names:
@@ -47,9 +55,9 @@ def diff_description_sets(a: DescriptionSet, b: DescriptionSet, label_a: str = "
         out.append(f"== {name} ({state}) " + "=" * max(0, width - len(name) - len(state) - 7))
         left, right = _column(da, col), _column(db, col)
         for i in range(max(len(left), len(right))):
-            l = left[i] if i < len(left) else ""
-            r = right[i] if i < len(right) else ""
-            out.append(f"{l:<{col}} | {r}".rstrip())
+            lhs = left[i] if i < len(left) else ""
+            rhs = right[i] if i < len(right) else ""
+            out.append(f"{lhs:<{col}} | {rhs}".rstrip())
     out.append("")
     out.append("classes: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     return "\n".join(out)

@@ -106,7 +106,7 @@ def load_template(name_or_path: str) -> PromptTemplate:
     for key in ("system", "user"):
         for found in _PLACEHOLDER.findall(str(data.get(key, ""))):
             if found not in PLACEHOLDERS:
-                known = ", ".join("{%s}" % p for p in PLACEHOLDERS)
+                known = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
                 problems.append(f"{key}: unknown placeholder {{{found}}} (known: {known})")
     if "{class_name}" not in str(data.get("user", "")):
         problems.append("user: must contain the placeholder {class_name}")
@@ -115,17 +115,24 @@ def load_template(name_or_path: str) -> PromptTemplate:
         problems.append('system/user: must ask for a JSON answer {"descriptions": [...]}')
     examples = []
     for i, ex in enumerate(data.get("examples") or []):
-        if (not isinstance(ex, dict) or not isinstance(ex.get("class_name"), str)
-                or not isinstance(ex.get("descriptions"), list)
-                or not all(isinstance(d, str) and d.strip() for d in ex["descriptions"])):
+        if (
+            not isinstance(ex, dict)
+            or not isinstance(ex.get("class_name"), str)
+            or not isinstance(ex.get("descriptions"), list)
+            or not all(isinstance(d, str) and d.strip() for d in ex["descriptions"])
+        ):
             problems.append(f"examples[{i}]: expected {{class_name: str, descriptions: [non-empty str, ...]}}")
             continue
         examples.append((ex["class_name"], tuple(d.strip() for d in ex["descriptions"])))
     if problems:
         raise UserError(f"template {path}:\n" + "\n".join(f"  - {p}" for p in problems))
     return PromptTemplate(
-        name=str(data.get("name") or path.stem), system=data["system"].strip(), user=data["user"].strip(),
-        source=str(path), sha256=hashlib.sha256(raw).hexdigest(), summary=str(data.get("summary", "")),
+        name=str(data.get("name") or path.stem),
+        system=data["system"].strip(),
+        user=data["user"].strip(),
+        source=str(path),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        summary=str(data.get("summary", "")),
         examples=tuple(examples),
     )
 

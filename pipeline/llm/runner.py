@@ -38,6 +38,7 @@ def _log_to(log: Callable[[str], None] | None) -> Log:
         return logger.log
     return lambda _level, message: log(message)
 
+
 # Re-asking after an invalid answer with the same seed would, on a deterministic server,
 # return the same invalid answer; each re-ask shifts the seed by this much.
 _RESEED = 7919
@@ -69,17 +70,27 @@ class _Failure(Exception):
 
 def request_params(cfg: DescribeConfig) -> dict[str, Any]:
     """The sampling parameters that shape an answer (part of every cache key)."""
-    return {"temperature": cfg.temperature, "seed": cfg.seed, "max_tokens": cfg.max_tokens,
-            "n": cfg.descriptions_per_answer, "response_format": cfg.response_format}
+    return {
+        "temperature": cfg.temperature,
+        "seed": cfg.seed,
+        "max_tokens": cfg.max_tokens,
+        "n": cfg.descriptions_per_answer,
+        "response_format": cfg.response_format,
+    }
 
 
 def _response_format(kind: str, n: int) -> dict | None:
     if kind == "json_object":
         return {"type": "json_object"}
     if kind == "json_schema":
-        schema = {"type": "object", "additionalProperties": False, "required": ["descriptions"],
-                  "properties": {"descriptions": {"type": "array", "items": {"type": "string"},
-                                                  "minItems": n, "maxItems": n}}}
+        schema = {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["descriptions"],
+            "properties": {
+                "descriptions": {"type": "array", "items": {"type": "string"}, "minItems": n, "maxItems": n}
+            },
+        }
         return {"type": "json_schema", "json_schema": {"name": "descriptions", "strict": True, "schema": schema}}
     return None
 
@@ -100,8 +111,13 @@ class _Run:
 
     def _validate(self, content: str | None, finish_reason: str | None = None) -> list[str]:
         c = self.cfg
-        return parse_answer(content, c.descriptions_per_answer, min_words=c.min_words, max_words=c.max_words,
-                            finish_reason=finish_reason)
+        return parse_answer(
+            content,
+            c.descriptions_per_answer,
+            min_words=c.min_words,
+            max_words=c.max_words,
+            finish_reason=finish_reason,
+        )
 
     def cached(self, job: _Job) -> list[str] | None:
         record = self.cache.get(job.key)
@@ -118,8 +134,12 @@ class _Run:
         response_format = _response_format(c.response_format, c.descriptions_per_answer)
         while True:
             seed = None if c.seed is None else c.seed + job.sample + _RESEED * invalid
-            kwargs: dict[str, Any] = {"model": c.model, "messages": job.messages, "temperature": c.temperature,
-                                      "max_tokens": c.max_tokens}
+            kwargs: dict[str, Any] = {
+                "model": c.model,
+                "messages": job.messages,
+                "temperature": c.temperature,
+                "max_tokens": c.max_tokens,
+            }
             if seed is not None:
                 kwargs["seed"] = seed
             if response_format is not None:
@@ -145,8 +165,10 @@ class _Run:
                 if failures >= c.max_attempts:
                     raise _Failure(job, f"{reason} (gave up after {failures} attempts)") from None
                 delay = retry_delay(exc, failures, c.backoff_s, c.max_backoff_s)
-                self.log(logging.WARNING,
-                         f"[describe] {job.class_name} #{job.sample}: {reason}; retry {failures} in {delay:.2f}s")
+                self.log(
+                    logging.WARNING,
+                    f"[describe] {job.class_name} #{job.sample}: {reason}; retry {failures} in {delay:.2f}s",
+                )
                 await asyncio.sleep(delay)
                 continue
             choice = response.choices[0] if response.choices else None
@@ -158,16 +180,27 @@ class _Run:
                 if invalid >= c.max_invalid_answers:
                     shown = _redact(excerpt(content), self.api_key)
                     raise _Failure(job, f"{invalid} invalid answers; last: {exc}; answer: {shown}") from None
-                self.log(logging.WARNING,
-                         f"[describe] {job.class_name} #{job.sample}: invalid answer ({exc}); asking again")
+                self.log(
+                    logging.WARNING, f"[describe] {job.class_name} #{job.sample}: invalid answer ({exc}); asking again"
+                )
                 continue
             # fsync takes milliseconds; in a thread it does not stall the other requests' I/O.
-            await asyncio.to_thread(self.cache.put, job.key, {
-                "class_name": job.class_name, "sample": job.sample, "model": c.model, "params": self.params,
-                "request_seed": seed, "messages": job.messages, "content": content, "descriptions": descriptions,
-                "finish_reason": choice.finish_reason,
-                "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            })
+            await asyncio.to_thread(
+                self.cache.put,
+                job.key,
+                {
+                    "class_name": job.class_name,
+                    "sample": job.sample,
+                    "model": c.model,
+                    "params": self.params,
+                    "request_seed": seed,
+                    "messages": job.messages,
+                    "content": content,
+                    "descriptions": descriptions,
+                    "finish_reason": choice.finish_reason,
+                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                },
+            )
             return descriptions
 
 
@@ -181,8 +214,9 @@ def _plan(cfg: DescribeConfig, class_names: list[str], template: PromptTemplate)
     return jobs
 
 
-async def _generate(cfg: DescribeConfig, jobs: list[_Job], cache: AnswerCache, refresh: bool,
-                    log: Log, result: DescribeResult) -> None:
+async def _generate(
+    cfg: DescribeConfig, jobs: list[_Job], cache: AnswerCache, refresh: bool, log: Log, result: DescribeResult
+) -> None:
     run = _Run(cfg, cache, log)
     todo = []
     for job in jobs:
@@ -193,8 +227,11 @@ async def _generate(cfg: DescribeConfig, jobs: list[_Job], cache: AnswerCache, r
             result.answers[(job.class_name, job.sample)] = hit
     result.cached = len(jobs) - len(todo)
     host = endpoint_host(cfg.base_url)
-    log(logging.INFO, f"[describe] {len(jobs)} answers: {result.cached} cached, {len(todo)} to request from {host} "
-        f"(model {cfg.model}, concurrency {cfg.concurrency}){' [refresh]' if refresh else ''}")
+    log(
+        logging.INFO,
+        f"[describe] {len(jobs)} answers: {result.cached} cached, {len(todo)} to request from {host} "
+        f"(model {cfg.model}, concurrency {cfg.concurrency}){' [refresh]' if refresh else ''}",
+    )
     if not todo:
         return
     run.api_key = resolve_api_key(cfg.base_url, cfg.api_key_env)
@@ -211,8 +248,11 @@ async def _generate(cfg: DescribeConfig, jobs: list[_Job], cache: AnswerCache, r
         remaining[job.class_name] -= 1
         if remaining[job.class_name] == 0:
             done_classes += 1
-            log(logging.INFO, f"[describe] {job.class_name}: done ({done_classes}/{len(remaining)} classes, "
-                              f"{result.new}/{len(todo)} new answers)")
+            log(
+                logging.INFO,
+                f"[describe] {job.class_name}: done ({done_classes}/{len(remaining)} classes, "
+                f"{result.new}/{len(todo)} new answers)",
+            )
 
     client = make_client(cfg.base_url, run.api_key, cfg.timeout_s)
     try:
@@ -229,14 +269,23 @@ async def _generate(cfg: DescribeConfig, jobs: list[_Job], cache: AnswerCache, r
         shown = [f for f in failures if f.fatal] or failures
         lines = [f"class {f.job.class_name!r} (sample {f.job.sample}): {f.reason}" for f in shown[:5]]
         more = f"\n  ... and {len(shown) - 5} more" if len(shown) > 5 else ""
-        raise UserError(f"describe: {len(failures)} of {len(todo)} requests failed against {host}; "
-                        f"the {result.new} answers that succeeded are cached and a re-run resumes from them:\n  "
-                        + "\n  ".join(lines) + more)
+        raise UserError(
+            f"describe: {len(failures)} of {len(todo)} requests failed against {host}; "
+            f"the {result.new} answers that succeeded are cached and a re-run resumes from them:\n  "
+            + "\n  ".join(lines)
+            + more
+        )
 
 
-def generate_descriptions(cfg: DescribeConfig, class_names: list[str], template: PromptTemplate,
-                          cache: AnswerCache, *, refresh: bool = False,
-                          log: Callable[[str], None] | None = None) -> DescribeResult:
+def generate_descriptions(
+    cfg: DescribeConfig,
+    class_names: list[str],
+    template: PromptTemplate,
+    cache: AnswerCache,
+    *,
+    refresh: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> DescribeResult:
     """Descriptions for each class from ``cfg.samples`` answers; raises UserError on failures.
 
     Progress goes to the ``pipeline.llm.runner`` logger (retries and re-asks as warnings), or
@@ -261,8 +310,9 @@ def generate_descriptions(cfg: DescribeConfig, class_names: list[str], template:
     return result
 
 
-def llm_description_set(name: str, cfg: DescribeConfig, template: PromptTemplate, class_source: str,
-                        result: DescribeResult) -> DescriptionSet:
+def llm_description_set(
+    name: str, cfg: DescribeConfig, template: PromptTemplate, class_source: str, result: DescribeResult
+) -> DescriptionSet:
     """The set with its provenance: what asked, with which prompt and parameters, when."""
     provenance = {
         "source": "llm",
@@ -270,8 +320,12 @@ def llm_description_set(name: str, cfg: DescribeConfig, template: PromptTemplate
         "base_url_host": endpoint_host(cfg.base_url),
         "template": {"name": template.name, "sha256": template.sha256, "file": template.source},
         "classes_from": class_source,
-        "params": {**request_params(cfg), "samples": cfg.samples, "min_words": cfg.min_words,
-                   "max_words": cfg.max_words},
+        "params": {
+            **request_params(cfg),
+            "samples": cfg.samples,
+            "min_words": cfg.min_words,
+            "max_words": cfg.max_words,
+        },
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "answers": {"cached": result.cached, "new": result.new},
         "requests": result.requests,

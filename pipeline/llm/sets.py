@@ -65,8 +65,9 @@ class DescriptionSet:
     def subset(self, class_names: list[str] | tuple[str, ...], source: str) -> dict[str, list[str]]:
         missing = [c for c in class_names if c not in self.classes]
         if missing:
-            raise UserError(f"description set {source} has no descriptions for {missing} "
-                            f"(it has: {', '.join(self.classes)})")
+            raise UserError(
+                f"description set {source} has no descriptions for {missing} (it has: {', '.join(self.classes)})"
+            )
         return {c: list(self.classes[c]) for c in class_names}
 
 
@@ -89,8 +90,11 @@ def parse_description_set(data: Any, source: str) -> DescriptionSet:
     fmt = data.get("format", FORMAT_VERSION)
     if fmt != FORMAT_VERSION:
         raise UserError(f"{source}: format {fmt!r} is not supported (this version reads format {FORMAT_VERSION})")
-    entries = data["classes"] if "classes" in data else {
-        k: v for k, v in data.items() if k not in ("format", "name", "id", "provenance")}
+    entries = (
+        data["classes"]
+        if "classes" in data
+        else {k: v for k, v in data.items() if k not in ("format", "name", "id", "provenance")}
+    )
     classes: dict[str, list[str]] = {}
     notes: dict[str, str] = {}
     if isinstance(entries, dict):
@@ -147,8 +151,13 @@ def dump_description_set(dset: DescriptionSet) -> str:
             entry["action_units"] = dset.action_units[name]
         entry["descriptions"] = list(descriptions)
         classes.append(entry)
-    doc = {"format": FORMAT_VERSION, "name": dset.name, "id": dset.id,
-           "provenance": dset.provenance, "classes": classes}
+    doc = {
+        "format": FORMAT_VERSION,
+        "name": dset.name,
+        "id": dset.id,
+        "provenance": dset.provenance,
+        "classes": classes,
+    }
     return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000)
 
 
@@ -174,8 +183,10 @@ def default_description_set_path(class_names: list[str] | tuple[str, ...]) -> Pa
         if len(missing) < len(fewest_missing):
             fewest_missing = missing
     if best is None:
-        raise UserError(f"no shipped description set covers the classes {fewest_missing}; write one "
-                        f"(see docs/describe.md) and set describe.description_set to its path")
+        raise UserError(
+            f"no shipped description set covers the classes {fewest_missing}; write one "
+            f"(see docs/describe.md) and set describe.description_set to its path"
+        )
     return best[1]
 
 

@@ -30,7 +30,7 @@ def _load_json(text: str):
     candidates += _FENCE.findall(text)
     starts = [i for i in (text.find("{"), text.find("[")) if i >= 0]
     if starts:
-        candidates.append(text[min(starts):])
+        candidates.append(text[min(starts) :])
     decoder = json.JSONDecoder()
     for candidate in candidates:
         candidate = candidate.strip()
@@ -42,8 +42,9 @@ def _load_json(text: str):
     raise InvalidAnswer("the answer is not JSON")
 
 
-def parse_answer(text: str | None, n: int, *, min_words: int, max_words: int,
-                 finish_reason: str | None = None) -> list[str]:
+def parse_answer(
+    text: str | None, n: int, *, min_words: int, max_words: int, finish_reason: str | None = None
+) -> list[str]:
     """Return the ``n`` descriptions in ``text`` or raise :class:`InvalidAnswer`."""
     if finish_reason == "length":
         raise InvalidAnswer("the answer was cut off at max_tokens (finish_reason=length); raise describe.max_tokens")

@@ -113,13 +113,18 @@ def load_clip(
     elif pretrained:
         tags = open_clip.list_pretrained_tags_by_model(name)
         if pretrained not in tags:
-            raise UserError(f"model.pretrained: {name} has no pretrained tag {pretrained!r} (known: {', '.join(tags) or 'none'})")
+            raise UserError(
+                f"model.pretrained: {name} has no pretrained tag {pretrained!r} (known: {', '.join(tags) or 'none'})"
+            )
         source = pretrained
     else:
         source = None
     use_quick_gelu = _resolve_quick_gelu(name, pretrained, weights, quick_gelu)
-    logger.debug(f"CLIP {name}: weights from {source}" if source else
-                 f"CLIP {name}: random initialisation (no pretrained tag or weights file)")
+    logger.debug(
+        f"CLIP {name}: weights from {source}"
+        if source
+        else f"CLIP {name}: random initialisation (no pretrained tag or weights file)"
+    )
     try:
         with _quiet_random_init_warning(source is None):
             model = open_clip.create_model(

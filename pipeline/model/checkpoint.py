@@ -77,13 +77,15 @@ def model_from_payload(payload: dict[str, Any], source: str = "<checkpoint>") ->
     return model
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[DferClip, dict[str, Any]]:
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> tuple[DferClip, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint`; returns (model in eval mode, extra)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 — any unreadable file becomes one clear message
         raise UserError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from None
     return model_from_payload(payload, str(path)), payload.get("extra", {})

@@ -89,8 +89,14 @@ class DferClip(nn.Module):
             context_length=clip.positional_embedding.shape[0],
             class_names=class_names,
         )
-        embed_dim = clip.text_projection.shape[1] if isinstance(clip.text_projection, torch.Tensor) else clip.text_projection.out_features
-        self.temporal = TemporalTransformer(embed_dim, num_frames, temporal_depth, temporal_heads, temporal_head_dim, temporal_mlp_dim)
+        embed_dim = (
+            clip.text_projection.shape[1]
+            if isinstance(clip.text_projection, torch.Tensor)
+            else clip.text_projection.out_features
+        )
+        self.temporal = TemporalTransformer(
+            embed_dim, num_frames, temporal_depth, temporal_heads, temporal_head_dim, temporal_mlp_dim
+        )
         self.normalize_input = input_normalization == "clip"
         self.logit_scale = float(logit_scale) if logit_scale is not None else backbone_logit_scale(clip)
         self.register_buffer("pixel_mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
@@ -142,8 +148,9 @@ class DferClip(nn.Module):
 
     # ---- training helpers ----------------------------------------------------------------
 
-    def param_groups(self, lr_image_encoder: float, lr_temporal: float, lr_prompt: float,
-                     train_image_encoder: bool = True) -> list[dict]:
+    def param_groups(
+        self, lr_image_encoder: float, lr_temporal: float, lr_prompt: float, train_image_encoder: bool = True
+    ) -> list[dict]:
         """Optimizer parameter groups with the paper's three learning rates."""
         self.image_encoder.requires_grad_(train_image_encoder)
         groups = [
@@ -151,5 +158,7 @@ class DferClip(nn.Module):
             {"name": "prompt", "params": [self.prompt_learner.ctx], "lr": lr_prompt},
         ]
         if train_image_encoder:
-            groups.insert(0, {"name": "image_encoder", "params": list(self.image_encoder.parameters()), "lr": lr_image_encoder})
+            groups.insert(
+                0, {"name": "image_encoder", "params": list(self.image_encoder.parameters()), "lr": lr_image_encoder}
+            )
         return groups

@@ -48,7 +48,9 @@ class _FeedForward(nn.Module):
 class TemporalTransformer(nn.Module):
     """(B, T, dim) frame embeddings -> (B, dim) video embedding (the output class token)."""
 
-    def __init__(self, dim: int, num_frames: int, depth: int = 1, heads: int = 8, head_dim: int = 64, mlp_dim: int = 1024):
+    def __init__(
+        self, dim: int, num_frames: int, depth: int = 1, heads: int = 8, head_dim: int = 64, mlp_dim: int = 1024
+    ):
         super().__init__()
         self.num_frames = num_frames
         # Unit-variance initialisation, as published (torch.randn).

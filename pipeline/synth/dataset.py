@@ -106,8 +106,9 @@ def _split(clips_per_class: int, test_fraction: float, rng: np.random.Generator)
     return [splits[i] for i in rng.permutation(clips_per_class)]
 
 
-def _validate(clips_per_class: int, num_frames: int, size: tuple[int, int], fps: int, test_fraction: float,
-              classes: Sequence[str]) -> None:
+def _validate(
+    clips_per_class: int, num_frames: int, size: tuple[int, int], fps: int, test_fraction: float, classes: Sequence[str]
+) -> None:
     problems = []
     if clips_per_class < 1:
         problems.append(f"clips_per_class must be >= 1, got {clips_per_class}")

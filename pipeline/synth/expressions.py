@@ -30,10 +30,21 @@ PROFILES: dict[str, dict[str, float]] = {
     "neutral": {},
     "anger": {"brow_lower": 1.0, "brow_together": 1.0, "lip_press": 1.0, "eye_narrow": 0.35},
     "surprise": {"brow_raise": 1.0, "eye_widen": 1.0, "jaw_drop": 1.0, "lip_pucker": 0.6},
-    "disgust": {"nose_wrinkle": 1.0, "upper_lip_raise": 1.0, "brow_lower": 0.4, "eye_narrow": 0.4,
-                "lip_corner_down": 0.3},
-    "fear": {"brow_raise": 0.6, "brow_inner_raise": 0.6, "brow_together": 0.8, "eye_widen": 1.0,
-             "lip_stretch": 1.0, "jaw_drop": 0.3},
+    "disgust": {
+        "nose_wrinkle": 1.0,
+        "upper_lip_raise": 1.0,
+        "brow_lower": 0.4,
+        "eye_narrow": 0.4,
+        "lip_corner_down": 0.3,
+    },
+    "fear": {
+        "brow_raise": 0.6,
+        "brow_inner_raise": 0.6,
+        "brow_together": 0.8,
+        "eye_widen": 1.0,
+        "lip_stretch": 1.0,
+        "jaw_drop": 0.3,
+    },
 }
 _NAMES = Actions.names()
 
@@ -44,8 +55,8 @@ class Timeline:
 
     label: str
     values: np.ndarray  # (T, A) in [0, 1]
-    onset: int          # first frame of the change (meaningless for neutral)
-    apex: int           # first frame at full intensity
+    onset: int  # first frame of the change (meaningless for neutral)
+    apex: int  # first frame at full intensity
 
     def actions(self, t: int) -> Actions:
         return Actions.from_array(self.values[t])

@@ -29,21 +29,21 @@ _SCALE = float(1 << _SHIFT)
 class Actions:
     """Intensities in [0, 1] of the facial actions one frame shows (0 = neutral)."""
 
-    brow_raise: float = 0.0        # whole brows up (AU1+2), forehead lines
+    brow_raise: float = 0.0  # whole brows up (AU1+2), forehead lines
     brow_inner_raise: float = 0.0  # inner ends up only (AU1): the sad slant
-    brow_lower: float = 0.0        # brows down, inner ends lowest (AU4)
-    brow_together: float = 0.0     # inner ends drawn toward the nose, glabella lines (AU4)
-    eye_widen: float = 0.0         # upper lid up, white above the iris (AU5)
-    eye_narrow: float = 0.0        # lids closer (AU7)
-    cheek_raise: float = 0.0       # cheeks and lower lids up, nasolabial folds (AU6)
-    nose_wrinkle: float = 0.0      # bridge lines, nostrils up (AU9)
-    upper_lip_raise: float = 0.0   # upper lip lifted off the teeth (AU10)
-    lip_corner_up: float = 0.0     # smile (AU12)
-    lip_corner_down: float = 0.0   # frown (AU15)
-    lip_stretch: float = 0.0       # corners pulled sideways (AU20)
-    lip_pucker: float = 0.0        # mouth narrower and rounder (AU18)
-    lip_press: float = 0.0         # lips thinned and pressed (AU24)
-    jaw_drop: float = 0.0          # mouth opens (AU26/27)
+    brow_lower: float = 0.0  # brows down, inner ends lowest (AU4)
+    brow_together: float = 0.0  # inner ends drawn toward the nose, glabella lines (AU4)
+    eye_widen: float = 0.0  # upper lid up, white above the iris (AU5)
+    eye_narrow: float = 0.0  # lids closer (AU7)
+    cheek_raise: float = 0.0  # cheeks and lower lids up, nasolabial folds (AU6)
+    nose_wrinkle: float = 0.0  # bridge lines, nostrils up (AU9)
+    upper_lip_raise: float = 0.0  # upper lip lifted off the teeth (AU10)
+    lip_corner_up: float = 0.0  # smile (AU12)
+    lip_corner_down: float = 0.0  # frown (AU15)
+    lip_stretch: float = 0.0  # corners pulled sideways (AU20)
+    lip_pucker: float = 0.0  # mouth narrower and rounder (AU18)
+    lip_press: float = 0.0  # lips thinned and pressed (AU24)
+    jaw_drop: float = 0.0  # mouth opens (AU26/27)
 
     def to_array(self) -> np.ndarray:
         return np.asarray(astuple(self), dtype=np.float64)
@@ -62,27 +62,27 @@ class Actions:
 class Identity:
     """What stays fixed for one drawn person: proportions and colours (RGB 0-255)."""
 
-    face_height: float       # ellipse half-height, in face half-widths
-    jaw_width: float         # lower face narrowing, 0.7 (pointed) .. 1.0 (round)
-    eye_dx: float            # horizontal distance of each eye centre from the midline
+    face_height: float  # ellipse half-height, in face half-widths
+    jaw_width: float  # lower face narrowing, 0.7 (pointed) .. 1.0 (round)
+    eye_dx: float  # horizontal distance of each eye centre from the midline
     eye_y: float
-    eye_w: float             # eye half-width
-    eye_h: float             # upper-lid height of the open eye
+    eye_w: float  # eye half-width
+    eye_h: float  # upper-lid height of the open eye
     iris_r: float
-    brow_gap: float          # brow height above the eye centre
+    brow_gap: float  # brow height above the eye centre
     brow_thick: float
     brow_arch: float
     brow_len: float
     nose_y: float
     nose_w: float
     mouth_y: float
-    mouth_w: float           # mouth half-width
-    lip_upper: float         # lip thicknesses
+    mouth_w: float  # mouth half-width
+    lip_upper: float  # lip thicknesses
     lip_lower: float
     skin: tuple[float, float, float]
     hair: tuple[float, float, float]
-    hair_style: int          # 0 bald, 1 short, 2 short with a low fringe, 3 long
-    hair_line: float         # forehead hair line (y), above the brows
+    hair_style: int  # 0 bald, 1 short, 2 short with a low fringe, 3 long
+    hair_line: float  # forehead hair line (y), above the brows
     lip_colour: tuple[float, float, float]
     iris_colour: tuple[float, float, float]
     brow_colour: tuple[float, float, float]
@@ -143,6 +143,7 @@ def random_identity(rng: np.random.Generator) -> Identity:
 
 
 # --- geometry helpers (face units) -------------------------------------------------------------
+
 
 # Unit shapes are cached: a clip draws ~40 polygons per frame, and rebuilding the same
 # trigonometric tables with linspace each time cost more than the filling itself.
@@ -207,6 +208,7 @@ def _shade(colour, k: float) -> tuple[float, float, float]:
 
 # --- the face ----------------------------------------------------------------------------------
 
+
 def _face_outline(ident: Identity, n: int = 64) -> np.ndarray:
     """Ellipse whose lower half narrows toward the chin by ``jaw_width``."""
     pts = _ellipse(0.0, 0.0, 1.0, ident.face_height, n)
@@ -251,8 +253,14 @@ def _draw_hair_front(cv: _Canvas, ident: Identity) -> None:
     # open-mouthed faces from ~0.8 to ~0.9.
     bottom = ident.eye_y + (0.3 if ident.hair_style == 2 else 0.05)
     for sx in (-1.0, 1.0):
-        side = np.array([[sx * 1.06, ident.hair_line], [sx * 0.86, ident.hair_line + 0.05],
-                         [sx * 0.9, bottom - 0.1], [sx * 1.04, bottom]])
+        side = np.array(
+            [
+                [sx * 1.06, ident.hair_line],
+                [sx * 0.86, ident.hair_line + 0.05],
+                [sx * 0.9, bottom - 0.1],
+                [sx * 1.04, bottom],
+            ]
+        )
         cv.fill(side, ident.hair)
 
 
@@ -319,7 +327,9 @@ def _draw_eyes(cv: _Canvas, ident: Identity, a: Actions) -> None:
             cv.line(bulge, _shade(ident.skin, 1 - 0.35 * k), 0.02)
             ox = ex + sx * (ident.eye_w + 0.04)
             for dy in (-0.04, 0.02, 0.08):
-                cv.line(np.array([[ox, ey + dy * 0.5], [ox + sx * 0.1, ey + dy]]), _shade(ident.skin, 1 - 0.4 * k), 0.018)
+                cv.line(
+                    np.array([[ox, ey + dy * 0.5], [ox + sx * 0.1, ey + dy]]), _shade(ident.skin, 1 - 0.4 * k), 0.018
+                )
 
 
 def _draw_nose(cv: _Canvas, ident: Identity, a: Actions) -> None:
@@ -349,17 +359,23 @@ def _draw_cheeks_and_folds(cv: _Canvas, ident: Identity, a: Actions) -> None:
     col = _shade(ident.skin, 1 - 0.4 * fold)
     for sx in (-1.0, 1.0):
         top = np.array([sx * (ident.nose_w + 0.05), ident.nose_y - 0.06])
-        bottom = np.array([sx * (ident.mouth_w + 0.09 + 0.05 * a.lip_stretch), ident.mouth_y + 0.02 - 0.06 * a.lip_corner_up])
+        bottom = np.array(
+            [sx * (ident.mouth_w + 0.09 + 0.05 * a.lip_stretch), ident.mouth_y + 0.02 - 0.06 * a.lip_corner_up]
+        )
         mid = (top + bottom) / 2 + np.array([sx * 0.05, 0.0])
         cv.line(np.stack([top, mid, bottom]), col, 0.025)
         if a.cheek_raise > 0.05:
-            cv.fill(_ellipse(sx * (ident.eye_dx + 0.05), ident.nose_y - 0.06 - 0.05 * a.cheek_raise, 0.17, 0.09),
-                    _shade(ident.skin, 1 + 0.08 * a.cheek_raise))
+            cv.fill(
+                _ellipse(sx * (ident.eye_dx + 0.05), ident.nose_y - 0.06 - 0.05 * a.cheek_raise, 0.17, 0.09),
+                _shade(ident.skin, 1 + 0.08 * a.cheek_raise),
+            )
 
 
 def _draw_mouth(cv: _Canvas, ident: Identity, a: Actions) -> None:
     n = 24
-    width = ident.mouth_w * (1.0 + 0.4 * a.lip_stretch + 0.12 * a.lip_corner_up - 0.4 * a.lip_pucker - 0.15 * a.lip_press)
+    width = ident.mouth_w * (
+        1.0 + 0.4 * a.lip_stretch + 0.12 * a.lip_corner_up - 0.4 * a.lip_pucker - 0.15 * a.lip_press
+    )
     my = ident.mouth_y + 0.1 * a.jaw_drop * 0.5
     s = 2 * _unit(n) - 1
     # Mid-line: corners pulled up (smile) or down (frown) relative to the centre.
@@ -373,7 +389,7 @@ def _draw_mouth(cv: _Canvas, ident: Identity, a: Actions) -> None:
     open_up = (0.35 * opening + 0.09 * a.upper_lip_raise) * _bump(n, shape)
     open_lo = 0.65 * opening * _bump(n, shape)
     # Cupid's bow: a small dip at the centre of the upper lip.
-    bow = 1.0 - 0.25 * np.exp(-(s / 0.12) ** 2)
+    bow = 1.0 - 0.25 * np.exp(-((s / 0.12) ** 2))
     up_outer = mid - open_up - ident.lip_upper * thin * bump * bow - 0.05 * a.upper_lip_raise * bump
     lo_outer = mid + open_lo + ident.lip_lower * thin * bump
     xs = s * width

@@ -23,7 +23,7 @@ def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray
     c0, c1 = rng.uniform(0, 255, size=3), rng.uniform(0, 255, size=3)
     angle = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    ramp = (np.cos(angle) * xx / width + np.sin(angle) * yy / height)
+    ramp = np.cos(angle) * xx / width + np.sin(angle) * yy / height
     ramp = (ramp - ramp.min()) / max(1e-6, float(ramp.max() - ramp.min()))
     bg = (c0[None, None, :] * (1 - ramp[..., None]) + c1[None, None, :] * ramp[..., None]).astype(np.float32)
     for _ in range(int(rng.integers(0, 4))):

@@ -12,4 +12,15 @@
 Submodules are imported on use (Ray and PyTorch are heavy); nothing runs at import time.
 """
 
-__all__ = ["sampling", "transforms", "data", "recipe", "worker", "driver", "experiment", "evaluation", "outputs", "zeroshot"]
+__all__ = [
+    "sampling",
+    "transforms",
+    "data",
+    "recipe",
+    "worker",
+    "driver",
+    "experiment",
+    "evaluation",
+    "outputs",
+    "zeroshot",
+]

@@ -31,8 +31,18 @@ from pipeline.errors import UserError
 from pipeline.storage import Storage
 from pipeline.train.transforms import AugmentSpec, ClipTransform, SelectFrames
 
-__all__ = ["ShardSet", "SplitPlan", "open_shards", "plan_splits", "carve_validation", "train_dataset",
-           "eval_dataset", "ShardedDataConfig", "INDEX_COLUMNS", "READ_COLUMNS"]
+__all__ = [
+    "ShardSet",
+    "SplitPlan",
+    "open_shards",
+    "plan_splits",
+    "carve_validation",
+    "train_dataset",
+    "eval_dataset",
+    "ShardedDataConfig",
+    "INDEX_COLUMNS",
+    "READ_COLUMNS",
+]
 
 INDEX_COLUMNS = ["clip_id", "label", "splits"]
 READ_COLUMNS = ["clip_id", "label", "num_frames", "frames"]
@@ -72,8 +82,9 @@ def open_shards(root: Storage | str, dataset: str) -> ShardSet:
     rel = sh.shard_dir(storage, dataset)
     paths = sh.shard_paths(storage, rel)
     if not paths:
-        raise UserError(f"no shards in {storage.path(rel)} (expected part-*.parquet); "
-                        "run `dferclip preprocess --config ...` first")
+        raise UserError(
+            f"no shards in {storage.path(rel)} (expected part-*.parquet); run `dferclip preprocess --config ...` first"
+        )
     return ShardSet(storage.path(rel), storage.fs, paths, sh.read_manifest(storage, rel))
 
 
@@ -119,14 +130,18 @@ def plan_splits(index: pa.Table, fold: int, selection: str, val_fraction: float,
     te = [k for k, s in enumerate(splits) if te_tag in s]
     if not tr or not te:
         known = sorted({m for s in splits for m in s})
-        raise UserError(f"{where}: fold {fold} has {len(tr)} train and {len(te)} test clips "
-                        f"(memberships present: {', '.join(known[:12]) or 'none'}); choose another train.fold")
+        raise UserError(
+            f"{where}: fold {fold} has {len(tr)} train and {len(te)} test clips "
+            f"(memberships present: {', '.join(known[:12]) or 'none'}); choose another train.fold"
+        )
     train_ids, val_ids = [ids[k] for k in tr], []
     if selection == "validation":
         train_ids, val_ids = carve_validation(train_ids, labels[tr], val_fraction, seed)
         if not val_ids:
-            raise UserError(f"{where}: fold {fold} is too small to carve a validation split "
-                            f"(train.val_fraction={val_fraction}); use train.selection=test")
+            raise UserError(
+                f"{where}: fold {fold} is too small to carve a validation split "
+                f"(train.val_fraction={val_fraction}); use train.selection=test"
+            )
     return SplitPlan(fold, train_ids, val_ids, [ids[k] for k in te])
 
 
@@ -138,8 +153,17 @@ def _read(shards: ShardSet, ids: list[str]):
     return ds.filter(expr=col("clip_id").is_in(list(ids)))
 
 
-def train_dataset(shards: ShardSet, ids: list[str], *, num_frames: int, image_size: int, augment: AugmentSpec,
-                  seed: int, clock=None, cache: bool = False):
+def train_dataset(
+    shards: ShardSet,
+    ids: list[str],
+    *,
+    num_frames: int,
+    image_size: int,
+    augment: AugmentSpec,
+    seed: int,
+    clock=None,
+    cache: bool = False,
+):
     """Training dataset of ``{"video": (T, 3, S, S) uint8, "label": int64}`` rows.
 
     ``cache``: read the clips' shard rows once and keep them in the object store; otherwise every
@@ -157,8 +181,11 @@ def train_dataset(shards: ShardSet, ids: list[str], *, num_frames: int, image_si
 
 def eval_dataset(shards: ShardSet, ids: list[str], *, num_frames: int, image_size: int, keep_ids: bool = False):
     """Evaluation dataset; the frame selection is materialised, the decoding runs per pass."""
-    selected = _read(shards, ids).map_batches(SelectFrames(num_frames), batch_format="pyarrow",
-                                             zero_copy_batch=True).materialize()
+    selected = (
+        _read(shards, ids)
+        .map_batches(SelectFrames(num_frames), batch_format="pyarrow", zero_copy_batch=True)
+        .materialize()
+    )
     transform = ClipTransform(num_frames, image_size, train=False, preselected=True, keep_ids=keep_ids)
     return selected.map_batches(transform, batch_size=DECODE_BATCH, batch_format="pyarrow", zero_copy_batch=True)
 

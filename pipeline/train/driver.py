@@ -54,8 +54,13 @@ def augment_spec(cfg: AugmentConfig, dataset: str) -> AugmentSpec:
     brightness = cfg.brightness if cfg.brightness is not None else (0.5 if extra == "brightness" else 0.0)
     rotation = cfg.rotation_deg if cfg.rotation_deg is not None else (4.0 if extra == "rotation" else 0.0)
     lo, hi = cfg.random_resized_crop_scale
-    return AugmentSpec(scale=(float(lo), float(hi)), hflip=cfg.hflip, brightness=float(brightness),
-                       rotation_deg=float(rotation), fast_decode=cfg.fast_decode)
+    return AugmentSpec(
+        scale=(float(lo), float(hi)),
+        hflip=cfg.hflip,
+        brightness=float(brightness),
+        rotation_deg=float(rotation),
+        fast_decode=cfg.fast_decode,
+    )
 
 
 def loop_config(spec: RunSpec, run_uri: str, clock=None) -> dict:
@@ -110,9 +115,11 @@ def _fit_with_progress(trainer, queue, spec: RunSpec):
             except Exception:  # noqa: BLE001 — ray.util.queue.Empty: nothing reported yet
                 continue
             # A restarted worker group reports epochs again from its checkpoint: count each once.
-            bar.update(max(0, int(row["epoch"]) - bar.done),
-                       postfix=f"{split} UAR {row.get(f'{split}_uar', float('nan')):.3f}, "
-                               f"best {metric} {row.get(f'best_{metric}') or float('nan'):.3f} @ {row.get('best_epoch')}")
+            bar.update(
+                max(0, int(row["epoch"]) - bar.done),
+                postfix=f"{split} UAR {row.get(f'{split}_uar', float('nan')):.3f}, "
+                f"best {metric} {row.get(f'best_{metric}') or float('nan'):.3f} @ {row.get('best_epoch')}",
+            )
             logger.debug(progress_line(spec.run_name, row, t.epochs, split, metric))
     thread.join()
     if "error" in outcome:
@@ -135,14 +142,24 @@ def fit(job: TrainJob, *, callbacks: list | None = None, progress: bool = True):
     ensure_ray()
     spec, t = job.spec, job.spec.train
     if t.num_workers > 1 and t.batch_size < t.num_workers:
-        raise UserError(f"train.batch_size ({t.batch_size}) is the global batch; it must be >= train.num_workers ({t.num_workers})")
-    check_resources("training worker", cpus=t.cpus_per_worker, gpus=t.gpus_per_worker if t.use_gpu else 0.0,
-                    count=t.num_workers, key="train.num_workers / train.cpus_per_worker / train.gpus_per_worker",
-                    spare_cpus=1.0, spare_for="Ray Data's read and decode tasks (try train.cpus_per_worker: 0.5)")
+        raise UserError(
+            f"train.batch_size ({t.batch_size}) is the global batch; it must be >= train.num_workers ({t.num_workers})"
+        )
+    check_resources(
+        "training worker",
+        cpus=t.cpus_per_worker,
+        gpus=t.gpus_per_worker if t.use_gpu else 0.0,
+        count=t.num_workers,
+        key="train.num_workers / train.cpus_per_worker / train.gpus_per_worker",
+        spare_cpus=1.0,
+        spare_for="Ray Data's read and decode tasks (try train.cpus_per_worker: 0.5)",
+    )
     shards = open_shards(job.storage, spec.dataset)
     if shards.class_names is not None and list(shards.class_names) != list(spec.class_names):
-        raise UserError(f"{shards.uri}: the shards were made with classes {shards.class_names}, the config has "
-                        f"{list(spec.class_names)}; set dataset.classes to match or preprocess again")
+        raise UserError(
+            f"{shards.uri}: the shards were made with classes {shards.class_names}, the config has "
+            f"{list(spec.class_names)}; set dataset.classes to match or preprocess again"
+        )
     spec = dataclasses.replace(spec, preprocess=shards.manifest.get("preprocess"))
     index = shards.index()
     plan = plan_splits(index, spec.fold, t.selection, t.val_fraction, t.seed, shards.uri)
@@ -151,18 +168,34 @@ def fit(job: TrainJob, *, callbacks: list | None = None, progress: bool = True):
     size = _image_size(spec.model)
     T = spec.model.num_frames
     clock = ray.remote(num_cpus=0)(EpochClock).remote()
-    datasets = {"train": train_dataset(shards, plan.train, num_frames=T, image_size=size,
-                                       augment=augment_spec(t.augment, spec.dataset), seed=t.seed, clock=clock,
-                                       cache=cache)}
+    datasets = {
+        "train": train_dataset(
+            shards,
+            plan.train,
+            num_frames=T,
+            image_size=size,
+            augment=augment_spec(t.augment, spec.dataset),
+            seed=t.seed,
+            clock=clock,
+            cache=cache,
+        )
+    }
     for split in spec.eval_splits:
         datasets[split] = eval_dataset(shards, getattr(plan, split), num_frames=T, image_size=size)
     resources = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = t.gpus_per_worker
     run_uri = job.runs.uri(spec.run_name)
-    logger.info("[%s] fold %d: %s clips; %d worker(s) x %s; training clips ~%.0f MB of shards, %s",
-                spec.run_name, spec.fold, plan.counts(), t.num_workers, resources, train_mb,
-                "held in the object store" if cache else f"streamed every epoch (train.cache_train_mb={t.cache_train_mb:g})")
+    logger.info(
+        "[%s] fold %d: %s clips; %d worker(s) x %s; training clips ~%.0f MB of shards, %s",
+        spec.run_name,
+        spec.fold,
+        plan.counts(),
+        t.num_workers,
+        resources,
+        train_mb,
+        "held in the object store" if cache else f"streamed every epoch (train.cache_train_mb={t.cache_train_mb:g})",
+    )
     logger.info("[%s] run folder %s", spec.run_name, run_uri)
     queue = Queue(actor_options={"num_cpus": 0}) if progress else None
     trainer = TorchTrainer(

@@ -39,9 +39,15 @@ def frame_pairs(batches: Iterable[dict], device: torch.device) -> Iterator[tuple
 
 
 @torch.no_grad()
-def evaluate_pairs(forward: Callable[[torch.Tensor], torch.Tensor], module: torch.nn.Module,
-                   pairs: Iterable[tuple[torch.Tensor, torch.Tensor]], num_classes: int, device: torch.device,
-                   precision: str = "fp32", on_batch=None) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate_pairs(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    module: torch.nn.Module,
+    pairs: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    device: torch.device,
+    precision: str = "fp32",
+    on_batch=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``forward`` (``module`` or one of its methods) over (inputs, labels) pairs.
 
     Returns (confusion (C, C) float64, loss_sum () float64) as tensors on ``device`` so that a
@@ -63,8 +69,9 @@ def evaluate_pairs(forward: Callable[[torch.Tensor], torch.Tensor], module: torc
     return confusion.view(num_classes, num_classes), loss_sum
 
 
-def evaluate_model(model: torch.nn.Module, dataset, num_classes: int, *, batch_size: int, device: torch.device,
-                   precision: str = "fp32") -> tuple[np.ndarray, float, list[dict]]:
+def evaluate_model(
+    model: torch.nn.Module, dataset, num_classes: int, *, batch_size: int, device: torch.device, precision: str = "fp32"
+) -> tuple[np.ndarray, float, list[dict]]:
     """Evaluate in this process over a Ray Dataset of clips with ids (``keep_ids=True``).
 
     Returns (confusion (C, C) int64, loss_sum, per-clip predictions).
@@ -80,9 +87,18 @@ def evaluate_model(model: torch.nn.Module, dataset, num_classes: int, *, batch_s
             yield from frame_pairs([batch], device)
 
     model.to(device)
-    cm, loss_sum = evaluate_pairs(model, model, pairs(), num_classes, device, precision,
-                                  on_batch=lambda logits: probs.append(logits.softmax(dim=1).cpu().numpy()))
+    cm, loss_sum = evaluate_pairs(
+        model,
+        model,
+        pairs(),
+        num_classes,
+        device,
+        precision,
+        on_batch=lambda logits: probs.append(logits.softmax(dim=1).cpu().numpy()),
+    )
     p = np.concatenate(probs) if probs else np.zeros((0, num_classes), dtype=np.float32)
-    predictions = [{"clip_id": cid, "label": label, "pred": int(q.argmax()), "confidence": float(q.max())}
-                   for cid, label, q in zip(ids, labels, p)]
+    predictions = [
+        {"clip_id": cid, "label": label, "pred": int(q.argmax()), "confidence": float(q.max())}
+        for cid, label, q in zip(ids, labels, p)
+    ]
     return cm.cpu().numpy().round().astype(np.int64), float(loss_sum.cpu()), predictions

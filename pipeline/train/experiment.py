@@ -14,12 +14,11 @@ import json
 import logging
 import math
 import posixpath
-from datetime import datetime, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
-
-from collections.abc import Sequence
 
 from pipeline.config import ExperimentConfig, dump_config
 from pipeline.datasets import get_dataset
@@ -30,8 +29,16 @@ from pipeline.train.outputs import clean_json
 from pipeline.train.recipe import RunSpec
 from pipeline.typed import apply_override, from_dict
 
-__all__ = ["run_train", "resolve_descriptions", "run_fold", "run_folds", "resume_run", "parse_folds",
-           "fold_table", "TRAIN_DIR"]
+__all__ = [
+    "run_train",
+    "resolve_descriptions",
+    "run_fold",
+    "run_folds",
+    "resume_run",
+    "parse_folds",
+    "fold_table",
+    "TRAIN_DIR",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,23 +90,39 @@ def _run(cfg: ExperimentConfig, storage: Storage, name: str) -> dict:
     from pipeline.tracking import tracking_settings
 
     settings = tracking_settings(cfg.tracking, cfg.name)  # resolved once here, None when off
-    spec = RunSpec.for_experiment(cfg, name, resolve_descriptions(cfg, storage),
-                                  settings.to_dict() if settings else None)
+    spec = RunSpec.for_experiment(
+        cfg, name, resolve_descriptions(cfg, storage), settings.to_dict() if settings else None
+    )
     job = TrainJob(spec, storage, runs=storage.child(TRAIN_DIR))
     result = fit(job)
     if result.error is not None:
         raise result.error
     summary = json.loads(storage.read_text(TRAIN_DIR, name, "summary.json"))
     test = summary["test"]
-    logger.info("[%s] done: best epoch %s (%s selection on %s); test UAR %.2f WAR %.2f; model %s", name,
-                summary["best_epoch"], summary["selection"], summary["best_metric"], 100 * (test["uar"] or math.nan),
-                100 * (test["war"] or math.nan), summary["paths"]["final_checkpoint"])
-    _write_latest(storage, {"run_name": name, "run_dir": storage.path(TRAIN_DIR, name),
-                                     "summary": storage.path(TRAIN_DIR, name, "summary.json"),
-                                     "final_checkpoint": summary["paths"]["final_checkpoint"],
-                                     "experiment": cfg.name, "dataset": cfg.dataset.name, "fold": cfg.train.fold,
-                                     "test": {"uar": test["uar"], "war": test["war"]},
-                                     "completed_at": summary["completed_at"]})
+    logger.info(
+        "[%s] done: best epoch %s (%s selection on %s); test UAR %.2f WAR %.2f; model %s",
+        name,
+        summary["best_epoch"],
+        summary["selection"],
+        summary["best_metric"],
+        100 * (test["uar"] or math.nan),
+        100 * (test["war"] or math.nan),
+        summary["paths"]["final_checkpoint"],
+    )
+    _write_latest(
+        storage,
+        {
+            "run_name": name,
+            "run_dir": storage.path(TRAIN_DIR, name),
+            "summary": storage.path(TRAIN_DIR, name, "summary.json"),
+            "final_checkpoint": summary["paths"]["final_checkpoint"],
+            "experiment": cfg.name,
+            "dataset": cfg.dataset.name,
+            "fold": cfg.train.fold,
+            "test": {"uar": test["uar"], "war": test["war"]},
+            "completed_at": summary["completed_at"],
+        },
+    )
     return summary
 
 
@@ -117,17 +140,30 @@ def fold_table(summaries: list[dict]) -> list[dict]:
     """Per-fold rows (percentages) plus mean and standard deviation rows."""
     rows = []
     for s in summaries:
-        row = {"fold": str(s["fold"]), "run": s["run_name"], "best_epoch": s["best_epoch"],
-               "test_uar": 100 * s["test"]["uar"], "test_war": 100 * s["test"]["war"]}
+        row = {
+            "fold": str(s["fold"]),
+            "run": s["run_name"],
+            "best_epoch": s["best_epoch"],
+            "test_uar": 100 * s["test"]["uar"],
+            "test_war": 100 * s["test"]["war"],
+        }
         if s["selection"] == "validation":
             row["val_uar"] = 100 * s["best"]["val_uar"]
             row["val_war"] = 100 * s["best"]["val_war"]
         rows.append(row)
     metrics = [k for k in rows[0] if k.endswith(("_uar", "_war"))]
-    for label, fn in (("mean", lambda v: sum(v) / len(v)),
-                      ("std", lambda v: math.sqrt(sum((x - sum(v) / len(v)) ** 2 for x in v) / len(v)))):
-        rows.append({"fold": label, "run": "", "best_epoch": None, **{m: fn([r[m] for r in rows[: len(summaries)]])
-                                                                      for m in metrics}})
+    for label, fn in (
+        ("mean", lambda v: sum(v) / len(v)),
+        ("std", lambda v: math.sqrt(sum((x - sum(v) / len(v)) ** 2 for x in v) / len(v))),
+    ):
+        rows.append(
+            {
+                "fold": label,
+                "run": "",
+                "best_epoch": None,
+                **{m: fn([r[m] for r in rows[: len(summaries)]]) for m in metrics},
+            }
+        )
     return rows
 
 
@@ -157,17 +193,30 @@ def run_folds(cfg: ExperimentConfig, folds: list[int], storage: Storage | None =
     table = _markdown(rows)
     storage.write_text(table, TRAIN_DIR, name, "folds.md")
     mean = rows[len(summaries)]
-    summary = {"experiment": cfg.name, "dataset": cfg.dataset.name, "folds": folds,
-               "runs": [s["run_name"] for s in summaries], "rows": rows,
-               "mean": {"test_uar": mean["test_uar"], "test_war": mean["test_war"]},
-               "table_csv": storage.path(TRAIN_DIR, name, "folds.csv"),
-               "table_md": storage.path(TRAIN_DIR, name, "folds.md"),
-               "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    summary = {
+        "experiment": cfg.name,
+        "dataset": cfg.dataset.name,
+        "folds": folds,
+        "runs": [s["run_name"] for s in summaries],
+        "rows": rows,
+        "mean": {"test_uar": mean["test_uar"], "test_war": mean["test_war"]},
+        "table_csv": storage.path(TRAIN_DIR, name, "folds.csv"),
+        "table_md": storage.path(TRAIN_DIR, name, "folds.md"),
+        "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     storage.write_text(json.dumps(clean_json(summary), indent=2) + "\n", TRAIN_DIR, name, "summary.json")
     latest = json.loads(storage.read_text(TRAIN_DIR, "latest.json"))
-    _write_latest(storage, {**latest, "kfold": {"dir": storage.path(TRAIN_DIR, name),
-                                                         "summary": storage.path(TRAIN_DIR, name, "summary.json"),
-                                                         "mean": summary["mean"]}})
+    _write_latest(
+        storage,
+        {
+            **latest,
+            "kfold": {
+                "dir": storage.path(TRAIN_DIR, name),
+                "summary": storage.path(TRAIN_DIR, name, "summary.json"),
+                "mean": summary["mean"],
+            },
+        },
+    )
     logger.info("%s: %d folds (UAR/WAR in %%)\n%s", cfg.name, len(folds), table)
     return {"runs": summaries, "kfold": summary}
 
@@ -195,21 +244,32 @@ def resume_run(ref: str, *, root: str | None = None, overrides: list[str] | tupl
     name = posixpath.basename(run_uri.rstrip("/"))
     root_storage = Storage(cfg.storage.root)
     if root_storage.child(TRAIN_DIR, name).path() != storage.path():
-        raise UserError(f"--resume: {run_uri} is not below its config's storage root {cfg.storage.root}; "
-                        "runs must be resumed where they were started")
+        raise UserError(
+            f"--resume: {run_uri} is not below its config's storage root {cfg.storage.root}; "
+            "runs must be resumed where they were started"
+        )
     if storage.exists("summary.json"):
         done = json.loads(storage.read_text("summary.json"))
         if done.get("epochs") == cfg.train.epochs:
-            logger.info("[%s] already complete (%d epochs); nothing to resume "
-                        "(raise train.epochs with --set to train further)", name, done["epochs"])
+            logger.info(
+                "[%s] already complete (%d epochs); nothing to resume (raise train.epochs with --set to train further)",
+                name,
+                done["epochs"],
+            )
             return done
     storage.write_text(dump_config(cfg), "config.yaml")
     logger.info("[%s] resuming from its latest checkpoint (up to %d epochs)", name, cfg.train.epochs)
     return _run(cfg, root_storage, name)
 
 
-def run_train(cfg: ExperimentConfig | None, *, folds: str | None = None, resume: str | None = None,
-              overrides: Sequence[str] = (), storage: Storage | None = None) -> dict:
+def run_train(
+    cfg: ExperimentConfig | None,
+    *,
+    folds: str | None = None,
+    resume: str | None = None,
+    overrides: Sequence[str] = (),
+    storage: Storage | None = None,
+) -> dict:
     """The train stage: ``folds`` of ``cfg`` (None: ``train.fold``; ``all``; ``1,3``) as fresh
     runs, or the run ``resume`` (a run folder, or its name below ``<storage.root>/train`` with
     ``cfg`` given) continued with its own config and ``overrides``. Returns ``{"runs": [summary,

@@ -73,7 +73,9 @@ class RunFiles:
         if self._tb is None:
             # Event files are appended as they are written, so object storage gets a local
             # folder that is copied up after every epoch.
-            self._tb_dir = str(self.storage.local_path("tensorboard")) if self.storage.is_local else tempfile.mkdtemp(prefix="tb")
+            self._tb_dir = (
+                str(self.storage.local_path("tensorboard")) if self.storage.is_local else tempfile.mkdtemp(prefix="tb")
+            )
             self._tb = SummaryWriter(self._tb_dir, purge_step=purge_step)
         step = int(row["epoch"])
         for key, value in row.items():

@@ -40,17 +40,32 @@ from pipeline.train.evaluation import autocast_for, evaluate_pairs
 from pipeline.train.optim import build_optimizer, build_scheduler
 from pipeline.typed import from_dict, to_dict
 
-__all__ = ["RunSpec", "RunState", "Recipe", "METRIC_KEYS", "selection_split", "reported_metrics", "build_run_model",
-           "progress_line"]
+__all__ = [
+    "RunSpec",
+    "RunState",
+    "Recipe",
+    "METRIC_KEYS",
+    "selection_split",
+    "reported_metrics",
+    "build_run_model",
+    "progress_line",
+]
 
 # What every epoch reports (Ray Train / Tune metrics, metrics.csv, TensorBoard, MLflow), defined once.
 # ``{split}`` is the selection split (``test`` in the paper's protocol, ``val`` in the honest one);
 # in validation mode the last epoch also carries ``test_*`` (evaluated once with the selected weights).
 METRIC_KEYS = (
-    "epoch", "train_loss", "train_acc",
-    "lr",                      # the temporal model's learning rate; ``lr_<group>`` for the others
-    "{split}_loss", "{split}_uar", "{split}_war", "{split}_recall_<class>",
-    "best_<metric>", "best_epoch", "seconds",
+    "epoch",
+    "train_loss",
+    "train_acc",
+    "lr",  # the temporal model's learning rate; ``lr_<group>`` for the others
+    "{split}_loss",
+    "{split}_uar",
+    "{split}_war",
+    "{split}_recall_<class>",
+    "best_<metric>",
+    "best_epoch",
+    "seconds",
 )
 
 
@@ -95,27 +110,54 @@ class RunSpec:
         return ("test", "val") if self.selection_split == "val" else ("test",)
 
     @classmethod
-    def for_experiment(cls, cfg: ExperimentConfig, run_name: str, descriptions: dict[str, list[str]] | None,
-                       tracking: dict | None = None) -> RunSpec:
+    def for_experiment(
+        cls,
+        cfg: ExperimentConfig,
+        run_name: str,
+        descriptions: dict[str, list[str]] | None,
+        tracking: dict | None = None,
+    ) -> RunSpec:
         """The spec of one run of an experiment config (its fold is ``cfg.train.fold``)."""
-        return cls(model=cfg.model, train=cfg.train, class_names=tuple(cfg.dataset.class_names),
-                   descriptions=descriptions, run_name=run_name, dataset=cfg.dataset.name, fold=cfg.train.fold,
-                   experiment=to_dict(cfg), tracking=tracking)
+        return cls(
+            model=cfg.model,
+            train=cfg.train,
+            class_names=tuple(cfg.dataset.class_names),
+            descriptions=descriptions,
+            run_name=run_name,
+            dataset=cfg.dataset.name,
+            fold=cfg.train.fold,
+            experiment=to_dict(cfg),
+            tracking=tracking,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": to_dict(self.model), "train": to_dict(self.train), "class_names": list(self.class_names),
-                "descriptions": self.descriptions, "run_name": self.run_name, "dataset": self.dataset,
-                "fold": self.fold, "preprocess": self.preprocess, "experiment": self.experiment,
-                "tracking": self.tracking}
+        return {
+            "model": to_dict(self.model),
+            "train": to_dict(self.train),
+            "class_names": list(self.class_names),
+            "descriptions": self.descriptions,
+            "run_name": self.run_name,
+            "dataset": self.dataset,
+            "fold": self.fold,
+            "preprocess": self.preprocess,
+            "experiment": self.experiment,
+            "tracking": self.tracking,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunSpec:
-        return cls(model=from_dict(ModelConfig, data["model"], "run spec model"),
-                   train=from_dict(TrainConfig, data["train"], "run spec train"),
-                   class_names=tuple(data["class_names"]), descriptions=data.get("descriptions"),
-                   run_name=data["run_name"], dataset=data.get("dataset", ""), fold=int(data.get("fold", 1)),
-                   preprocess=data.get("preprocess"), experiment=data.get("experiment") or {},
-                   tracking=data.get("tracking"))
+        return cls(
+            model=from_dict(ModelConfig, data["model"], "run spec model"),
+            train=from_dict(TrainConfig, data["train"], "run spec train"),
+            class_names=tuple(data["class_names"]),
+            descriptions=data.get("descriptions"),
+            run_name=data["run_name"],
+            dataset=data.get("dataset", ""),
+            fold=int(data.get("fold", 1)),
+            preprocess=data.get("preprocess"),
+            experiment=data.get("experiment") or {},
+            tracking=data.get("tracking"),
+        )
 
 
 @dataclass
@@ -151,16 +193,23 @@ class Recipe:
     ``reduce`` sums a tensor over workers in place (identity in one process).
     """
 
-    def __init__(self, spec: RunSpec, model: torch.nn.Module, *, device: torch.device,
-                 reduce: Callable[[torch.Tensor], Any] | None = None,
-                 forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 train_image_encoder: bool = True):
+    def __init__(
+        self,
+        spec: RunSpec,
+        model: torch.nn.Module,
+        *,
+        device: torch.device,
+        reduce: Callable[[torch.Tensor], Any] | None = None,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        train_image_encoder: bool = True,
+    ):
         t = spec.train
         self.spec, self.model, self.device = spec, model, device
         self.reduce = reduce or (lambda tensor: tensor)
         self.train_forward = self.eval_forward = forward or model
-        groups = model.param_groups(t.lr_image_encoder, t.lr_temporal, t.lr_prompt,
-                                    train_image_encoder=train_image_encoder)
+        groups = model.param_groups(
+            t.lr_image_encoder, t.lr_temporal, t.lr_prompt, train_image_encoder=train_image_encoder
+        )
         self.optimizer = build_optimizer(groups, t)
         self.scheduler = build_scheduler(self.optimizer, t)
         self.scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and t.precision == "fp16")
@@ -183,8 +232,11 @@ class Recipe:
             return
         spec, s = self.spec, self.state
         s.tracking_run_id = self.tracker.start(
-            spec.run_name, params=spec.experiment, resume_run_id=s.tracking_run_id,
-            tags={"dferclip.run_name": spec.run_name, "dferclip.dataset": spec.dataset, "dferclip.fold": spec.fold})
+            spec.run_name,
+            params=spec.experiment,
+            resume_run_id=s.tracking_run_id,
+            tags={"dferclip.run_name": spec.run_name, "dferclip.dataset": spec.dataset, "dferclip.fold": spec.fold},
+        )
         try:
             yield self.tracker
         except SystemExit:  # tune.report raises it in a trial that Tune stopped (ASHA)
@@ -225,27 +277,36 @@ class Recipe:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             n = labels.numel()
-            sums += torch.stack([loss.detach().double() * n, (logits.argmax(1) == labels).sum().double(),
-                                 torch.tensor(n, dtype=torch.float64, device=self.device)])
+            sums += torch.stack(
+                [
+                    loss.detach().double() * n,
+                    (logits.argmax(1) == labels).sum().double(),
+                    torch.tensor(n, dtype=torch.float64, device=self.device),
+                ]
+            )
         self.scheduler.step()
         self.reduce(sums)
         count = float(sums[2])
-        row = {"train_loss": float(sums[0]) / count if count else math.nan,
-               "train_acc": float(sums[1]) / count if count else math.nan,
-               "lr": lrs.get("temporal", next(iter(lrs.values())))}
+        row = {
+            "train_loss": float(sums[0]) / count if count else math.nan,
+            "train_acc": float(sums[1]) / count if count else math.nan,
+            "lr": lrs.get("temporal", next(iter(lrs.values()))),
+        }
         row.update({f"lr_{k}": v for k, v in lrs.items() if k != "temporal"})
         return row
 
     def evaluate(self, batches: Batches) -> EvalMetrics:
         """Loss, UAR, WAR and confusion over ``batches``, summed over workers."""
-        cm, loss_sum = evaluate_pairs(self.eval_forward, self.model, batches, len(self.spec.class_names),
-                                      self.device, self.spec.train.precision)
+        cm, loss_sum = evaluate_pairs(
+            self.eval_forward, self.model, batches, len(self.spec.class_names), self.device, self.spec.train.precision
+        )
         self.reduce(cm)
         self.reduce(loss_sum)
         return EvalMetrics.from_confusion(cm.cpu().numpy().round().astype("int64"), float(loss_sum.cpu()))
 
-    def end_epoch(self, train_row: dict[str, float], evals: dict[str, EvalMetrics],
-                  seconds: float) -> tuple[dict, bool]:
+    def end_epoch(
+        self, train_row: dict[str, float], evals: dict[str, EvalMetrics], seconds: float
+    ) -> tuple[dict, bool]:
         """Close the epoch: its metric row (also appended to the history) and whether it is the
         best so far on ``train.best_metric`` of the selection split."""
         s, metric = self.state, self.spec.train.best_metric
@@ -280,12 +341,21 @@ class Recipe:
             s.history[-1].update(m.flat("test", names))
             if self.tracker is not None:
                 self.tracker.log_epoch(m.flat("test", names), step=s.epoch)
-            return {"loss": m.loss, "uar": m.uar, "war": m.war, "recall": dict(zip(names, m.recall)),
-                    "confusion": m.confusion}
+            return {
+                "loss": m.loss,
+                "uar": m.uar,
+                "war": m.war,
+                "recall": dict(zip(names, m.recall)),
+                "confusion": m.confusion,
+            }
         best = s.best_row or {}
-        return {"loss": best.get("test_loss"), "uar": best.get("test_uar"), "war": best.get("test_war"),
-                "recall": {c: best.get(f"test_recall_{c}") for c in names},
-                "confusion": s.confusions.get(str(s.best_epoch), {}).get("test")}
+        return {
+            "loss": best.get("test_loss"),
+            "uar": best.get("test_uar"),
+            "war": best.get("test_war"),
+            "recall": {c: best.get(f"test_recall_{c}") for c in names},
+            "confusion": s.confusions.get(str(s.best_epoch), {}).get("test"),
+        }
 
     # -- checkpointed state -----------------------------------------------------------------
 
@@ -293,10 +363,14 @@ class Recipe:
         """Everything needed to continue this run (loadable with ``torch.load(weights_only=True)``);
         the model's weights are saved beside it by the caller."""
         cuda = self.device.type == "cuda"
-        return {"run": dataclasses.asdict(self.state), "epoch": self.state.epoch,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None}}
+        return {
+            "run": dataclasses.asdict(self.state),
+            "epoch": self.state.epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if cuda else None},
+        }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict`'s output (the model's weights are loaded by the caller)."""
@@ -317,9 +391,11 @@ def _pct(v) -> str:
 
 def progress_line(run_name: str, row: dict, epochs: int, split: str, metric: str) -> str:
     """One line per epoch for the console: train loss/acc, the selection split, the best so far."""
-    text = (f"[{run_name}] epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc "
-            f"{_pct(row['train_acc'])}%  | {split} loss {row[f'{split}_loss']:.4f} UAR {_pct(row[f'{split}_uar'])} "
-            f"WAR {_pct(row[f'{split}_war'])}")
+    text = (
+        f"[{run_name}] epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} acc "
+        f"{_pct(row['train_acc'])}%  | {split} loss {row[f'{split}_loss']:.4f} UAR {_pct(row[f'{split}_uar'])} "
+        f"WAR {_pct(row[f'{split}_war'])}"
+    )
     if split == "val" and "test_uar" in row:
         text += f"  | test (best epoch) UAR {_pct(row['test_uar'])} WAR {_pct(row['test_war'])}"
     best = row.get(f"best_{metric}")

@@ -18,7 +18,9 @@ import numpy as np
 __all__ = ["sample_indices"]
 
 
-def sample_indices(num_frames_available: int, T: int, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
+def sample_indices(
+    num_frames_available: int, T: int, train: bool, rng: np.random.Generator | None = None
+) -> np.ndarray:
     """Indices (T,) int64 into the clip's frames, in temporal order.
 
     ``rng`` is required when ``train`` is true (draws one integer per segment); evaluation is

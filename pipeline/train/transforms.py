@@ -89,8 +89,9 @@ def decode_rgb(buf, out_size: int, fast: bool = False) -> np.ndarray:
     """
     data = np.frombuffer(buf, np.uint8)  # pyarrow buffers present as signed bytes
     try:
-        return simplejpeg.decode_jpeg(data, "RGB", fastdct=fast, fastupsample=fast, min_height=out_size,
-                                      min_width=out_size, min_factor=2)
+        return simplejpeg.decode_jpeg(
+            data, "RGB", fastdct=fast, fastupsample=fast, min_height=out_size, min_width=out_size, min_factor=2
+        )
     except ValueError:
         raise ValueError("not a decodable JPEG") from None
 
@@ -130,8 +131,17 @@ class ClipTransform:
     (the output of :class:`SelectFrames`), so no sampling happens here.
     """
 
-    def __init__(self, num_frames: int, image_size: int, train: bool, augment: AugmentSpec | None = None,
-                 seed: int = 0, clock=None, preselected: bool = False, keep_ids: bool = False):
+    def __init__(
+        self,
+        num_frames: int,
+        image_size: int,
+        train: bool,
+        augment: AugmentSpec | None = None,
+        seed: int = 0,
+        clock=None,
+        preselected: bool = False,
+        keep_ids: bool = False,
+    ):
         self.T, self.S, self.train = int(num_frames), int(image_size), bool(train)
         self.augment = augment or AugmentSpec()
         self.seed, self.clock, self.preselected, self.keep_ids = seed, clock, preselected, keep_ids
@@ -198,7 +208,7 @@ class ClipTransform:
             x0, y0, cw, ch, interp = arg
             # Brightness and flip in place on the crop (a view into this frame's own decode, usually
             # smaller than S x S), then one resize straight into the batch: no intermediate copies.
-            crop = img[y0:y0 + ch, x0:x0 + cw]
+            crop = img[y0 : y0 + ch, x0 : x0 + cw]
             if color is not None:
                 cv2.convertScaleAbs(crop, crop, alpha=color)
             if flip:
@@ -245,7 +255,9 @@ class SelectFrames:
         counts = np.diff(offsets)
         if (counts < 1).any():
             ids = table.column("clip_id").to_pylist()
-            raise ValueError(f"clips with no frames in their shard rows: {[ids[i] for i in np.flatnonzero(counts < 1)][:5]}")
+            raise ValueError(
+                f"clips with no frames in their shard rows: {[ids[i] for i in np.flatnonzero(counts < 1)][:5]}"
+            )
         take = [offsets[i] + sample_indices(int(counts[i]), self.T, False) for i in range(table.num_rows)]
         flat = np.concatenate(take) if take else np.zeros(0, np.int64)
         new_offsets = pa.array(np.arange(0, len(flat) + 1, self.T, dtype=np.int32))

@@ -21,7 +21,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 
@@ -82,8 +82,14 @@ def _persisted_checkpoint(storage: Storage) -> dict | None:
     import pyarrow.fs as pafs
 
     infos = storage.fs.get_file_info(pafs.FileSelector(storage.path(), allow_not_found=True))
-    names = sorted((i.base_name for i in infos
-                    if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_epoch")), reverse=True)
+    names = sorted(
+        (
+            i.base_name
+            for i in infos
+            if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_epoch")
+        ),
+        reverse=True,
+    )
     for name in names:
         try:
             payload = _read_payload(storage, name)
@@ -133,7 +139,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # registered parameter receives a gradient each step: no unused-parameter search needed.
     # Buffers (pixel statistics, token embeddings) are constants: no need to broadcast them.
     ddp = ray.train.torch.prepare_model(
-        model, parallel_strategy_kwargs={"find_unused_parameters": False, "forward_sync_buffers": False})
+        model, parallel_strategy_kwargs={"find_unused_parameters": False, "forward_sync_buffers": False}
+    )
     recipe = Recipe(spec, model, device=device, reduce=_all_reduce(world))
     recipe.train_forward = ddp
     if saved is not None:
@@ -150,16 +157,19 @@ def train_loop_per_worker(loop_config: dict) -> None:
     shuffle = t.shuffle_buffer if t.shuffle_buffer is not None else 2 * batch
 
     def eval_pairs(split: str):
-        return frame_pairs(eval_its[split].iter_torch_batches(batch_size=t.eval_batch_size,
-                                                              prefetch_batches=t.data_loader_threads), device)
+        return frame_pairs(
+            eval_its[split].iter_torch_batches(batch_size=t.eval_batch_size, prefetch_batches=t.data_loader_threads),
+            device,
+        )
 
     with recipe.tracked(enabled=rank == 0) as tracker:
         for epoch in recipe.epochs():
             started = time.perf_counter()
             if rank == 0 and clock is not None:
                 ray.get(clock.set.remote(epoch))
-            batches = train_it.iter_torch_batches(batch_size=batch, local_shuffle_buffer_size=shuffle or None,
-                                                  prefetch_batches=t.data_loader_threads)
+            batches = train_it.iter_torch_batches(
+                batch_size=batch, local_shuffle_buffer_size=shuffle or None, prefetch_batches=t.data_loader_threads
+            )
             if epoch == t.fail_once_at_epoch and rank == (1 if world > 1 else 0):
                 batches = _fail_once(batches, storage, epoch, rank)
             train_row = recipe.train_epoch(frame_pairs(batches, device))
@@ -169,14 +179,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 checkpoint = None
                 if rank == 0:
                     if improved:
-                        _write_model(storage, "best", model, {"epoch": row["epoch"], "metrics": dict(row),
-                                                              "run_name": spec.run_name, "preprocess": spec.preprocess})
+                        _write_model(
+                            storage,
+                            "best",
+                            model,
+                            {
+                                "epoch": row["epoch"],
+                                "metrics": dict(row),
+                                "run_name": spec.run_name,
+                                "preprocess": spec.preprocess,
+                            },
+                        )
                     # The directory lives until report() below has copied it to storage.
                     d = stack.enter_context(tempfile.TemporaryDirectory(prefix="ckpt"))
                     extra = {**recipe.state_dict(), "config": spec.experiment, "run_name": spec.run_name}
                     torch.save(checkpoint_payload(model, extra), os.path.join(d, CHECKPOINT_FILE))
                     checkpoint = ray.train.Checkpoint.from_directory(d)
                 if recipe.last_epoch:
+
                     def load_best() -> None:
                         _barrier(world)  # rank 0 has written best/model.pt
                         model.load_state_dict(_read_payload(storage, "best")["state_dict"])
@@ -199,22 +219,50 @@ def _write_final(files: RunFiles, storage: Storage, model, spec: RunSpec, recipe
     """The exported model (the selected epoch's weights) and ``summary.json`` of the run folder."""
     s, t, names = recipe.state, spec.train, list(spec.class_names)
     best_row = s.best_row or next(r for r in s.history if r["epoch"] == s.best_epoch)
-    extra = {"epoch": s.best_epoch, "selection": t.selection, "best_metric": t.best_metric, "metrics": best_row,
-             "test": test, "run_name": spec.run_name, "dataset": spec.dataset, "fold": spec.fold,
-             "preprocess": spec.preprocess}
-    paths = {"run_dir": storage.root, "final_checkpoint": _write_model(storage, "final", model, extra),
-             "metrics_csv": files.path("metrics.csv"), "metrics_parquet": files.path("metrics.parquet"),
-             "curves": files.path("curves.png"), "tensorboard": files.path("tensorboard")}
+    extra = {
+        "epoch": s.best_epoch,
+        "selection": t.selection,
+        "best_metric": t.best_metric,
+        "metrics": best_row,
+        "test": test,
+        "run_name": spec.run_name,
+        "dataset": spec.dataset,
+        "fold": spec.fold,
+        "preprocess": spec.preprocess,
+    }
+    paths = {
+        "run_dir": storage.root,
+        "final_checkpoint": _write_model(storage, "final", model, extra),
+        "metrics_csv": files.path("metrics.csv"),
+        "metrics_parquet": files.path("metrics.parquet"),
+        "curves": files.path("curves.png"),
+        "tensorboard": files.path("tensorboard"),
+    }
     if test["confusion"] is not None:
-        paths["confusion_test"] = files.write_confusion(test["confusion"], names, "test",
-                                                        f"{spec.run_name} — test (epoch {s.best_epoch})")
+        paths["confusion_test"] = files.write_confusion(
+            test["confusion"], names, "test", f"{spec.run_name} — test (epoch {s.best_epoch})"
+        )
     val_cm = s.confusions.get(str(s.best_epoch), {}).get("val")
     if spec.selection_split == "val" and val_cm is not None:
-        paths["confusion_val"] = files.write_confusion(val_cm, names, "val",
-                                                       f"{spec.run_name} — validation (epoch {s.best_epoch})")
-    files.write_json({
-        "run_name": spec.run_name, "dataset": spec.dataset, "fold": spec.fold, "selection": t.selection,
-        "best_metric": t.best_metric, "epochs": t.epochs, "best_epoch": s.best_epoch, "best_value": s.best_value,
-        "best": best_row, "test": test, "class_names": names, "resumed_from": s.resumed_from, "paths": paths,
-        "completed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }, "summary.json")
+        paths["confusion_val"] = files.write_confusion(
+            val_cm, names, "val", f"{spec.run_name} — validation (epoch {s.best_epoch})"
+        )
+    files.write_json(
+        {
+            "run_name": spec.run_name,
+            "dataset": spec.dataset,
+            "fold": spec.fold,
+            "selection": t.selection,
+            "best_metric": t.best_metric,
+            "epochs": t.epochs,
+            "best_epoch": s.best_epoch,
+            "best_value": s.best_value,
+            "best": best_row,
+            "test": test,
+            "class_names": names,
+            "resumed_from": s.resumed_from,
+            "paths": paths,
+            "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+        "summary.json",
+    )

@@ -15,7 +15,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.model.backbone import load_clip
-from pipeline.model.dferclip import frames_to_pixels, class_texts
+from pipeline.model.dferclip import class_texts, frames_to_pixels
 
 __all__ = ["ZeroShotClip"]
 

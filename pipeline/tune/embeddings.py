@@ -41,8 +41,15 @@ from pipeline.data.shards import shard_dir, shard_files
 from pipeline.errors import UserError
 from pipeline.storage import Storage
 
-__all__ = ["EmbeddingSet", "CacheInfo", "backbone_key", "cache_dir", "ensure_embeddings", "load_embeddings",
-           "decode_frames"]
+__all__ = [
+    "EmbeddingSet",
+    "CacheInfo",
+    "backbone_key",
+    "cache_dir",
+    "ensure_embeddings",
+    "load_embeddings",
+    "decode_frames",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -226,13 +233,19 @@ def ensure_embeddings(
     logger.info(f"[tune] frame embeddings: encoding {len(signature)} shard(s) with {key} (Ray Data)")
     start = time.perf_counter()
     data_name = f"data-{uuid.uuid4().hex[:12]}"
-    ds = ray.data.read_parquet([storage.path(shards_rel, n) for n in sorted(signature)], filesystem=storage.fs,
-                               columns=_CLIP_COLUMNS)
+    ds = ray.data.read_parquet(
+        [storage.path(shards_rel, n) for n in sorted(signature)], filesystem=storage.fs, columns=_CLIP_COLUMNS
+    )
     device = "cuda" if gpus > 0 else "cpu"
     ds = ds.map_batches(
         _FrameEncoder,
-        fn_constructor_kwargs={"model": model, "class_names": list(class_names), "seed": seed,
-                               "chunk": frames_per_forward, "device": device},
+        fn_constructor_kwargs={
+            "model": model,
+            "class_names": list(class_names),
+            "seed": seed,
+            "chunk": frames_per_forward,
+            "device": device,
+        },
         batch_size=batch_size,
         batch_format="pyarrow",
         concurrency=workers,
@@ -262,8 +275,10 @@ def ensure_embeddings(
     storage.write_text(json.dumps(manifest, indent=2) + "\n", rel, MANIFEST)
     if old_data and old_data != data_name:
         storage.delete(rel, old_data)
-    logger.info(f"[tune] frame embeddings: {stats.num_rows} clips, {flat_frames} frames in {seconds:.1f}s -> "
-                f"{storage.path(rel)}")
+    logger.info(
+        f"[tune] frame embeddings: {stats.num_rows} clips, {flat_frames} frames in {seconds:.1f}s -> "
+        f"{storage.path(rel)}"
+    )
     return CacheInfo(rel, key, False, seconds, stats.num_rows, int(flat_frames), int(dim))
 
 

@@ -45,10 +45,18 @@ def validate_tune(cfg: ExperimentConfig) -> None:
     t = cfg.tune
     reported = reported_metrics(cfg.train.selection, cfg.train.best_metric)
     if t.metric not in reported:
-        hint = (" — validation metrics need train.selection: validation (or select on test as the paper does: "
-                "tune.metric: test_uar)") if t.metric.startswith("val_") else ""
-        raise UserError(f"tune.metric: {t.metric!r} is not among the metrics every epoch reports with "
-                        f"train.selection={cfg.train.selection} ({', '.join(reported)}){hint}")
+        hint = (
+            (
+                " — validation metrics need train.selection: validation (or select on test as the paper does: "
+                "tune.metric: test_uar)"
+            )
+            if t.metric.startswith("val_")
+            else ""
+        )
+        raise UserError(
+            f"tune.metric: {t.metric!r} is not among the metrics every epoch reports with "
+            f"train.selection={cfg.train.selection} ({', '.join(reported)}){hint}"
+        )
     if t.metric.endswith("loss") and t.mode == "max":
         raise UserError(f"tune.mode: {t.metric} is a loss; use mode: min")
 
@@ -68,10 +76,13 @@ class _SweepRun:
         self.storage, self.rel = storage, rel
         if self.tracker is None:
             return
-        previous = (json.loads(storage.read_text(rel, self.FILE))["run_id"]
-                    if storage.exists(rel, self.FILE) else None)
-        run_id = self.tracker.start(f"sweep {name}", params=to_dict(cfg), resume_run_id=previous,
-                                    tags={"dferclip.kind": "sweep", "dferclip.sweep": name})
+        previous = json.loads(storage.read_text(rel, self.FILE))["run_id"] if storage.exists(rel, self.FILE) else None
+        run_id = self.tracker.start(
+            f"sweep {name}",
+            params=to_dict(cfg),
+            resume_run_id=previous,
+            tags={"dferclip.kind": "sweep", "dferclip.sweep": name},
+        )
         storage.write_text(json.dumps({"run_id": run_id}) + "\n", rel, self.FILE)
         self.settings = self.settings.nested_in(run_id)
 
@@ -92,8 +103,9 @@ class _SweepRun:
         self.tracker.finish(status)
 
 
-def _trainable(cfg: ExperimentConfig, storage: Storage, name: str, descriptions, swept: tuple[str, ...],
-               tracking: dict | None):
+def _trainable(
+    cfg: ExperimentConfig, storage: Storage, name: str, descriptions, swept: tuple[str, ...], tracking: dict | None
+):
     """The Tune trainable of this sweep's mode, with its resources."""
     from ray import tune
 
@@ -110,14 +122,25 @@ def _trainable(cfg: ExperimentConfig, storage: Storage, name: str, descriptions,
     from pipeline.tune.embeddings import ensure_embeddings, load_embeddings
     from pipeline.tune.fast import FastSetup, fast_trial
 
-    check_resources("a sweep trial", cpus=t.cpus_per_trial, gpus=t.gpus_per_trial,
-                    key="tune.cpus_per_trial / tune.gpus_per_trial")
-    info = ensure_embeddings(storage, cfg.dataset.name, cfg.model, cfg.dataset.class_names, seed=cfg.train.seed,
-                             batch_size=t.embed_batch_size, workers=t.embed_workers, cpus=t.embed_cpus,
-                             gpus=t.embed_gpus)
+    check_resources(
+        "a sweep trial", cpus=t.cpus_per_trial, gpus=t.gpus_per_trial, key="tune.cpus_per_trial / tune.gpus_per_trial"
+    )
+    info = ensure_embeddings(
+        storage,
+        cfg.dataset.name,
+        cfg.model,
+        cfg.dataset.class_names,
+        seed=cfg.train.seed,
+        batch_size=t.embed_batch_size,
+        workers=t.embed_workers,
+        cpus=t.embed_cpus,
+        gpus=t.embed_gpus,
+    )
     setup = FastSetup(cfg, descriptions, swept, storage.path(info.rel_dir), tracking)
-    return tune.with_resources(tune.with_parameters(fast_trial, data=load_embeddings(storage, info), setup=setup),
-                               {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial})
+    return tune.with_resources(
+        tune.with_parameters(fast_trial, data=load_embeddings(storage, info), setup=setup),
+        {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial},
+    )
 
 
 def run_tune(cfg: ExperimentConfig, *, callbacks: list | None = None) -> SweepOutcome:
@@ -138,37 +161,68 @@ def run_tune(cfg: ExperimentConfig, *, callbacks: list | None = None) -> SweepOu
     validate_tune(cfg)
     t, storage = cfg.tune, Storage(cfg.storage.root)
     name = t.name or cfg.name
-    descriptions = (load_description_set(cfg.describe.description_set, cfg.dataset.class_names)
-                    if cfg.model.text_source == "descriptions" else None)
+    descriptions = (
+        load_description_set(cfg.describe.description_set, cfg.dataset.class_names)
+        if cfg.model.text_source == "descriptions"
+        else None
+    )
     swept = tuple(swept_keys(t))
     mode = "fast" if t.frozen_encoder else "full"
-    search = {k: v for k, v in to_dict(t).items() if k in ("space", "search", "num_samples", "metric", "mode",
-                                                            "scheduler", "grace_period", "reduction_factor")}
-    signature = {"mode": mode, "dataset": to_dict(cfg.dataset), "model": to_dict(cfg.model), "train": to_dict(cfg.train),
-                 "descriptions": descriptions, "search": search}
+    search = {
+        k: v
+        for k, v in to_dict(t).items()
+        if k in ("space", "search", "num_samples", "metric", "mode", "scheduler", "grace_period", "reduction_factor")
+    }
+    signature = {
+        "mode": mode,
+        "dataset": to_dict(cfg.dataset),
+        "model": to_dict(cfg.model),
+        "train": to_dict(cfg.train),
+        "descriptions": descriptions,
+        "search": search,
+    }
     if not shard_files(storage, shard_dir(storage, cfg.dataset.name)):
-        raise UserError(f"no shards in {storage.path(shard_dir(storage, cfg.dataset.name))}: "
-                        "run `dferclip preprocess` first")
+        raise UserError(
+            f"no shards in {storage.path(shard_dir(storage, cfg.dataset.name))}: run `dferclip preprocess` first"
+        )
     # build
     ensure_ray()
     rel = sweep_rel(name)
     tracking = _SweepRun(cfg, storage, rel, name)
     trainable = _trainable(cfg, storage, name, descriptions, swept, tracking.trial_settings)
     # run
-    logger.info("[tune] %s sweep %r: %s search over %s; metric %s (%s); up to %d epochs per trial, %d at a time",
-                mode, name, t.search, ", ".join(swept), t.metric, t.mode, cfg.train.epochs, t.max_concurrent_trials)
+    logger.info(
+        "[tune] %s sweep %r: %s search over %s; metric %s (%s); up to %d epochs per trial, %d at a time",
+        mode,
+        name,
+        t.search,
+        ", ".join(swept),
+        t.metric,
+        t.mode,
+        cfg.train.epochs,
+        t.max_concurrent_trials,
+    )
     try:
-        results = run_sweep(trainable, t, storage=storage, name=name, max_epochs=cfg.train.epochs,
-                            seed=cfg.train.seed, signature=signature, keep_checkpoints=cfg.train.keep_checkpoints,
-                            callbacks=callbacks)
+        results = run_sweep(
+            trainable,
+            t,
+            storage=storage,
+            name=name,
+            max_epochs=cfg.train.epochs,
+            seed=cfg.train.seed,
+            signature=signature,
+            keep_checkpoints=cfg.train.keep_checkpoints,
+            callbacks=callbacks,
+        )
     except BaseException:
         tracking.end("FAILED")
         raise
     # write
     table = res.results_table(results, list(swept), t.metric, t.mode, cfg.train.epochs, res.trial_statuses(results))
     pq_path, csv_path = res.write_table(storage, rel, table)
-    storage.write_bytes(res.heatmap_png(table, t.metric, t.mode, f"{name}: best {t.metric} ({mode} mode)"), rel,
-                        "heatmap.png")
+    storage.write_bytes(
+        res.heatmap_png(table, t.metric, t.mode, f"{name}: best {t.metric} ({mode} mode)"), rel, "heatmap.png"
+    )
     # Interrupted: trials left unfinished, or (Ctrl+C between trials) some not even created yet.
     interrupted = len(table) < expected_trials(t) or bool((table["status"] == "unfinished").any())
     best = None
@@ -177,12 +231,16 @@ def run_tune(cfg: ExperimentConfig, *, callbacks: list | None = None) -> SweepOu
         best_cfg = apply_params_to_dict(to_dict(cfg), best)
         from_dict(ExperimentConfig, best_cfg, "best_config.yaml")  # it must load as a valid experiment
         top = table.iloc[0]
-        header = [f"Best trial of sweep {name!r} ({mode} mode): {top['trial']}",
-                  f"{t.metric} = {top['best_value']:.4f} at epoch {top['best_epoch']}; values: {best}",
-                  f"Train it: dferclip train --config {storage.path(rel, 'best_config.yaml')}"]
+        header = [
+            f"Best trial of sweep {name!r} ({mode} mode): {top['trial']}",
+            f"{t.metric} = {top['best_value']:.4f} at epoch {top['best_epoch']}; values: {best}",
+            f"Train it: dferclip train --config {storage.path(rel, 'best_config.yaml')}",
+        ]
         if t.frozen_encoder:
-            header.append("Found with a frozen image encoder and no augmentation; full training fine-tunes "
-                          f"the encoder at train.lr_image_encoder={cfg.train.lr_image_encoder:g}.")
+            header.append(
+                "Found with a frozen image encoder and no augmentation; full training fine-tunes "
+                f"the encoder at train.lr_image_encoder={cfg.train.lr_image_encoder:g}."
+            )
         storage.write_text(res.best_config_yaml(best_cfg, header), rel, "best_config.yaml")
     tracking.end("KILLED" if interrupted else "FINISHED")
     logger.info("%s", table.drop(columns=["error", "metric"]).to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -64,14 +64,15 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: t.detach().cpu().clone() for n, t in model.state_dict().items() if n in keep}
 
 
-def _pairs(data: EmbeddingSet, rows: np.ndarray, spec: RunSpec, device: torch.device, epoch: int | None
-           ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _pairs(
+    data: EmbeddingSet, rows: np.ndarray, spec: RunSpec, device: torch.device, epoch: int | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(frame embeddings (B, T, E), labels (B,)) of clips ``rows``, sampled by the shared rule;
     ``epoch`` None samples for evaluation (segment middles)."""
     t, T = spec.train, spec.model.num_frames
     batch_size = t.batch_size if epoch is not None else t.eval_batch_size
     for i in range(0, len(rows), batch_size):
-        batch = rows[i:i + batch_size]
+        batch = rows[i : i + batch_size]
         out = np.empty((len(batch), T, data.frames.shape[1]), dtype=np.float32)
         for b, r in enumerate(batch):
             start, n = int(data.offsets[r]), int(data.offsets[r + 1] - data.offsets[r])
@@ -81,7 +82,9 @@ def _pairs(data: EmbeddingSet, rows: np.ndarray, spec: RunSpec, device: torch.de
 
 
 def _index_table(data: EmbeddingSet) -> pa.Table:
-    return pa.table({"clip_id": data.clip_ids, "label": data.labels, "splits": pa.array(data.splits, pa.list_(pa.string()))})
+    return pa.table(
+        {"clip_id": data.clip_ids, "label": data.labels, "splits": pa.array(data.splits, pa.list_(pa.string()))}
+    )
 
 
 def fast_trial(config: dict, *, data: EmbeddingSet, setup: FastSetup) -> None:
@@ -122,8 +125,10 @@ def fast_trial(config: dict, *, data: EmbeddingSet, setup: FastSetup) -> None:
                 best_state = _trainable_state(model)
             saved = {"model": _trainable_state(model), "recipe": recipe.state_dict(), "best_state": best_state}
             if recipe.last_epoch:
-                recipe.finish(partial(model.load_state_dict, best_state, strict=False),
-                              partial(_pairs, data, rows["test"], spec, device, None))
+                recipe.finish(
+                    partial(model.load_state_dict, best_state, strict=False),
+                    partial(_pairs, data, rows["test"], spec, device, None),
+                )
             with tempfile.TemporaryDirectory(prefix="fastckpt") as d:
                 torch.save(saved, os.path.join(d, STATE_FILE))
                 tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))

@@ -49,7 +49,9 @@ def full_trial(config: dict, *, setup: FullSetup) -> None:
 
     cfg = apply_params(setup.experiment, trial_params(config, list(setup.swept)))
     name = tune.get_context().get_trial_name()
-    job = TrainJob(RunSpec.for_experiment(cfg, name, setup.descriptions, setup.tracking), setup.storage, runs=setup.runs)
+    job = TrainJob(
+        RunSpec.for_experiment(cfg, name, setup.descriptions, setup.tracking), setup.storage, runs=setup.runs
+    )
     guard = TrainRunGuard(tune.get_context().get_trial_id())
     try:
         fit(job, callbacks=[guard.callback(), TuneReportCallback()], progress=False)

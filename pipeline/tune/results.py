@@ -46,15 +46,18 @@ def trial_statuses(results) -> list[str]:
 
     live = results._experiment_analysis.trials  # ResultGrid builds its results in this order
     try:
-        saved = {t.trial_id: t.status for t in
-                 ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem).trials}
-    except Exception:  # no readable state: fall back to what Tune returned
+        saved = {
+            t.trial_id: t.status
+            for t in ExperimentAnalysis(results.experiment_path, storage_filesystem=results.filesystem).trials
+        }
+    except Exception:  # noqa: BLE001 — no readable state: fall back to what Tune returned
         saved = {}
     return [saved.get(t.trial_id, t.status) for t in live]
 
 
-def results_table(results, params: list[str], metric: str, mode: str, max_epochs: int,
-                  statuses: list[str] | None = None) -> pd.DataFrame:
+def results_table(
+    results, params: list[str], metric: str, mode: str, max_epochs: int, statuses: list[str] | None = None
+) -> pd.DataFrame:
     """One row per trial of a Tune ``ResultGrid`` (best trial first; errored/unfinished last).
 
     ``statuses`` (:func:`trial_statuses`) tells trials an interruption left unfinished apart
@@ -79,18 +82,20 @@ def results_table(results, params: list[str], metric: str, mode: str, max_epochs
             status = "unfinished"
         else:
             status = "completed" if epochs_run >= max_epochs else "stopped_early"
-        row.update({
-            "metric": metric,
-            "best_value": best_value,
-            "best_epoch": best_epoch,
-            "last_value": float(last[metric]) if metric in last and last[metric] is not None else math.nan,
-            "epochs_run": epochs_run,
-            "wall_time_s": float(last.get("time_total_s", math.nan)),
-            "status": status,
-            "test_uar": float(last["test_uar"]) if "test_uar" in last else math.nan,
-            "test_war": float(last["test_war"]) if "test_war" in last else math.nan,
-            "error": str(r.error).splitlines()[0][:300] if r.error else "",
-        })
+        row.update(
+            {
+                "metric": metric,
+                "best_value": best_value,
+                "best_epoch": best_epoch,
+                "last_value": float(last[metric]) if metric in last and last[metric] is not None else math.nan,
+                "epochs_run": epochs_run,
+                "wall_time_s": float(last.get("time_total_s", math.nan)),
+                "status": status,
+                "test_uar": float(last["test_uar"]) if "test_uar" in last else math.nan,
+                "test_war": float(last["test_war"]) if "test_war" in last else math.nan,
+                "error": str(r.error).splitlines()[0][:300] if r.error else "",
+            }
+        )
         rows.append(row)
     table = pd.DataFrame(rows)
     if table.empty:
@@ -133,13 +138,17 @@ def _axis(table: pd.DataFrame, key: str | None) -> list[str]:
         label = _value_label(v)
         if label not in order:
             num = v.item() if hasattr(v, "item") and not isinstance(v, (str, bytes, list, dict)) else v
-            order[label] = ((0, 0.0, "") if label == "null" else
-                            (1, float(num), "") if isinstance(num, (int, float)) else (2, 0.0, label))
+            order[label] = (
+                (0, 0.0, "")
+                if label == "null"
+                else (1, float(num), "")
+                if isinstance(num, (int, float))
+                else (2, 0.0, label)
+            )
     return sorted(order, key=order.get)
 
 
-def heatmap_png(table: pd.DataFrame, metric: str, mode: str, title: str = "",
-                params: list[str] | None = None) -> bytes:
+def heatmap_png(table: pd.DataFrame, metric: str, mode: str, title: str = "", params: list[str] | None = None) -> bytes:
     """Metric over the first two swept parameters (rows x columns); each cell the best trial with those values.
 
     ``params``: the swept keys (:func:`pipeline.tune.space.swept_keys`); by default the table's
@@ -178,9 +187,16 @@ def heatmap_png(table: pd.DataFrame, metric: str, mode: str, title: str = "",
             text = "n/a" if not np.isfinite(v) else (f"{100 * v:.1f}" if percent else f"{v:.3f}")
             r, g, b, _ = im.cmap(im.norm(v)) if np.isfinite(v) else (1, 1, 1, 1)
             dark = 0.299 * r + 0.587 * g + 0.114 * b < 0.5
-            ax.text(j, i, text, ha="center", va="center", fontsize=9,
-                    fontweight="bold" if best is not None and v == best else "normal",
-                    color="white" if dark else "black")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=9,
+                fontweight="bold" if best is not None and v == best else "normal",
+                color="white" if dark else "black",
+            )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label=metric)
     ax.set_title(title or f"best {metric} ({mode})")
     return _png(fig)

@@ -22,8 +22,15 @@ from typing import Any
 from pipeline.config import ExperimentConfig, TuneConfig
 from pipeline.typed import ConfigError, to_dict
 
-__all__ = ["SEED_KEY", "swept_keys", "expected_trials", "param_space", "apply_params", "apply_params_to_dict",
-           "trial_params"]
+__all__ = [
+    "SEED_KEY",
+    "swept_keys",
+    "expected_trials",
+    "param_space",
+    "apply_params",
+    "apply_params_to_dict",
+    "trial_params",
+]
 
 # The dimension grid search adds for its repeats (num_samples > 1), seeds train.seed + 0, 1, ...
 SEED_KEY = "train.seed"
@@ -66,8 +73,9 @@ def param_space(tune_cfg: TuneConfig, base_seed: int) -> tuple[dict[str, Any], i
     from ray import tune
 
     grid = tune_cfg.search == "grid"
-    space: dict[str, Any] = {path: tune.grid_search(values) if grid else tune.choice(values)
-                             for path, values in _space(tune_cfg).items()}
+    space: dict[str, Any] = {
+        path: tune.grid_search(values) if grid else tune.choice(values) for path, values in _space(tune_cfg).items()
+    }
     if not grid:
         return space, tune_cfg.num_samples
     if _repeats(tune_cfg):
@@ -111,6 +119,8 @@ def trial_params(trial_config: dict[str, Any], swept: list[str]) -> dict[str, An
     """
     missing = [key for key in swept if key not in trial_config]
     if missing:
-        raise ValueError(f"the trial's config lacks swept parameter(s) {', '.join(missing)} "
-                         f"(it has {', '.join(map(str, trial_config)) or 'none'}): a sweep started with another space?")
+        raise ValueError(
+            f"the trial's config lacks swept parameter(s) {', '.join(missing)} "
+            f"(it has {', '.join(map(str, trial_config)) or 'none'}): a sweep started with another space?"
+        )
     return {key: trial_config[key] for key in swept}

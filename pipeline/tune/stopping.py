@@ -42,7 +42,7 @@ ABORT_TIMEOUT_S = 120.0  # Tune waits up to TUNE_FORCE_TRIAL_CLEANUP_S (600 s) f
 
 # The Train run each trial of this process is running (trial id -> guard). A trial's function
 # runs in a thread of its Tune actor; stop() comes on the actor's main thread.
-_RUNS: dict[str, "TrainRunGuard"] = {}
+_RUNS: dict[str, TrainRunGuard] = {}
 _RUNS_LOCK = threading.Lock()
 
 # The Ray this module was written against; tests/tune/test_ray_internals.py checks every Ray
@@ -53,9 +53,11 @@ RAY_RANGE = ">=2.60,<2.61"
 def _missing_ray_internal(what: str) -> RuntimeError:
     import ray
 
-    return RuntimeError(f"pipeline/tune/stopping.py relies on {what}, which Ray {ray.__version__} does not have; "
-                        f"it was written for Ray {RAY_RANGE} (pyproject.toml): install that Ray, or update "
-                        "stopping.py and the pin")
+    return RuntimeError(
+        f"pipeline/tune/stopping.py relies on {what}, which Ray {ray.__version__} does not have; "
+        f"it was written for Ray {RAY_RANGE} (pyproject.toml): install that Ray, or update "
+        "stopping.py and the pin"
+    )
 
 
 class _ControllerSlot:

@@ -41,7 +41,8 @@ def _check_same_sweep(storage: Storage, rel: str, signature: dict) -> None:
     if changed:
         raise UserError(
             f"{storage.path(rel)} holds a sweep started with different settings ({', '.join(changed)} differ); "
-            f"resuming would mix them. Set tune.name to a new name, or delete that folder to start over.")
+            f"resuming would mix them. Set tune.name to a new name, or delete that folder to start over."
+        )
 
 
 def run_sweep(
@@ -81,20 +82,28 @@ def run_sweep(
         # restores the search (trials not generated yet are generated now), the scheduler and
         # the callbacks the sweep was started with, from tuner.pkl and the experiment state:
         # ``callbacks`` given now are not used.
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                   storage_filesystem=fs)
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs
+        )
         return _fit(tuner, name, path)
 
     space, num_samples = param_space(cfg, seed)
-    storage.write_text(json.dumps({"name": name, "signature": signature}, indent=2, default=str) + "\n", rel, SWEEP_FILE)
+    storage.write_text(
+        json.dumps({"name": name, "signature": signature}, indent=2, default=str) + "\n", rel, SWEEP_FILE
+    )
     scheduler = None
     if cfg.scheduler == "asha":
         # time_attr "epoch" (reported by the trial) rather than Tune's training_iteration: a full
         # trial that resumes its Train run mid-way restarts Tune's count but not the epoch number.
         # stop_last_trials=False: a trial that reaches max_t (its last epoch) ends by itself
         # instead of being stopped at its last report, while its Train run is still finishing.
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=max_epochs, grace_period=min(cfg.grace_period, max_epochs),
-                                  reduction_factor=cfg.reduction_factor, stop_last_trials=False)
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=max_epochs,
+            grace_period=min(cfg.grace_period, max_epochs),
+            reduction_factor=cfg.reduction_factor,
+            stop_last_trials=False,
+        )
     tuner = tune.Tuner(
         trainable,
         param_space=space,
@@ -128,7 +137,9 @@ def _fit(tuner, name: str, path: str):
     start = time.monotonic()
     grid = tuner.fit()
     errors = grid.num_errors
-    logger.log(logging.WARNING if errors else logging.INFO,
-               f"[tune] sweep {name}: {len(grid)} trials ({grid.num_terminated} done, {errors} errored) "
-               f"in {time.monotonic() - start:.0f} s -> {path}")
+    logger.log(
+        logging.WARNING if errors else logging.INFO,
+        f"[tune] sweep {name}: {len(grid)} trials ({grid.num_terminated} done, {errors} errored) "
+        f"in {time.monotonic() - start:.0f} s -> {path}",
+    )
     return grid

@@ -22,16 +22,20 @@ def media(tmp_path_factory) -> dict[str, Path]:
     pts = [0, 40, 80, 200, 240, 260, 280, 400, 440, 480]
     m["vfr_mp4"] = write_video(root / "vfr.mp4", face_frames(10, 320, 240), pts=pts)
     # Portrait phone video: stored landscape with a display rotation of 90 degrees.
-    m["rotated_mp4"] = write_video(root / "rotated.mp4", [np.rot90(f, -1).copy() for f in face_frames(8, 240, 320, size=110)],
-                                   rotation=90)
+    m["rotated_mp4"] = write_video(
+        root / "rotated.mp4", [np.rot90(f, -1).copy() for f in face_frames(8, 240, 320, size=110)], rotation=90
+    )
     # Grayscale, odd-sized, another container and codec.
     gray = [cv2.cvtColor(f, cv2.COLOR_BGR2GRAY) for f in face_frames(8, 321, 243, size=120)]
-    m["gray_odd_mkv"] = write_video(root / "gray_odd.mkv", [cv2.cvtColor(g, cv2.COLOR_GRAY2BGR) for g in gray],
-                                    codec="ffv1", pix_fmt="gray")
+    m["gray_odd_mkv"] = write_video(
+        root / "gray_odd.mkv", [cv2.cvtColor(g, cv2.COLOR_GRAY2BGR) for g in gray], codec="ffv1", pix_fmt="gray"
+    )
     m["noface_mp4"] = write_video(root / "noface.mp4", face_frames(10, 320, 240, face=False))
     m["one_frame_mp4"] = write_video(root / "one.mp4", face_frames(1, 320, 240))
     m["frames_jpg"] = write_frames(root / "frames_jpg", face_frames(12, 320, 240, size=120, drift=3))
-    m["frames_gray_png_odd"] = write_frames(root / "frames_png", face_frames(5, 223, 171, size=100), ext=".png", gray=True)
+    m["frames_gray_png_odd"] = write_frames(
+        root / "frames_png", face_frames(5, 223, 171, size=100), ext=".png", gray=True
+    )
     m["one_frame_dir"] = write_frames(root / "one_frame_dir", face_frames(1, 320, 240))
     data = m["face_mp4"].read_bytes()
     (root / "truncated.mp4").write_bytes(data[: len(data) // 3])

@@ -27,15 +27,25 @@ def draw_face(img: np.ndarray, cx: int, cy: int, size: int) -> np.ndarray:
         cv2.ellipse(img, (x, ey), (int(w * 0.11), int(h * 0.05)), 0, 0, 360, (255, 255, 255), -1)
         cv2.circle(img, (x, ey), int(h * 0.04), (30, 20, 20), -1)
         cv2.circle(img, (x + int(h * 0.012), ey - int(h * 0.012)), max(1, int(h * 0.01)), (255, 255, 255), -1)
-    nose = np.array([[cx, ey + int(h * 0.02)], [cx - int(w * 0.08), cy + int(h * 0.14)],
-                     [cx + int(w * 0.08), cy + int(h * 0.14)]])
+    nose = np.array(
+        [[cx, ey + int(h * 0.02)], [cx - int(w * 0.08), cy + int(h * 0.14)], [cx + int(w * 0.08), cy + int(h * 0.14)]]
+    )
     cv2.fillPoly(img, [nose], tuple(int(c * 0.75) for c in SKIN))
     cv2.ellipse(img, (cx, cy + int(h * 0.27)), (int(w * 0.2), int(h * 0.05)), 0, 0, 360, (60, 50, 150), -1)
     return img
 
 
-def face_frames(n: int, width: int = 320, height: int = 240, size: int = 120, *, face: bool = True,
-                drift: int = 2, background: int = 60, seed: int = 0) -> list[np.ndarray]:
+def face_frames(
+    n: int,
+    width: int = 320,
+    height: int = 240,
+    size: int = 120,
+    *,
+    face: bool = True,
+    drift: int = 2,
+    background: int = 60,
+    seed: int = 0,
+) -> list[np.ndarray]:
     """``n`` BGR frames of a face drifting right by ``drift`` px per frame over a noisy background."""
     rng = np.random.default_rng(seed)
     base = np.clip(background + rng.integers(-12, 12, (height, width, 3)), 0, 255).astype(np.uint8)
@@ -49,11 +59,20 @@ def face_frames(n: int, width: int = 320, height: int = 240, size: int = 120, *,
     return frames
 
 
-def write_video(path: str | Path, frames: list[np.ndarray], *, fps: int = 25, codec: str = "libx264",
-                pix_fmt: str = "yuv420p", rotation: int | None = None, pts: list[int] | None = None) -> Path:
+def write_video(
+    path: str | Path,
+    frames: list[np.ndarray],
+    *,
+    fps: int = 25,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    rotation: int | None = None,
+    pts: list[int] | None = None,
+) -> Path:
     """Encode BGR frames with PyAV. ``pts`` (in 1/1000 s) makes a variable-frame-rate file."""
-    import av
     from fractions import Fraction
+
+    import av
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,8 +97,9 @@ def write_video(path: str | Path, frames: list[np.ndarray], *, fps: int = 25, co
     return path
 
 
-def write_frames(folder: str | Path, frames: list[np.ndarray], *, ext: str = ".jpg", start: int = 1,
-                 gray: bool = False) -> Path:
+def write_frames(
+    folder: str | Path, frames: list[np.ndarray], *, ext: str = ".jpg", start: int = 1, gray: bool = False
+) -> Path:
     """Write frames as ``1.jpg, 2.jpg, ... 10.jpg`` (unpadded, so natural sort matters)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -82,8 +82,10 @@ def make_mafw(root: Path, caption: bool = False) -> Path:
     for fold in range(1, 6):
         d = root / "Train & Test Set" / "single" / variant / f"set_{fold}"
         d.mkdir(parents=True)
-        lines = {"train": ["03747.mp4 anger", "00010.mp4 helplessness", "00011.mp4 anger_disgust"],
-                 "test": ["00020.mp4 contempt"]}
+        lines = {
+            "train": ["03747.mp4 anger", "00010.mp4 helplessness", "00011.mp4 anger_disgust"],
+            "test": ["00020.mp4 contempt"],
+        }
         for split, rows in lines.items():
             if caption:
                 text = "\n".join(f"{r.split()[0]}\t{r.split()[1]}\t一个人皱着眉头" for r in rows) + "\n"
@@ -142,12 +144,15 @@ def test_csv_relative_paths_labels_splits(tmp_path):
     assert by_id(t2)["a.mp4"].label == 1
 
 
-@pytest.mark.parametrize("body, message", [
-    ("path,label\na.mp4,bored\n", r"labels\.csv, row 2: unknown label 'bored'"),
-    ("path,label\na.mp4,anger\na.mp4,fear\n", r"row 3: 'a\.mp4' is listed twice"),
-    ("path,label,split\na.mp4,anger,val\n", r"row 2: split must be train or test"),
-    ("file,emotion\na.mp4,anger\n", r"header with columns path,label"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ("path,label\na.mp4,bored\n", r"labels\.csv, row 2: unknown label 'bored'"),
+        ("path,label\na.mp4,anger\na.mp4,fear\n", r"row 3: 'a\.mp4' is listed twice"),
+        ("path,label,split\na.mp4,anger,val\n", r"row 2: split must be train or test"),
+        ("file,emotion\na.mp4,anger\n", r"header with columns path,label"),
+    ],
+)
 def test_csv_errors_name_file_and_row(tmp_path, body, message):
     (tmp_path / "labels.csv").write_text(body)
     with pytest.raises(UserError, match=message):
@@ -155,8 +160,9 @@ def test_csv_errors_name_file_and_row(tmp_path, body, message):
 
 
 def test_clips_from_records_and_missing_root():
-    t = clips_from_records([{"path": "/x/a.mp4", "label": "anger", "split": "test"}, {"path": "/x/b", "label": 0}],
-                           "demo", list(CLASSES_7))
+    t = clips_from_records(
+        [{"path": "/x/a.mp4", "label": "anger", "split": "test"}, {"path": "/x/b", "label": 0}], "demo", list(CLASSES_7)
+    )
     clips = by_id(t)
     assert clips["/x/a.mp4"].label == 3 and clips["/x/a.mp4"].splits == ("1:test",)
     assert clips["/x/b"].label_name == "happiness"

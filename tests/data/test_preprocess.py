@@ -17,15 +17,32 @@ from pipeline.errors import UserError
 from pipeline.preprocess import is_up_to_date, run_preprocess
 from pipeline.storage import Storage
 
-GOOD = ["face_mp4", "face2_mp4", "vfr_mp4", "rotated_mp4", "gray_odd_mkv", "noface_mp4", "one_frame_mp4",
-        "frames_jpg", "frames_gray_png_odd", "one_frame_dir"]
+GOOD = [
+    "face_mp4",
+    "face2_mp4",
+    "vfr_mp4",
+    "rotated_mp4",
+    "gray_odd_mkv",
+    "noface_mp4",
+    "one_frame_mp4",
+    "frames_jpg",
+    "frames_gray_png_odd",
+    "one_frame_dir",
+]
 BAD = ["corrupt_mp4", "zero_mp4", "text_mp4", "empty_dir"]
 LABELS = ["happiness", "sadness", "anger", "fear", "surprise"]
 
 
 def clip_list(media):
-    return [{"clip_id": k, "path": str(media[k]), "label": LABELS[i % len(LABELS)],
-             "split": "test" if i % 3 == 0 else "train"} for i, k in enumerate(GOOD + BAD)]
+    return [
+        {
+            "clip_id": k,
+            "path": str(media[k]),
+            "label": LABELS[i % len(LABELS)],
+            "split": "test" if i % 3 == 0 else "train",
+        }
+        for i, k in enumerate(GOOD + BAD)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -128,12 +145,14 @@ def test_stage_main_on_csv_with_detector_none(media, ray_local, tmp_path):
 
     data = tmp_path / "data"
     data.mkdir()
-    (data / "labels.csv").write_text("path,label,split\n"
-                                     f"{media['frames_jpg']},anger,train\n"
-                                     f"{media['face_mp4']},fear,test\n")
+    (data / "labels.csv").write_text(
+        f"path,label,split\n{media['frames_jpg']},anger,train\n{media['face_mp4']},fear,test\n"
+    )
     cfg_file = tmp_path / "exp.yaml"
-    cfg_file.write_text(f"storage:\n  root: {tmp_path / 'runs'}\ndataset:\n  name: csv\n  root: {data}\n"
-                        "preprocess:\n  detector: none\n  max_frames: 8\n  crop_size: 64\n  num_workers: 1\n")
+    cfg_file.write_text(
+        f"storage:\n  root: {tmp_path / 'runs'}\ndataset:\n  name: csv\n  root: {data}\n"
+        "preprocess:\n  detector: none\n  max_frames: 8\n  crop_size: 64\n  num_workers: 1\n"
+    )
     manifest = main(load_config(cfg_file))
     assert manifest["counts"]["clips"] == 2 and manifest["num_errors"] == 0
     t = pq.read_table(sh.shard_paths(Storage(tmp_path / "runs"), "shards/csv"))

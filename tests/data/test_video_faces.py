@@ -46,9 +46,15 @@ def test_video_frame_count_fps_vfr_rotation_gray(media):
     assert png[0].shape == (171, 223, 3)
 
 
-@pytest.mark.parametrize("key, reason", [("zero_mp4", "empty file"), ("text_mp4", "not a readable video"),
-                                         ("empty_dir", "no .jpg"),
-                                         ("corrupt_mp4", "decode error|not a readable")])
+@pytest.mark.parametrize(
+    "key, reason",
+    [
+        ("zero_mp4", "empty file"),
+        ("text_mp4", "not a readable video"),
+        ("empty_dir", "no .jpg"),
+        ("corrupt_mp4", "decode error|not a readable"),
+    ],
+)
 def test_unreadable_sources(media, key, reason):
     with pytest.raises(UnreadableClip, match=reason):
         list(open_frames(media[key]).frames)

@@ -56,10 +56,19 @@ def _gpu_configs():
 
 # ---------------------------------------------------------------- cluster launcher (AWS)
 
+
 def test_launcher_yaml_head_without_gpu_autoscaling_gpu_workers():
     c = _load("aws.yaml")
-    for key in ("cluster_name", "max_workers", "provider", "available_node_types", "head_node_type",
-                "setup_commands", "head_start_ray_commands", "worker_start_ray_commands"):
+    for key in (
+        "cluster_name",
+        "max_workers",
+        "provider",
+        "available_node_types",
+        "head_node_type",
+        "setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    ):
         assert key in c, f"aws.yaml: {key} missing"
     assert c["provider"]["type"] == "aws" and c["provider"]["region"]
     types = c["available_node_types"]
@@ -72,8 +81,11 @@ def test_launcher_yaml_head_without_gpu_autoscaling_gpu_workers():
         assert 0 <= t["min_workers"] < t["max_workers"], "workers must be able to scale"
         assert t["node_config"]["InstanceType"]
     # The global cap lets every type reach its own maximum, one at a time.
-    assert max(t["max_workers"] for t in workers.values()) <= c["max_workers"] <= sum(
-        t["max_workers"] for t in workers.values())
+    assert (
+        max(t["max_workers"] for t in workers.values())
+        <= c["max_workers"]
+        <= sum(t["max_workers"] for t in workers.values())
+    )
     _check_image(c["docker"]["image"], gpu=True)
     _check_image(c["docker"]["head_image"], gpu=False)
 
@@ -97,9 +109,12 @@ def test_launcher_gpu_workers_fit_every_gpu_config():
         t = cfg.train
         if t.use_gpu:
             assert t.gpus_per_worker <= node_gpus, f"{name}: train.gpus_per_worker > GPUs of one node"
-            assert t.num_workers * t.gpus_per_worker <= total_gpus, f"{name}: train needs more GPUs than max_workers give"
-            assert t.cpus_per_worker * (node_gpus // max(t.gpus_per_worker, 1e-9)) <= node_cpus, \
+            assert t.num_workers * t.gpus_per_worker <= total_gpus, (
+                f"{name}: train needs more GPUs than max_workers give"
+            )
+            assert t.cpus_per_worker * (node_gpus // max(t.gpus_per_worker, 1e-9)) <= node_cpus, (
                 f"{name}: train.cpus_per_worker leaves a GPU node's GPUs idle"
+            )
         assert cfg.tune.gpus_per_trial <= node_gpus, f"{name}: tune.gpus_per_trial > GPUs of one node"
     for path in CONFIGS:
         cfg = load_config(path)
@@ -107,6 +122,7 @@ def test_launcher_gpu_workers_fit_every_gpu_config():
 
 
 # ---------------------------------------------------------------- KubeRay
+
 
 def _pod_resources(group: dict) -> dict:
     (container,) = group["template"]["spec"]["containers"]
@@ -162,7 +178,9 @@ def test_kuberay_rayjob_runs_train_with_an_existing_config():
     assert runtime_env["pip"]["packages"] == project_dependencies(ROOT)
     # The images of the job's cluster are the long-lived RayCluster's.
     rc = _load("kuberay/raycluster.yaml")["spec"]
-    assert _pod_resources(rc["headGroupSpec"])["image"] == _pod_resources(spec["rayClusterSpec"]["headGroupSpec"])["image"]
+    assert (
+        _pod_resources(rc["headGroupSpec"])["image"] == _pod_resources(spec["rayClusterSpec"]["headGroupSpec"])["image"]
+    )
     if not CONFIGS:
         pytest.skip("configs/ has no experiment YAML yet")
     cfg = load_config(ROOT / config)  # the entrypoint's config exists and is valid
@@ -182,4 +200,6 @@ def test_runtime_env_file_has_the_project_dependencies_and_no_secrets():
     assert not any(p.startswith("ray") for p in env["pip"]["packages"]), "Ray comes with the image"
     assert {".venv", "runs", ".git"} <= set(env["excludes"])
     for name in env.get("env_vars", {}):
-        assert not re.search(r"KEY|TOKEN|SECRET|PASSWORD", name, re.I), f"{name}: pass secrets with --env, not in a file"
+        assert not re.search(r"KEY|TOKEN|SECRET|PASSWORD", name, re.I), (
+            f"{name}: pass secrets with --env, not in a file"
+        )

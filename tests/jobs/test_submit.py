@@ -42,6 +42,7 @@ BIN = Path(sys.executable).parent
 
 # ---------------------------------------------------------------- without a cluster
 
+
 def test_runtime_env_has_working_dir_excludes_and_env_vars_by_name(monkeypatch):
     monkeypatch.setenv("DFERCLIP_SOME_KEY", "s3cr3t")
     env = build_runtime_env(ROOT, env_names=["DFERCLIP_SOME_KEY"])
@@ -109,6 +110,7 @@ def test_auth_token_sources(monkeypatch, tmp_path):
 
 # ---------------------------------------------------------------- a real head node
 
+
 @dataclass
 class Head:
     address: str
@@ -163,11 +165,30 @@ def _stop_head(proc: subprocess.Popen, tmp: str) -> None:
 
 def _start_head(tmp: str, env: dict, token: str) -> tuple[subprocess.Popen | None, str, str]:
     """Start `ray start --head --block`; (process, job API address, log) — process None if it died."""
-    ports = {"--port": free_port(), "--dashboard-port": free_port(), "--dashboard-agent-listen-port": free_port(),
-             "--dashboard-agent-grpc-port": free_port(), "--metrics-export-port": free_port(),
-             "--runtime-env-agent-port": free_port(), "--ray-client-server-port": free_port()}
-    argv = [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-            "--dashboard-host", "127.0.0.1", "--num-cpus", "2", "--temp-dir", tmp, "--disable-usage-stats"]
+    ports = {
+        "--port": free_port(),
+        "--dashboard-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
+        "--ray-client-server-port": free_port(),
+    }
+    argv = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--dashboard-host",
+        "127.0.0.1",
+        "--num-cpus",
+        "2",
+        "--temp-dir",
+        tmp,
+        "--disable-usage-stats",
+    ]
     for flag, port in ports.items():
         argv += [flag, str(port)]
     log_path = Path(tmp) / "ray_start.log"
@@ -203,8 +224,13 @@ def ray_head():
     token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
     # The job's `python` must be this venv's: put it first on PATH for the whole cluster.
-    env.update(RAY_TMPDIR=tmp, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, PATH=f"{BIN}{os.pathsep}{env['PATH']}",
-               RAY_USAGE_STATS_ENABLED="0")
+    env.update(
+        RAY_TMPDIR=tmp,
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=token,
+        PATH=f"{BIN}{os.pathsep}{env['PATH']}",
+        RAY_USAGE_STATS_ENABLED="0",
+    )
     proc = None
     try:
         # `ray start` gives the raylet a fixed 30 s to register; on a busy 2-core machine that
@@ -226,8 +252,9 @@ def ray_head():
 
 
 def _describe_config(path: Path, root: Path, name: str, extra: str = "") -> Path:
-    path.write_text(f"name: {name}\nstorage:\n  root: {root}\ndataset:\n  name: dfew\n"
-                    f"describe:\n  enabled: false\n{extra}")
+    path.write_text(
+        f"name: {name}\nstorage:\n  root: {root}\ndataset:\n  name: dfew\ndescribe:\n  enabled: false\n{extra}"
+    )
     return path
 
 
@@ -255,15 +282,42 @@ def test_stage_jobs_with_ray_job_submit_and_dferclip_submit(ray_head, tmp_path):
     bad = _describe_config(tmp_path / "bad.yaml", store, "jobtest", "train:\n  bogus_key: 1\n")
 
     # 1. Plain Ray: the stage module is the job's entrypoint.
-    r = ray_head.run(str(BIN / "ray"), "job", "submit", "--address", ray_head.address, "--working-dir", ".",
-                     "--", "python", "-m", "stages.describe", "--config", str(good),
-                     "--set", f"storage.root={store}/plain")
+    r = ray_head.run(
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        ray_head.address,
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        "stages.describe",
+        "--config",
+        str(good),
+        "--set",
+        f"storage.root={store}/plain",
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "[describe] description set jobtest" in r.stdout + r.stderr
     assert yaml.safe_load((store / "plain" / "descriptions" / "jobtest.yaml").read_text())
 
-    r = ray_head.run(str(BIN / "ray"), "job", "submit", "--address", ray_head.address, "--working-dir", ".",
-                     "--", "python", "-m", "stages.describe", "--config", str(bad))
+    r = ray_head.run(
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        ray_head.address,
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        "stages.describe",
+        "--config",
+        str(bad),
+    )
     assert r.returncode != 0
     assert "train.bogus_key: unknown key" in r.stdout + r.stderr and "failed" in (r.stdout + r.stderr).lower()
 
@@ -273,9 +327,20 @@ def test_stage_jobs_with_ray_job_submit_and_dferclip_submit(ray_head, tmp_path):
     (private / "tmp").mkdir(parents=True)
     started = time.time()
     caller_env = {"DFERCLIP_TEST_SECRET": secret, "HOME": str(private), "TMPDIR": str(private / "tmp")}
-    r = ray_head.run(str(BIN / "dferclip"), "submit", "--address", ray_head.address, "describe",
-                     "--config", str(good), "--set", f"storage.root={store}/ours", "--env", "DFERCLIP_TEST_SECRET",
-                     extra_env=caller_env)
+    r = ray_head.run(
+        str(BIN / "dferclip"),
+        "submit",
+        "--address",
+        ray_head.address,
+        "describe",
+        "--config",
+        str(good),
+        "--set",
+        f"storage.root={store}/ours",
+        "--env",
+        "DFERCLIP_TEST_SECRET",
+        extra_env=caller_env,
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 0, out
     assert "[describe] descriptions per class: happiness 3" in out  # the job's log was streamed
@@ -293,8 +358,17 @@ def test_stage_jobs_with_ray_job_submit_and_dferclip_submit(ray_head, tmp_path):
     assert secret not in out
 
     # 3. A job that fails in the cluster: reported with Ray's status, exit code 1.
-    r = ray_head.run(str(BIN / "dferclip"), "submit", "--address", ray_head.address, "describe",
-                     "--config", str(good), "--set", "describe.description_set=/nonexistent/set.yaml")
+    r = ray_head.run(
+        str(BIN / "dferclip"),
+        "submit",
+        "--address",
+        ray_head.address,
+        "describe",
+        "--config",
+        str(good),
+        "--set",
+        "describe.description_set=/nonexistent/set.yaml",
+    )
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     assert "description set not found: /nonexistent/set.yaml" in out
@@ -308,8 +382,17 @@ def test_stage_jobs_with_ray_job_submit_and_dferclip_submit(ray_head, tmp_path):
 
     # 5. --no-wait prints the id (address from the environment); `dferclip jobs` follows it up.
     env_addr = {"RAY_API_SERVER_ADDRESS": ray_head.address}
-    r = ray_head.run(str(BIN / "dferclip"), "submit", "describe", "--config", str(good), "--no-wait",
-                     "--set", f"storage.root={store}/nowait", extra_env=env_addr)
+    r = ray_head.run(
+        str(BIN / "dferclip"),
+        "submit",
+        "describe",
+        "--config",
+        str(good),
+        "--no-wait",
+        "--set",
+        f"storage.root={store}/nowait",
+        extra_env=env_addr,
+    )
     assert r.returncode == 0, r.stderr
     job_id = r.stdout.strip().splitlines()[-1]
     assert job_id.startswith("raysubmit_")

@@ -34,8 +34,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BEHAVIOURS = ("ok", "401", "429", "500", "503", "hang", "malformed", "too_few", "too_many", "empty", "truncated")
 
-_WORDS = ("raised", "lowered", "inner", "outer", "brows", "cheeks", "lips", "corners", "eyelids",
-          "jaw", "nose", "wrinkled", "pressed", "parted", "tense", "relaxed", "narrowed", "wide")
+_WORDS = (
+    "raised",
+    "lowered",
+    "inner",
+    "outer",
+    "brows",
+    "cheeks",
+    "lips",
+    "corners",
+    "eyelids",
+    "jaw",
+    "nose",
+    "wrinkled",
+    "pressed",
+    "parted",
+    "tense",
+    "relaxed",
+    "narrowed",
+    "wide",
+)
 
 
 @dataclass
@@ -78,7 +96,7 @@ class ChatServer:
         self._thread: threading.Thread | None = None
 
     # -- control --------------------------------------------------------------------------
-    def start(self, port: int = 0) -> "ChatServer":
+    def start(self, port: int = 0) -> ChatServer:
         server = self
 
         class Handler(_Handler):
@@ -97,7 +115,7 @@ class ChatServer:
             self._httpd.server_close()
             self._httpd = None
 
-    def __enter__(self) -> "ChatServer":
+    def __enter__(self) -> ChatServer:
         return self.start() if self._httpd is None else self
 
     def __exit__(self, *exc) -> None:
@@ -209,8 +227,13 @@ class _Handler(BaseHTTPRequestHandler):
             owner = self.owner
             self._send(200, {"chat_requests": len(owner.chat_requests()), "max_in_flight": owner.max_in_flight})
         elif self.path.rstrip("/").endswith("/models"):
-            self._send(200, {"object": "list", "data": [{"id": self.owner.model, "object": "model",
-                                                         "created": 0, "owned_by": "test"}]})
+            self._send(
+                200,
+                {
+                    "object": "list",
+                    "data": [{"id": self.owner.model, "object": "model", "created": 0, "owned_by": "test"}],
+                },
+            )
         else:
             self._send(404, {"error": {"message": f"no route {self.path}", "type": "not_found"}})
 
@@ -237,12 +260,23 @@ class _Handler(BaseHTTPRequestHandler):
         time.sleep(owner.hang_s if behaviour == "hang" else owner.latency)
         if behaviour == "401":
             # Echo the key back, as some servers do in their error text: the client must redact it.
-            self._send(401, {"error": {"message": f"Incorrect API key provided: {record.authorization}",
-                                       "type": "invalid_request_error", "code": "invalid_api_key"}})
+            self._send(
+                401,
+                {
+                    "error": {
+                        "message": f"Incorrect API key provided: {record.authorization}",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+            )
             return
         if behaviour == "429":
-            self._send(429, {"error": {"message": "Rate limit reached", "type": "rate_limit_exceeded"}},
-                       {"retry-after-ms": "10"})
+            self._send(
+                429,
+                {"error": {"message": "Rate limit reached", "type": "rate_limit_exceeded"}},
+                {"retry-after-ms": "10"},
+            )
             return
         if behaviour in ("500", "503"):
             self._send(int(behaviour), {"error": {"message": "upstream failure", "type": "server_error"}})
@@ -259,15 +293,19 @@ class _Handler(BaseHTTPRequestHandler):
             content = json.dumps({"descriptions": items})
             if behaviour == "truncated":
                 content, finish = content[: len(content) // 2], "length"
-        self._send(200, {
-            "id": f"chatcmpl-{len(owner.requests)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", owner.model),
-            "choices": [{"index": 0, "finish_reason": finish,
-                         "message": {"role": "assistant", "content": content}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
-        })
+        self._send(
+            200,
+            {
+                "id": f"chatcmpl-{len(owner.requests)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", owner.model),
+                "choices": [
+                    {"index": 0, "finish_reason": finish, "message": {"role": "assistant", "content": content}}
+                ],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
+            },
+        )
 
 
 def main() -> None:

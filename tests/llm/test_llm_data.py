@@ -10,10 +10,21 @@ import yaml
 
 from pipeline.datasets import CLASSES_7, CLASSES_11, get_dataset
 from pipeline.errors import UserError
-from pipeline.llm import (DescriptionSet, InvalidAnswer, default_description_set_path, diff_description_sets,
-                          dump_description_set, list_class_sets, list_templates, load_class_set,
-                          load_description_set, load_template, parse_answer, read_description_set,
-                          render_messages)
+from pipeline.llm import (
+    DescriptionSet,
+    InvalidAnswer,
+    default_description_set_path,
+    diff_description_sets,
+    dump_description_set,
+    list_class_sets,
+    list_templates,
+    load_class_set,
+    load_description_set,
+    load_template,
+    parse_answer,
+    read_description_set,
+    render_messages,
+)
 from pipeline.llm.cache import cache_key
 from pipeline.llm.client import endpoint_host, is_loopback
 
@@ -51,14 +62,17 @@ def test_a_template_is_data(tmp_path):
     assert render_messages(t, "joy", 3)[-1]["content"] == "Describe joy in 3 ways."
 
 
-@pytest.mark.parametrize("doc, problem", [
-    ({"system": "JSON please", "user": "Describe {class_name} as {colour}"}, "unknown placeholder {colour}"),
-    ({"system": "JSON please", "user": "Describe a face"}, "must contain the placeholder {class_name}"),
-    ({"system": "text please", "user": "Describe {class_name}"}, "must ask for a JSON answer"),
-    ({"user": "JSON {class_name}"}, "system: a non-empty string is required"),
-    ({"system": "JSON", "user": "{class_name}", "extra": 1}, "unknown keys ['extra']"),
-    ({"system": "JSON", "user": "{class_name}", "examples": [{"class_name": "x"}]}, "examples[0]"),
-])
+@pytest.mark.parametrize(
+    "doc, problem",
+    [
+        ({"system": "JSON please", "user": "Describe {class_name} as {colour}"}, "unknown placeholder {colour}"),
+        ({"system": "JSON please", "user": "Describe a face"}, "must contain the placeholder {class_name}"),
+        ({"system": "text please", "user": "Describe {class_name}"}, "must ask for a JSON answer"),
+        ({"user": "JSON {class_name}"}, "system: a non-empty string is required"),
+        ({"system": "JSON", "user": "{class_name}", "extra": 1}, "unknown keys ['extra']"),
+        ({"system": "JSON", "user": "{class_name}", "examples": [{"class_name": "x"}]}, "examples[0]"),
+    ],
+)
 def test_bad_templates_name_the_file_and_the_problem(tmp_path, doc, problem):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -81,28 +95,34 @@ def _parse(text, n=2, **kw):
     return parse_answer(text, n, min_words=kw.pop("min_words", 2), max_words=kw.pop("max_words", 10), **kw)
 
 
-@pytest.mark.parametrize("text", [
-    '{"descriptions": ["raised cheeks", "pulled lip corners"]}',
-    '["raised cheeks", "pulled lip corners"]',
-    'Here you go:\n```json\n{"descriptions": ["raised cheeks", "pulled lip corners"]}\n```',
-    '{"items": ["raised  cheeks", "pulled lip corners"]}',
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"descriptions": ["raised cheeks", "pulled lip corners"]}',
+        '["raised cheeks", "pulled lip corners"]',
+        'Here you go:\n```json\n{"descriptions": ["raised cheeks", "pulled lip corners"]}\n```',
+        '{"items": ["raised  cheeks", "pulled lip corners"]}',
+    ],
+)
 def test_valid_answers_in_the_forms_models_produce(text):
     assert _parse(text) == ["raised cheeks", "pulled lip corners"]
 
 
-@pytest.mark.parametrize("text, kw, problem", [
-    ("Sure, here are some features.", {}, "not JSON"),
-    ("", {}, "empty"),
-    ('{"descriptions": ["raised cheeks"]}', {}, "exactly 2 description(s), got 1"),
-    ('{"descriptions": ["a b", "c d", "e f"]}', {}, "got 3"),
-    ('{"descriptions": ["raised cheeks", ""]}', {}, "is empty"),
-    ('{"descriptions": ["raised cheeks", 3]}', {}, "not a string"),
-    ('{"descriptions": ["raised cheeks", "one two three four"]}', {"max_words": 3}, "has 4 words"),
-    ('{"descriptions": ["raised cheeks", "Raised  cheeks"]}', {}, "repeats"),
-    ('{"descriptions": "raised cheeks"}', {}, "must be a list"),
-    ('{"descriptions": ["raised cheeks", "pulled corners"]}', {"finish_reason": "length"}, "cut off"),
-])
+@pytest.mark.parametrize(
+    "text, kw, problem",
+    [
+        ("Sure, here are some features.", {}, "not JSON"),
+        ("", {}, "empty"),
+        ('{"descriptions": ["raised cheeks"]}', {}, "exactly 2 description(s), got 1"),
+        ('{"descriptions": ["a b", "c d", "e f"]}', {}, "got 3"),
+        ('{"descriptions": ["raised cheeks", ""]}', {}, "is empty"),
+        ('{"descriptions": ["raised cheeks", 3]}', {}, "not a string"),
+        ('{"descriptions": ["raised cheeks", "one two three four"]}', {"max_words": 3}, "has 4 words"),
+        ('{"descriptions": ["raised cheeks", "Raised  cheeks"]}', {}, "repeats"),
+        ('{"descriptions": "raised cheeks"}', {}, "must be a list"),
+        ('{"descriptions": ["raised cheeks", "pulled corners"]}', {"finish_reason": "length"}, "cut off"),
+    ],
+)
 def test_invalid_answers_say_what_is_wrong(text, kw, problem):
     with pytest.raises(InvalidAnswer) as err:
         _parse(text, **kw)
@@ -169,7 +189,9 @@ def test_user_sets_in_every_accepted_form(tmp_path):
     plain = tmp_path / "plain.yaml"
     plain.write_text(yaml.safe_dump({"happiness": "a smile", "sadness": ["a frown", "drooping lids"]}))
     assert load_description_set(plain, ["sadness", "happiness"]) == {
-        "sadness": ["a frown", "drooping lids"], "happiness": ["a smile"]}
+        "sadness": ["a frown", "drooping lids"],
+        "happiness": ["a smile"],
+    }
     mapping = tmp_path / "mapping.yaml"
     mapping.write_text(yaml.safe_dump({"classes": {"happiness": ["a smile"]}}))
     assert load_description_set(str(mapping), ["happiness"]) == {"happiness": ["a smile"]}
@@ -178,13 +200,16 @@ def test_user_sets_in_every_accepted_form(tmp_path):
     assert str(mapping) in str(err.value) and "['anger']" in str(err.value)
 
 
-@pytest.mark.parametrize("doc, problem", [
-    ({"classes": [{"name": "a", "descriptions": []}]}, "non-empty list"),
-    ({"classes": [{"name": "a", "descriptions": ["x"]}, {"name": "a", "descriptions": ["y"]}]}, "appears twice"),
-    ({"classes": [{"descriptions": ["x"]}]}, "classes[0]"),
-    ({"format": 9, "classes": {"a": "x"}}, "format 9"),
-    ({"classes": {"a": [""]}}, "non-empty string"),
-])
+@pytest.mark.parametrize(
+    "doc, problem",
+    [
+        ({"classes": [{"name": "a", "descriptions": []}]}, "non-empty list"),
+        ({"classes": [{"name": "a", "descriptions": ["x"]}, {"name": "a", "descriptions": ["y"]}]}, "appears twice"),
+        ({"classes": [{"descriptions": ["x"]}]}, "classes[0]"),
+        ({"format": 9, "classes": {"a": "x"}}, "format 9"),
+        ({"classes": {"a": [""]}}, "non-empty string"),
+    ],
+)
 def test_bad_sets_name_the_file_and_entry(tmp_path, doc, problem):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(doc))
@@ -199,14 +224,18 @@ def test_missing_set_file_is_a_user_error(tmp_path):
 
 
 def test_round_trip_and_diff(tmp_path):
-    a = DescriptionSet("a", {"happiness": ["a smile"], "fear": ["wide eyes"]}, {"source": "shipped"},
-                       {"happiness": "AU6 + AU12"})
+    a = DescriptionSet(
+        "a", {"happiness": ["a smile"], "fear": ["wide eyes"]}, {"source": "shipped"}, {"happiness": "AU6 + AU12"}
+    )
     path = tmp_path / "a.yaml"
     path.write_text(dump_description_set(a))
     back = read_description_set(path)
     assert back.classes == a.classes and back.action_units == a.action_units and back.id == a.id
-    b = DescriptionSet("b", {"happiness": ["a smile"], "fear": ["raised brows and stretched lips"],
-                             "anger": ["lowered brows"]}, {"source": "llm", "model": "m"})
+    b = DescriptionSet(
+        "b",
+        {"happiness": ["a smile"], "fear": ["raised brows and stretched lips"], "anger": ["lowered brows"]},
+        {"source": "llm", "model": "m"},
+    )
     text = diff_description_sets(a, b, "left.yaml", "right.yaml", width=80)
     assert "== happiness (same)" in text and "== fear (changed)" in text and "== anger (only in B)" in text
     fear_line = next(line for line in text.splitlines() if line.startswith("- wide eyes"))

@@ -226,17 +226,28 @@ def test_disabled_with_a_user_set_copies_it(tmp_path):
 
     mine = tmp_path / "mine.yaml"
     mine.write_text(yaml.safe_dump({c: [f"my words for {c}"] for c in CLASSES_7}))
-    cfg = load_config(None, [f"storage.root={tmp_path / 'root'}", f"describe.description_set={mine}",
-                             "describe.output_name=copied"])
+    cfg = load_config(
+        None, [f"storage.root={tmp_path / 'root'}", f"describe.description_set={mine}", "describe.output_name=copied"]
+    )
     dset = read_description_set(write_descriptions(cfg))
     assert dset.name == "copied" and dset.provenance["source"] == "file"
     assert dset.classes["fear"] == ["my words for fear"]
 
 
 def _write_config(tmp_path: Path, server, **describe_over) -> Path:
-    cfg = {"name": "cli-set", "storage": {"root": str(tmp_path / "root")}, "dataset": {"name": "dfew"},
-           "describe": {"enabled": True, "base_url": server.base_url, "model": "test-model",
-                        "api_key_env": KEY_ENV, "backoff_s": 0.01, **describe_over}}
+    cfg = {
+        "name": "cli-set",
+        "storage": {"root": str(tmp_path / "root")},
+        "dataset": {"name": "dfew"},
+        "describe": {
+            "enabled": True,
+            "base_url": server.base_url,
+            "model": "test-model",
+            "api_key_env": KEY_ENV,
+            "backoff_s": 0.01,
+            **describe_over,
+        },
+    }
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -251,30 +262,52 @@ def _env() -> dict:
 
 def test_module_entrypoint_and_diff_cli(server, tmp_path):
     config = _write_config(tmp_path, server)
-    run = subprocess.run([sys.executable, "-m", "stages.describe", "--config", str(config), "--set",
-                          "describe.samples=2"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
+    run = subprocess.run(
+        [sys.executable, "-m", "stages.describe", "--config", str(config), "--set", "describe.samples=2"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert run.returncode == 0, run.stderr
     out_path = tmp_path / "root" / "descriptions" / "cli-set.yaml"
     assert f"written to {out_path}" in run.stdout + run.stderr  # a log line
     assert len(server.chat_requests()) == 14
 
-    diff = subprocess.run([sys.executable, "-m", "pipeline.cli", "describe", "--diff", "default-7", str(out_path)],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
+    diff = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "describe", "--diff", "default-7", str(out_path)],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert diff.returncode == 0, diff.stderr
     assert "== happiness (changed)" in diff.stdout and "raised cheeks" in diff.stdout
     assert "llm test-model @ 127.0.0.1" in diff.stdout and "7 changed" in diff.stdout
 
-    bad = subprocess.run([sys.executable, "-m", "stages.describe", "--config", str(config), "--set",
-                          "describe.template=nope"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
-                         timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "stages.describe", "--config", str(config), "--set", "describe.template=nope"],
+        cwd=tmp_path,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "unknown template 'nope'" in bad.stderr
 
 
 def test_killed_run_keeps_finished_answers_and_resumes(server, make_cfg, tmp_path):
     server.latency = 0.3
     config = _write_config(tmp_path, server, samples=2, concurrency=2)
-    proc = subprocess.Popen([sys.executable, "-m", "stages.describe", "--config", str(config)], cwd=tmp_path,
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stages.describe", "--config", str(config)],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     root = tmp_path / "root"
     deadline = time.monotonic() + 90  # a cold interpreter start is slow on a busy machine
     while len(cache_files(root)) < 4 and time.monotonic() < deadline and proc.poll() is None:

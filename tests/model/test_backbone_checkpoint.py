@@ -14,8 +14,15 @@ from pipeline.errors import UserError
 from pipeline.model import build_model, list_architectures, load_checkpoint, load_clip, save_checkpoint
 from pipeline.model.backbone import _resolve_quick_gelu
 
-MICRO = dict(clip_model="dferclip-micro", pretrained=None, num_frames=8, temporal_heads=2,
-             temporal_head_dim=32, temporal_mlp_dim=128, n_ctx=4)
+MICRO = dict(
+    clip_model="dferclip-micro",
+    pretrained=None,
+    num_frames=8,
+    temporal_heads=2,
+    temporal_head_dim=32,
+    temporal_mlp_dim=128,
+    n_ctx=4,
+)
 
 
 def test_tiny_architectures_are_registered():

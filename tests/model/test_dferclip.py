@@ -20,8 +20,16 @@ DESCRIPTIONS = {
 
 
 def micro(**overrides) -> ModelConfig:
-    base = dict(clip_model="dferclip-micro", pretrained=None, num_frames=8, temporal_depth=2,
-                temporal_heads=2, temporal_head_dim=32, temporal_mlp_dim=128, n_ctx=4)
+    base = dict(
+        clip_model="dferclip-micro",
+        pretrained=None,
+        num_frames=8,
+        temporal_depth=2,
+        temporal_heads=2,
+        temporal_head_dim=32,
+        temporal_mlp_dim=128,
+        n_ctx=4,
+    )
     base.update(overrides)
     return ModelConfig(**base)
 
@@ -47,8 +55,11 @@ def test_text_sources_and_positions():
     for source in ("class_names", "expression_of", "descriptions"):
         for position in ("end", "middle", "front"):
             for specific in (True, False):
-                m = build_model(micro(text_source=source, class_token_position=position,
-                                      class_specific_contexts=specific), CLASSES, DESCRIPTIONS)
+                m = build_model(
+                    micro(text_source=source, class_token_position=position, class_specific_contexts=specific),
+                    CLASSES,
+                    DESCRIPTIONS,
+                )
                 assert m(video).shape == (1, 3)
                 assert m.prompt_learner.ctx.shape == ((3, 4, 64) if specific else (4, 64))
 

@@ -23,8 +23,17 @@ from pipeline.synth import render_clip, write_video
 from pipeline.train.transforms import ClipTransform, SelectFrames, model_layout
 from stages.predict import cli
 
-MICRO = ModelConfig(clip_model="dferclip-micro", pretrained=None, num_frames=8, temporal_heads=2, temporal_head_dim=32,
-                    temporal_mlp_dim=128, n_ctx=4, text_source="class_names", logit_scale=100.0)
+MICRO = ModelConfig(
+    clip_model="dferclip-micro",
+    pretrained=None,
+    num_frames=8,
+    temporal_heads=2,
+    temporal_head_dim=32,
+    temporal_mlp_dim=128,
+    n_ctx=4,
+    text_source="class_names",
+    logit_scale=100.0,
+)
 LABELS = ["happiness", "sadness", "surprise"]
 
 
@@ -46,7 +55,11 @@ def inputs(tmp_path_factory):
     videos = root / "videos"
     videos.mkdir()
     # Names chosen so natural order (2 before 10) differs from plain string order.
-    for name, label, seed in (("clip10.mp4", "happiness", 1), ("clip2.mp4", "sadness", 2), ("clip3.mp4", "surprise", 6)):
+    for name, label, seed in (
+        ("clip10.mp4", "happiness", 1),
+        ("clip2.mp4", "sadness", 2),
+        ("clip3.mp4", "surprise", 6),
+    ):
         write_video(videos / name, render_clip(label, np.random.default_rng(seed), num_frames=12, size=(160, 128)), 12)
     frames = root / "frames"
     frames.mkdir()
@@ -54,25 +67,47 @@ def inputs(tmp_path_factory):
         cv2.imwrite(str(frames / f"{t}.png"), rgb[:, :, ::-1])
     noface = root / "noface.mp4"
     rng = np.random.default_rng(5)
-    write_video(noface, [np.full((96, 128, 3), 90, np.uint8) + rng.integers(0, 20, (96, 128, 3), dtype=np.uint8)
-                         for _ in range(9)], 12)
+    write_video(
+        noface,
+        [np.full((96, 128, 3), 90, np.uint8) + rng.integers(0, 20, (96, 128, 3), dtype=np.uint8) for _ in range(9)],
+        12,
+    )
     broken = root / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 20)
     empty = root / "empty_dir"
     empty.mkdir()
-    return {"root": root, "videos": videos, "frames": frames, "noface": noface, "broken": broken, "empty": empty,
-            "video_files": [videos / "clip2.mp4", videos / "clip3.mp4", videos / "clip10.mp4"]}
+    return {
+        "root": root,
+        "videos": videos,
+        "frames": frames,
+        "noface": noface,
+        "broken": broken,
+        "empty": empty,
+        "video_files": [videos / "clip2.mp4", videos / "clip3.mp4", videos / "clip10.mp4"],
+    }
 
 
 def _eval_path_probs(model, path, prep: PreprocessConfig) -> np.ndarray:
     """What evaluation computes for ``path``: preprocess's shard row -> SelectFrames -> eval transform."""
-    cropper = ClipCropper(build_detector(prep.detector, prep.yunet_model, prep.detect_max_side),
-                          detect_every=prep.detect_every, margin=prep.margin, crop_size=prep.crop_size,
-                          jpeg_quality=prep.jpeg_quality)
-    row, _ = process_clip({"source": str(path), "clip_id": "c", "dataset": "d", "label": 0, "label_name": "x",
-                           "splits": ["1:test"]}, cropper)
-    table = pa.table({"clip_id": ["c"], "label": pa.array([0], pa.int64()), "num_frames": [row["num_frames"]],
-                      "frames": pa.array([row["frames"]], pa.list_(pa.binary()))})
+    cropper = ClipCropper(
+        build_detector(prep.detector, prep.yunet_model, prep.detect_max_side),
+        detect_every=prep.detect_every,
+        margin=prep.margin,
+        crop_size=prep.crop_size,
+        jpeg_quality=prep.jpeg_quality,
+    )
+    row, _ = process_clip(
+        {"source": str(path), "clip_id": "c", "dataset": "d", "label": 0, "label_name": "x", "splits": ["1:test"]},
+        cropper,
+    )
+    table = pa.table(
+        {
+            "clip_id": ["c"],
+            "label": pa.array([0], pa.int64()),
+            "num_frames": [row["num_frames"]],
+            "frames": pa.array([row["frames"]], pa.list_(pa.binary())),
+        }
+    )
     selected = SelectFrames(model.num_frames)(table)
     video = ClipTransform(model.num_frames, model.image_size, train=False, preselected=True)(selected)["video"]
     with torch.no_grad():
@@ -153,18 +188,36 @@ def test_batching_and_threads_give_the_same_results_as_one_by_one(ckpt, inputs):
 def test_expand_inputs(inputs):
     got = expand_inputs([inputs["videos"], inputs["frames"], inputs["empty"], inputs["root"] / "missing.mp4"])
     assert [p for p, _ in got] == [str(p) for p in inputs["video_files"]] + [
-        str(inputs["frames"]), str(inputs["empty"]), str(inputs["root"] / "missing.mp4")]
+        str(inputs["frames"]),
+        str(inputs["empty"]),
+        str(inputs["root"] / "missing.mp4"),
+    ]
     assert [e is None for _, e in got] == [True, True, True, True, False, False]
     assert "no frame images" in got[4][1] and got[5][1] == "file not found"
 
 
 def test_cli_json_lines_report_errors_and_exit_1(ckpt, inputs, capsys, caplog):
-    rc = cli(["--checkpoint", str(ckpt), "--json", "--top", "2", "--batch-size", "2",
-              str(inputs["videos"]), str(inputs["broken"]), str(inputs["empty"])])
+    rc = cli(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--json",
+            "--top",
+            "2",
+            "--batch-size",
+            "2",
+            str(inputs["videos"]),
+            str(inputs["broken"]),
+            str(inputs["empty"]),
+        ]
+    )
     out, _ = capsys.readouterr()
     rows = [json.loads(line) for line in out.splitlines()]
     assert rc == 1
-    assert [r["path"] for r in rows] == [str(p) for p in inputs["video_files"]] + [str(inputs["broken"]), str(inputs["empty"])]
+    assert [r["path"] for r in rows] == [str(p) for p in inputs["video_files"]] + [
+        str(inputs["broken"]),
+        str(inputs["empty"]),
+    ]
     for r in rows[:3]:
         assert r["ok"] and r["error"] is None and set(r["probabilities"]) == set(CLASSES_7)
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -204,8 +257,20 @@ def test_cli_bad_checkpoint_or_option_exits_2(ckpt, inputs, tmp_path, capsys):
     bogus.write_bytes(b"not a checkpoint")
     assert cli(["--checkpoint", str(bogus), str(inputs["frames"])]) == 2
     assert str(bogus) in capsys.readouterr().err
-    assert cli(["--checkpoint", str(ckpt), "--detector", "yunet", "--yunet-model", str(tmp_path / "no.onnx"),
-                str(inputs["frames"])]) == 2
+    assert (
+        cli(
+            [
+                "--checkpoint",
+                str(ckpt),
+                "--detector",
+                "yunet",
+                "--yunet-model",
+                str(tmp_path / "no.onnx"),
+                str(inputs["frames"]),
+            ]
+        )
+        == 2
+    )
     assert "no.onnx" in capsys.readouterr().err
 
 
@@ -213,8 +278,9 @@ def test_cli_crops_as_the_checkpoint_records_unless_told_otherwise(ckpt, inputs,
     """A checkpoint from the train stage carries its shards' preprocess settings; predict uses them."""
     model, extra = load_checkpoint(ckpt)
     recorded = PreprocessConfig(margin=0.0, crop_size=40, detect_every=3)
-    with_crops = save_checkpoint(model, tmp_path / "with_crops.pt",
-                                 {**extra, "preprocess": {**crop_options(recorded), "num_workers": 2}})
+    with_crops = save_checkpoint(
+        model, tmp_path / "with_crops.pt", {**extra, "preprocess": {**crop_options(recorded), "num_workers": 2}}
+    )
     path = inputs["video_files"][0]
 
     def cli_probs(*args) -> np.ndarray:
@@ -224,7 +290,9 @@ def test_cli_crops_as_the_checkpoint_records_unless_told_otherwise(ckpt, inputs,
 
     np.testing.assert_allclose(cli_probs(), _eval_path_probs(model, path, recorded), atol=1e-5)
     # a flag overrides one recorded setting and keeps the others
-    np.testing.assert_allclose(cli_probs("--margin", "0.6"),
-                               _eval_path_probs(model, path, PreprocessConfig(margin=0.6, crop_size=40, detect_every=3)),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        cli_probs("--margin", "0.6"),
+        _eval_path_probs(model, path, PreprocessConfig(margin=0.6, crop_size=40, detect_every=3)),
+        atol=1e-5,
+    )
     assert np.abs(cli_probs() - _eval_path_probs(model, path, PreprocessConfig())).max() > 1e-3

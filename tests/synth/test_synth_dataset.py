@@ -67,8 +67,9 @@ def test_same_seed_same_dataset_any_workers_and_another_seed_differs(small_datas
     assert again.read_text() == small_dataset.read_text()
     for row in _rows(again)[:5]:
         assert (again.parent / row["path"]).read_bytes() == (small_dataset.parent / row["path"]).read_bytes()
-    fresh = generate_dataset(tmp_path / "fresh", 5, seed=4, num_frames=FRAMES, size=SIZE, fps=FPS, workers=1,
-                             classes=("fear",))
+    fresh = generate_dataset(
+        tmp_path / "fresh", 5, seed=4, num_frames=FRAMES, size=SIZE, fps=FPS, workers=1, classes=("fear",)
+    )
     first = _rows(fresh)[0]["path"]
     assert (fresh.parent / first).read_bytes() != (small_dataset.parent / first).read_bytes()
 
@@ -98,9 +99,24 @@ def test_bad_arguments_name_the_argument(tmp_path, kwargs, message):
 
 
 def test_cli_writes_the_dataset_and_reports_progress(tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline")
-    code = dferclip.main(["demo-data", "--out", str(tmp_path / "d"), "--clips-per-class", "1",
-                          "--frames", "8", "--size", "128x96", "--workers", "1", "--test-fraction", "0"])
+    caplog.set_level(logging.DEBUG, logger="pipeline")  # the progress summary is a debug line
+    code = dferclip.main(
+        [
+            "demo-data",
+            "--out",
+            str(tmp_path / "d"),
+            "--clips-per-class",
+            "1",
+            "--frames",
+            "8",
+            "--size",
+            "128x96",
+            "--workers",
+            "1",
+            "--test-fraction",
+            "0",
+        ]
+    )
     assert code == 0
     assert "labels.csv" in caplog.text and f"{len(CLASSES_7)}/{len(CLASSES_7)} clips" in caplog.text
     assert len(_rows(tmp_path / "d" / "labels.csv")) == len(CLASSES_7)

@@ -76,8 +76,10 @@ def test_first_frames_are_the_same_face_in_every_class_and_apex_differs_only_in_
     identical across classes (every clip starts neutral) and the apex frames differ from the
     neutral clip's inside the face box only."""
     seed = 5
-    clips = {label: render_clip(label, np.random.default_rng(seed), num_frames=12, size=SIZE, return_boxes=True)
-             for label in CLASSES_7}
+    clips = {
+        label: render_clip(label, np.random.default_rng(seed), num_frames=12, size=SIZE, return_boxes=True)
+        for label in CLASSES_7
+    }
     neutral_frames, boxes = clips["neutral"]
     for label, (frames, _) in clips.items():
         assert np.array_equal(frames[0], neutral_frames[0]), label

@@ -52,9 +52,13 @@ def train_store(tmp_path_factory, ray_local) -> Path:
     base = tmp_path_factory.mktemp("train_store")
     records = write_clip_folders(base / "frames")
     root = base / "store"
-    run_preprocess(str(root), DatasetConfig(name="dfew", classes=list(CLASSES)),
-                   PreprocessConfig(detector="none", crop_size=FRAME_SIZE, jpeg_quality=95, num_workers=1),
-                   clips=records, log=lambda _msg: None)
+    run_preprocess(
+        str(root),
+        DatasetConfig(name="dfew", classes=list(CLASSES)),
+        PreprocessConfig(detector="none", crop_size=FRAME_SIZE, jpeg_quality=95, num_workers=1),
+        clips=records,
+        log=lambda _msg: None,
+    )
     return root
 
 
@@ -64,11 +68,29 @@ def tiny_config(root: Path, path: Path, **train) -> Path:
         "name": "tiny",
         "storage": {"root": str(root)},
         "dataset": {"name": "dfew", "classes": list(CLASSES)},
-        "model": {"clip_model": "dferclip-micro", "pretrained": None, "num_frames": 16, "temporal_heads": 2,
-                  "temporal_head_dim": 32, "temporal_mlp_dim": 128, "n_ctx": 4},
-        "train": {"fold": 1, "epochs": 2, "batch_size": 2, "eval_batch_size": 8, "num_workers": 2,
-                  "cpus_per_worker": 1, "lr_image_encoder": 1e-4, "lr_temporal": 1e-2, "lr_prompt": 1e-3,
-                  "milestones": [30, 40], "data_loader_threads": 1, **train},
+        "model": {
+            "clip_model": "dferclip-micro",
+            "pretrained": None,
+            "num_frames": 16,
+            "temporal_heads": 2,
+            "temporal_head_dim": 32,
+            "temporal_mlp_dim": 128,
+            "n_ctx": 4,
+        },
+        "train": {
+            "fold": 1,
+            "epochs": 2,
+            "batch_size": 2,
+            "eval_batch_size": 8,
+            "num_workers": 2,
+            "cpus_per_worker": 1,
+            "lr_image_encoder": 1e-4,
+            "lr_temporal": 1e-2,
+            "lr_prompt": 1e-3,
+            "milestones": [30, 40],
+            "data_loader_threads": 1,
+            **train,
+        },
     }
     path.write_text(yaml.safe_dump(cfg))
     return path

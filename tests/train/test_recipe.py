@@ -20,12 +20,26 @@ T, E = 4, 64  # frames per clip; dferclip-micro's embedding width
 
 
 def _spec(**train) -> RunSpec:
-    model = ModelConfig(clip_model="dferclip-micro", pretrained=None, num_frames=T, n_ctx=2, temporal_depth=1,
-                        text_source="class_names")
-    base = dict(epochs=3, optimizer="adamw", lr_temporal=1e-2, lr_prompt=1e-2, lr_schedule="cosine", milestones=[],
-                warmup_epochs=0, batch_size=8, eval_batch_size=8, selection="test", best_metric="uar", seed=3)
-    return RunSpec(model=model, train=TrainConfig(**{**base, **train}), class_names=CLASSES, descriptions=None,
-                   run_name="unit")
+    model = ModelConfig(
+        clip_model="dferclip-micro", pretrained=None, num_frames=T, n_ctx=2, temporal_depth=1, text_source="class_names"
+    )
+    base = dict(
+        epochs=3,
+        optimizer="adamw",
+        lr_temporal=1e-2,
+        lr_prompt=1e-2,
+        lr_schedule="cosine",
+        milestones=[],
+        warmup_epochs=0,
+        batch_size=8,
+        eval_batch_size=8,
+        selection="test",
+        best_metric="uar",
+        seed=3,
+    )
+    return RunSpec(
+        model=model, train=TrainConfig(**{**base, **train}), class_names=CLASSES, descriptions=None, run_name="unit"
+    )
 
 
 def _data(seed: int = 0, n: int = 24):
@@ -38,13 +52,14 @@ def _data(seed: int = 0, n: int = 24):
 
 
 def _batches(x, labels, size=8):
-    return [(x[i:i + size], labels[i:i + size]) for i in range(0, len(labels), size)]
+    return [(x[i : i + size], labels[i : i + size]) for i in range(0, len(labels), size)]
 
 
 def _recipe(spec: RunSpec, **kw) -> Recipe:
     model = build_frozen_model(spec)
-    return Recipe(spec, model, device=torch.device("cpu"), forward=model.logits_from_frames,
-                  train_image_encoder=False, **kw)
+    return Recipe(
+        spec, model, device=torch.device("cpu"), forward=model.logits_from_frames, train_image_encoder=False, **kw
+    )
 
 
 def _metrics(uar: float, loss: float) -> EvalMetrics:
@@ -57,8 +72,14 @@ def _train_row():
 
 def test_selection_split_and_reported_metrics_follow_the_protocol():
     assert selection_split("test") == "test" and selection_split("validation") == "val"
-    assert reported_metrics("validation", "loss") == ["val_uar", "val_war", "val_loss", "train_loss", "train_acc",
-                                                      "best_loss"]
+    assert reported_metrics("validation", "loss") == [
+        "val_uar",
+        "val_war",
+        "val_loss",
+        "train_loss",
+        "train_acc",
+        "best_loss",
+    ]
     assert _spec(selection="validation").eval_splits == ("test", "val")
     assert _spec().eval_splits == ("test",)
 
@@ -68,19 +89,32 @@ def test_epochs_train_and_the_row_has_the_documented_keys():
     recipe = _recipe(spec)
     x, y = _data()
     first = None
-    for epoch in recipe.epochs():
+    for _epoch in recipe.epochs():
         train = recipe.train_epoch(_batches(x, y))
         first = first or train["train_loss"]
         row, _ = recipe.end_epoch(train, {"test": recipe.evaluate(_batches(x, y))}, seconds=0.5)
     assert [r["epoch"] for r in recipe.state.history] == [1, 2, 3] and recipe.last_epoch
     assert row["train_loss"] < 0.7 * first  # separable data: the step learns
-    expected = {"epoch", "train_loss", "train_acc", "lr", "lr_prompt", "test_loss", "test_uar", "test_war",
-                "best_uar", "best_epoch", "seconds"} | {f"test_recall_{c}" for c in CLASSES}
+    expected = {
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "lr",
+        "lr_prompt",
+        "test_loss",
+        "test_uar",
+        "test_war",
+        "best_uar",
+        "best_epoch",
+        "seconds",
+    } | {f"test_recall_{c}" for c in CLASSES}
     assert set(row) == expected
     # every key is one of METRIC_KEYS' patterns
     patterns = [k.replace("{split}", "test").replace("<class>", "").replace("<metric>", "") for k in METRIC_KEYS]
-    assert all(any(key == p or (p.endswith("_") and key.startswith(p)) or key.startswith("lr_") for p in patterns)
-               for key in row)
+    assert all(
+        any(key == p or (p.endswith("_") and key.startswith(p)) or key.startswith("lr_") for p in patterns)
+        for key in row
+    )
     # the row's learning rate is the temporal group's, before the schedule stepped (cosine, epoch 3 of 3)
     assert row["lr"] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
 

@@ -13,8 +13,8 @@ from pipeline.metrics import EvalMetrics, confusion_matrix, per_class_recall, ua
 from pipeline.train.sampling import sample_indices
 from pipeline.train.transforms import AugmentSpec, ClipTransform, SelectFrames, decode_rgb, model_layout
 
-
 # ---- sampling --------------------------------------------------------------------------------
+
 
 def test_eval_indices_are_segment_middles():
     # 32 frames, T = 16: segments of 2 frames, middles at 1, 3, 5, ...
@@ -62,6 +62,7 @@ def test_sampling_rejects_bad_input():
 
 # ---- metrics ---------------------------------------------------------------------------------
 
+
 def test_uar_war_on_a_known_confusion_matrix():
     y_true = [0] * 10 + [1] * 5 + [2] * 5
     y_pred = [0] * 8 + [1] * 2 + [1] * 4 + [2] * 1 + [2] * 5
@@ -85,6 +86,7 @@ def test_confusion_matrix_rejects_out_of_range_labels():
 
 # ---- transform -------------------------------------------------------------------------------
 
+
 def _jpeg(img: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok
@@ -99,15 +101,24 @@ def _table(n_frames=(20, 5), size=64) -> pa.Table:
         for t in range(n):
             img = np.zeros((size, size, 3), np.uint8)
             img[:, : size // 2] = (250, 0, 0)  # BGR blue on the left half
-            img[:, size // 2:] = (0, 0, 250)  # red on the right half
+            img[:, size // 2 :] = (0, 0, 250)  # red on the right half
             img[: size // 4, : size // 4] = min(250, 10 * t)  # a frame counter patch
             frames.append(_jpeg(img + rng.integers(0, 3, img.shape, dtype=np.uint8)))
         rows["clip_id"].append(f"clip{k}")
         rows["label"].append(k)
         rows["num_frames"].append(n)
         rows["frames"].append(frames)
-    return pa.table(rows, schema=pa.schema([("clip_id", pa.string()), ("label", pa.int32()),
-                                            ("num_frames", pa.int32()), ("frames", pa.list_(pa.binary()))]))
+    return pa.table(
+        rows,
+        schema=pa.schema(
+            [
+                ("clip_id", pa.string()),
+                ("label", pa.int32()),
+                ("num_frames", pa.int32()),
+                ("frames", pa.list_(pa.binary())),
+            ]
+        ),
+    )
 
 
 def test_decode_rgb_matches_opencv_and_scales_in_the_dct():
@@ -186,7 +197,7 @@ def test_train_transform_pixels_match_a_plain_reference():
         checked_flip.add(flip)
         for k, j in enumerate(idx):
             rgb = cv2.imdecode(np.frombuffer(frames[j], np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
-            crop = cv2.convertScaleAbs(np.ascontiguousarray(rgb[y0:y0 + ch, x0:x0 + cw]), alpha=factor)
+            crop = cv2.convertScaleAbs(np.ascontiguousarray(rgb[y0 : y0 + ch, x0 : x0 + cw]), alpha=factor)
             if flip:
                 crop = np.ascontiguousarray(crop[:, ::-1])
             assert np.array_equal(video[k], cv2.resize(crop, (32, 32), interpolation=cv2.INTER_LINEAR)), (epoch, k)

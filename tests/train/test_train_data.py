@@ -25,8 +25,10 @@ def test_cached_train_data_gives_the_same_samples_as_streaming(train_store):
     assert shards.share_mb(len(plan.train), index.num_rows) == pytest.approx(whole * len(plan.train) / index.num_rows)
 
     spec = AugmentSpec(scale=(0.5, 1.0), brightness=0.3)
-    make = lambda cache: train_dataset(shards, plan.train, num_frames=8, image_size=32, augment=spec,  # noqa: E731
-                                       seed=3, cache=cache)
+
+    def make(cache):
+        return train_dataset(shards, plan.train, num_frames=8, image_size=32, augment=spec, seed=3, cache=cache)
+
     streamed, cached = _samples(make(False)), _samples(make(True))
     assert len(streamed) == len(plan.train)
     # Sampling and augmentation are seeded per clip, not per read order: caching changes nothing.

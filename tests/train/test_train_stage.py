@@ -29,8 +29,15 @@ def trained(train_store, tmp_path_factory):
     """
     from stages.train import main
 
-    cfg_path = tiny_config(train_store, tmp_path_factory.mktemp("cfg") / "tiny.yaml", optimizer="adamw",
-                           lr_image_encoder=1e-3, lr_temporal=1e-3, lr_prompt=1e-3, weight_decay=0.0)
+    cfg_path = tiny_config(
+        train_store,
+        tmp_path_factory.mktemp("cfg") / "tiny.yaml",
+        optimizer="adamw",
+        lr_image_encoder=1e-3,
+        lr_temporal=1e-3,
+        lr_prompt=1e-3,
+        weight_decay=0.0,
+    )
     out = main(load_config(cfg_path))
     summary = out["runs"][0]
     return {"cfg_path": cfg_path, "summary": summary, "run_dir": Path(summary["paths"]["run_dir"])}
@@ -129,9 +136,12 @@ def test_killed_worker_restarts_from_last_checkpoint(train_store, tmp_path):
     Also covers the honest protocol: selection on a validation split, test reported once."""
     from stages.train import main
 
-    cfg = load_config(tiny_config(train_store, tmp_path / "fail.yaml", fail_once_at_epoch=2,
-                                  selection="validation", val_fraction=0.34),
-                      [f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlflow.db", "tracking.log_checkpoint=false"])
+    cfg = load_config(
+        tiny_config(
+            train_store, tmp_path / "fail.yaml", fail_once_at_epoch=2, selection="validation", val_fraction=0.34
+        ),
+        [f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlflow.db", "tracking.log_checkpoint=false"],
+    )
     summary = main(cfg)["runs"][0]
     run = Path(summary["paths"]["run_dir"])
     assert (run / "fault_injected_epoch2").is_file()
@@ -168,8 +178,25 @@ def test_kfold_command_writes_per_fold_and_mean_table(train_store, tmp_path):
 
     cfg_path = tiny_config(train_store, tmp_path / "kfold.yaml")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    assert cli(["--config", str(cfg_path), "--folds", "1,2", "--set", "train.epochs=1",
-                "--set", "train.num_workers=1", "--set", "train.batch_size=4", "--set", f"tracking.mlflow_uri={uri}"]) == 0
+    assert (
+        cli(
+            [
+                "--config",
+                str(cfg_path),
+                "--folds",
+                "1,2",
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "train.num_workers=1",
+                "--set",
+                "train.batch_size=4",
+                "--set",
+                f"tracking.mlflow_uri={uri}",
+            ]
+        )
+        == 0
+    )
     latest = json.loads((train_store / "train" / "latest.json").read_text())
     table = pl.read_csv(Path(latest["kfold"]["dir"]) / "folds.csv")
     assert table["fold"].to_list() == ["1", "2", "mean", "std"]

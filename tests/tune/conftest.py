@@ -38,17 +38,34 @@ def make_shards(root: Path, dataset: str = "demo", clips_per_class: int = 4, see
         for k in range(clips_per_class):
             n = int(rng.integers(6, 24))  # some clips shorter than 16 frames: padding path
             split = "1:test" if k == clips_per_class - 1 else "1:train"
-            rows.append({
-                "clip_id": f"{name}-{k:02d}", "dataset": dataset, "label": label, "label_name": name,
-                "splits": [split], "num_frames": n, "frames": _clip_frames(label, n, rng),
-                "boxes": [[0.0, 0.0, 32.0, 32.0]] * n, "face_fallback": False,
-                "source_path": f"/generated/{name}-{k:02d}", "fps": 25.0,
-            })
+            rows.append(
+                {
+                    "clip_id": f"{name}-{k:02d}",
+                    "dataset": dataset,
+                    "label": label,
+                    "label_name": name,
+                    "splits": [split],
+                    "num_frames": n,
+                    "frames": _clip_frames(label, n, rng),
+                    "boxes": [[0.0, 0.0, 32.0, 32.0]] * n,
+                    "face_fallback": False,
+                    "source_path": f"/generated/{name}-{k:02d}",
+                    "fps": 25.0,
+                }
+            )
     half = len(rows) // 2
     write_shard(storage, rel, rows[:half], "test")
     write_shard(storage, rel, rows[half:], "test")
-    write_manifest(storage, rel, {"schema_version": SCHEMA_VERSION, "dataset": dataset, "classes": list(CLASSES_7),
-                                  "counts": shard_counts(storage, rel)})
+    write_manifest(
+        storage,
+        rel,
+        {
+            "schema_version": SCHEMA_VERSION,
+            "dataset": dataset,
+            "classes": list(CLASSES_7),
+            "counts": shard_counts(storage, rel),
+        },
+    )
     return storage
 
 

@@ -19,8 +19,14 @@ from pipeline.train.sampling import sample_indices
 from pipeline.train.transforms import ClipTransform, model_layout
 from pipeline.tune.embeddings import MANIFEST, backbone_key, ensure_embeddings, load_embeddings
 
-MICRO = ModelConfig(clip_model="dferclip-micro", pretrained=None, temporal_heads=2, temporal_head_dim=32,
-                    temporal_mlp_dim=128, text_source="class_names")
+MICRO = ModelConfig(
+    clip_model="dferclip-micro",
+    pretrained=None,
+    temporal_heads=2,
+    temporal_head_dim=32,
+    temporal_mlp_dim=128,
+    text_source="class_names",
+)
 
 
 def test_backbone_key_separates_what_changes_an_embedding():
@@ -45,7 +51,9 @@ def test_cache_is_computed_once_and_matches_the_training_eval_path(ray_local, sh
     assert table.schema.field("embeddings").type == pa.list_(pa.list_(pa.float32(), 64))
     shards = pa.concat_tables([pq.read_table(p) for p in shard_paths(storage, shard_dir(storage, "demo"))])
     stored = dict(zip(shards.column("clip_id").to_pylist(), shards.column("num_frames").to_pylist()))
-    assert {c: len(e) for c, e in zip(table.column("clip_id").to_pylist(), table.column("embeddings").to_pylist())} == stored
+    assert {
+        c: len(e) for c, e in zip(table.column("clip_id").to_pylist(), table.column("embeddings").to_pylist())
+    } == stored
 
     again = ensure_embeddings(storage, "demo", MICRO, list(CLASSES_7), seed=0)
     assert again.reused and again.rel_dir == info.rel_dir and again.seconds == 0.0

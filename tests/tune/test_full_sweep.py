@@ -22,8 +22,14 @@ def test_full_sweep_runs_train_per_trial(ray_local, shard_root):
     # Trials one at a time: a driver (0.5 CPU) + one Train worker (1 CPU) leaves the session's
     # other CPUs to Ray Data — so a single Train placement group left behind by a trial that
     # ASHA stopped would starve every later trial (pipeline/tune/stopping.py).
-    cfg = _config(shard_root, "tune.frozen_encoder=false", "tune.name=full", "train.cpus_per_worker=1.0",
-                  "train.epochs=2", "train.milestones=[1]")
+    cfg = _config(
+        shard_root,
+        "tune.frozen_encoder=false",
+        "tune.name=full",
+        "train.cpus_per_worker=1.0",
+        "train.epochs=2",
+        "train.milestones=[1]",
+    )
     out = stage.main(cfg)
     assert not out.interrupted
     table = _check_outputs(out, cfg)  # ASHA stopped at least one trial after epoch 1; others ran both

@@ -37,8 +37,10 @@ def _broken(user: str, what: str, detail: str = "") -> str:
     import ray
 
     why = f" ({detail})" if detail else ""
-    return (f"{user} relies on {what}, which Ray {ray.__version__} no longer has{why}; update {user} and the "
-            f"pin in pyproject.toml (ray{_ray_range()}, the range this was written and tested for)")
+    return (
+        f"{user} relies on {what}, which Ray {ray.__version__} no longer has{why}; update {user} and the "
+        f"pin in pyproject.toml (ray{_ray_range()}, the range this was written and tested for)"
+    )
 
 
 def _attr(user: str, dotted: str):
@@ -69,6 +71,7 @@ RAYCLUSTER = "pipeline/raycluster.py"
 
 # ---------------------------------------------------------------- the pin itself
 
+
 def test_installed_ray_is_the_pinned_one():
     import ray
     from packaging.requirements import Requirement
@@ -76,7 +79,8 @@ def test_installed_ray_is_the_pinned_one():
     req = Requirement(_ray_requirement())
     assert req.specifier.contains(ray.__version__, prereleases=True), (
         f"Ray {ray.__version__} is installed but pyproject.toml pins {req}: reinstall (`make install`), or move "
-        f"the pin and check every internal in this file")
+        f"the pin and check every internal in this file"
+    )
     assert {"default", "train", "tune"} <= req.extras, f"{req}: the pipeline needs Ray's default, train and tune extras"
 
 
@@ -84,20 +88,27 @@ def test_stopping_names_the_same_range_as_pyproject():
     from pipeline.tune import stopping
 
     assert stopping.RAY_RANGE == _ray_range(), (
-        f"{STOPPING}: RAY_RANGE {stopping.RAY_RANGE!r} but pyproject.toml pins ray{_ray_range()}; keep them equal")
+        f"{STOPPING}: RAY_RANGE {stopping.RAY_RANGE!r} but pyproject.toml pins ray{_ray_range()}; keep them equal"
+    )
 
 
 # ---------------------------------------------------------------- pipeline/tune/stopping.py
 
+
 def test_train_user_callback_is_the_v2_class_with_after_report():
     cls = _attr(STOPPING, "ray.train.v2.api.callback.UserCallback")
     public = _attr(STOPPING, "ray.train.UserCallback")
-    assert public is cls, _broken(STOPPING, "ray.train.v2.api.callback.UserCallback",
-                                  "ray.train.UserCallback is another class: is Ray Train V2 off?")
+    assert public is cls, _broken(
+        STOPPING,
+        "ray.train.v2.api.callback.UserCallback",
+        "ray.train.UserCallback is another class: is Ray Train V2 off?",
+    )
     after_report = _attr(STOPPING, "ray.train.v2.api.callback.UserCallback.after_report")
     assert _params(after_report) == ["self", "run_context", "metrics", "checkpoint"], _broken(
-        STOPPING, "UserCallback.after_report(self, run_context, metrics, checkpoint)",
-        f"its parameters are now {_params(after_report)}")
+        STOPPING,
+        "UserCallback.after_report(self, run_context, metrics, checkpoint)",
+        f"its parameters are now {_params(after_report)}",
+    )
 
 
 def test_user_callbacks_run_in_the_train_controller_actor():
@@ -106,18 +117,22 @@ def test_user_callbacks_run_in_the_train_controller_actor():
     controller = _attr(STOPPING, "ray.train.v2._internal.execution.controller.controller.TrainController")
     start = _attr(STOPPING, "ray.train.v2.api.data_parallel_trainer.DataParallelTrainer._initialize_and_run_controller")
     assert "TrainController" in inspect.getsource(start), _broken(
-        STOPPING, "DataParallelTrainer._initialize_and_run_controller starting TrainController as an actor",
-        "it no longer names TrainController")
+        STOPPING,
+        "DataParallelTrainer._initialize_and_run_controller starting TrainController as an actor",
+        "it no longer names TrainController",
+    )
     _attr(STOPPING, "ray.train.v2._internal.callbacks.user_callback.UserCallbackHandler.after_report")
     assert inspect.isclass(controller)
 
 
 def test_train_controller_abort_is_an_argument_free_actor_method():
     abort = _attr(STOPPING, "ray.train.v2._internal.execution.controller.controller.TrainController.abort")
-    assert _params(abort) == ["self"], _broken(STOPPING, "TrainController.abort(self)",
-                                               f"its parameters are now {_params(abort)}")
+    assert _params(abort) == ["self"], _broken(
+        STOPPING, "TrainController.abort(self)", f"its parameters are now {_params(abort)}"
+    )
     assert inspect.iscoroutinefunction(abort) or inspect.isfunction(abort), _broken(
-        STOPPING, "TrainController.abort as a method", f"it is now {type(abort).__name__}")
+        STOPPING, "TrainController.abort as a method", f"it is now {type(abort).__name__}"
+    )
 
 
 def test_tune_function_trainables_take_mixins_through_with_parameters_and_with_resources():
@@ -130,18 +145,26 @@ def test_tune_function_trainables_take_mixins_through_with_parameters_and_with_r
 
     trainable = wrap_function(full_trainable(setup=None, driver_cpus=1.0))
     mro = trainable.__mro__
-    ok = StopTrainRunWithTrial in mro and function_trainable in mro and (
-        mro.index(StopTrainRunWithTrial) < mro.index(function_trainable))
-    assert ok, _broken(STOPPING, "Tune's __mixins__ hook (wrap_function, kept by tune.with_parameters and "
-                                 "tune.with_resources)", f"the trainable's bases are {[c.__name__ for c in mro]}")
+    ok = (
+        StopTrainRunWithTrial in mro
+        and function_trainable in mro
+        and (mro.index(StopTrainRunWithTrial) < mro.index(function_trainable))
+    )
+    assert ok, _broken(
+        STOPPING,
+        "Tune's __mixins__ hook (wrap_function, kept by tune.with_parameters and tune.with_resources)",
+        f"the trainable's bases are {[c.__name__ for c in mro]}",
+    )
 
 
 def test_trainable_stop_calls_cleanup_and_knows_its_trial_id():
     trainable = _attr(STOPPING, "ray.tune.Trainable")
     assert "self.cleanup()" in inspect.getsource(trainable.stop), _broken(
-        STOPPING, "Trainable.stop() calling self.cleanup()", "stop() no longer calls it")
+        STOPPING, "Trainable.stop() calling self.cleanup()", "stop() no longer calls it"
+    )
     assert isinstance(inspect.getattr_static(trainable, "trial_id", None), property), _broken(
-        STOPPING, "the Trainable.trial_id property")
+        STOPPING, "the Trainable.trial_id property"
+    )
 
 
 def test_tune_waits_longer_for_a_stopping_trial_than_the_abort_takes():
@@ -152,26 +175,33 @@ def test_tune_waits_longer_for_a_stopping_trial_than_the_abort_takes():
     assert found, _broken(STOPPING, "TUNE_FORCE_TRIAL_CLEANUP_S in ray.tune.execution.tune_controller")
     assert ABORT_TIMEOUT_S < float(found[1]), (
         f"{STOPPING}: ABORT_TIMEOUT_S ({ABORT_TIMEOUT_S:g} s) must stay below Tune's TUNE_FORCE_TRIAL_CLEANUP_S "
-        f"default ({found[1]} s) in Ray {sys.modules['ray'].__version__}")
+        f"default ({found[1]} s) in Ray {sys.modules['ray'].__version__}"
+    )
 
 
 # ---------------------------------------------------------------- pipeline/raycluster.py
+
 
 def test_cluster_config_from_the_private_gcs_state():
     # check_resources falls back to live nodes when this is missing: no crash, but an autoscaling
     # cluster's GPU workers (min 0) would then be refused. Hence a test rather than a silent fallback.
     state = _attr(RAYCLUSTER, "ray._private.state.state")
     assert callable(getattr(state, "get_cluster_config", None)), _broken(
-        RAYCLUSTER, "ray._private.state.state.get_cluster_config()")
+        RAYCLUSTER, "ray._private.state.state.get_cluster_config()"
+    )
     assert _params(state.get_cluster_config) == [], _broken(
-        RAYCLUSTER, "ray._private.state.state.get_cluster_config()",
-        f"its parameters are now {_params(state.get_cluster_config)}")
+        RAYCLUSTER,
+        "ray._private.state.state.get_cluster_config()",
+        f"its parameters are now {_params(state.get_cluster_config)}",
+    )
     config = _attr(RAYCLUSTER, "ray.core.generated.autoscaler_pb2.ClusterConfig")
     groups = config.DESCRIPTOR.fields_by_name.get("node_group_configs")
     fields = set(groups.message_type.fields_by_name) if groups is not None and groups.message_type else set()
     assert {"resources", "max_count"} <= fields, _broken(
-        RAYCLUSTER, "autoscaler_pb2.ClusterConfig.node_group_configs[].resources / .max_count",
-        f"the node group fields are {sorted(fields)}")
+        RAYCLUSTER,
+        "autoscaler_pb2.ClusterConfig.node_group_configs[].resources / .max_count",
+        f"the node group fields are {sorted(fields)}",
+    )
 
 
 def test_parquet_footer_actor_count_is_still_read_by_ray_data():
@@ -181,4 +211,5 @@ def test_parquet_footer_actor_count_is_still_read_by_ray_data():
     name = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
     data_dir = Path(ray.data.__file__).parent
     assert any(name in p.read_text(errors="ignore") for p in data_dir.rglob("*.py")), _broken(
-        RAYCLUSTER, f"the {name} environment variable of Ray Data", "no module of ray.data reads it")
+        RAYCLUSTER, f"the {name} environment variable of Ray Data", "no module of ray.data reads it"
+    )

@@ -35,19 +35,27 @@ def test_default_space_is_the_papers_grid():
     assert cfg.space == {"model.n_ctx": [2, 4, 8, 16], "model.temporal_depth": [1, 2, 3, 4]}
     space, num_samples = param_space(cfg, base_seed=0)
     assert num_samples == 1
-    assert space == {"model.n_ctx": {"grid_search": [2, 4, 8, 16]}, "model.temporal_depth": {"grid_search": [1, 2, 3, 4]}}
+    assert space == {
+        "model.n_ctx": {"grid_search": [2, 4, 8, 16]},
+        "model.temporal_depth": {"grid_search": [1, 2, 3, 4]},
+    }
     assert swept_keys(cfg) == ["model.n_ctx", "model.temporal_depth"]
     assert expected_trials(cfg) == 16
     assert load_config(None).tune == cfg
 
 
 def test_grid_repeats_get_their_own_seeds_and_random_search_samples():
-    cfg = TuneConfig(space={"model.n_ctx": [4], "model.temporal_depth": [1, 2], "train.lr_prompt": [1e-3, 1e-2]},
-                     num_samples=3)
+    cfg = TuneConfig(
+        space={"model.n_ctx": [4], "model.temporal_depth": [1, 2], "train.lr_prompt": [1e-3, 1e-2]}, num_samples=3
+    )
     space, n = param_space(cfg, base_seed=7)
     assert n == 1
-    assert space == {"model.n_ctx": {"grid_search": [4]}, "model.temporal_depth": {"grid_search": [1, 2]},
-                     "train.lr_prompt": {"grid_search": [0.001, 0.01]}, "train.seed": {"grid_search": [7, 8, 9]}}
+    assert space == {
+        "model.n_ctx": {"grid_search": [4]},
+        "model.temporal_depth": {"grid_search": [1, 2]},
+        "train.lr_prompt": {"grid_search": [0.001, 0.01]},
+        "train.seed": {"grid_search": [7, 8, 9]},
+    }
     assert swept_keys(cfg) == ["model.n_ctx", "model.temporal_depth", "train.lr_prompt", "train.seed"]
     assert expected_trials(cfg) == 12
 
@@ -91,8 +99,16 @@ def test_set_replaces_one_entry_of_a_files_space(tmp_path):
 
 def test_apply_params_returns_a_new_validated_config():
     cfg = load_config(None)
-    out = apply_params(cfg, {"model.n_ctx": 16, "model.temporal_depth": 3, "train.lr_temporal": 0.5,
-                             "model.class_specific_contexts": False, "train.seed": 4})
+    out = apply_params(
+        cfg,
+        {
+            "model.n_ctx": 16,
+            "model.temporal_depth": 3,
+            "train.lr_temporal": 0.5,
+            "model.class_specific_contexts": False,
+            "train.seed": 4,
+        },
+    )
     assert (out.model.n_ctx, out.model.temporal_depth, out.model.class_specific_contexts) == (16, 3, False)
     assert (out.train.lr_temporal, out.train.seed, out.train.lr_prompt) == (0.5, 4, 0.001)
     assert (cfg.model.n_ctx, cfg.train.seed) == (8, 0)  # the input is not changed
@@ -134,16 +150,20 @@ def test_a_new_dimension_needs_no_code_change():
     assert swept_keys(cfg.tune) == ["model.class_token_position", "train.lr_temporal"]
     assert expected_trials(cfg.tune) == 4
     space, _ = param_space(cfg.tune, 0)
-    assert space == {"model.class_token_position": {"grid_search": ["end", "middle"]},
-                     "train.lr_temporal": {"grid_search": [0.01, 0.1]}}
+    assert space == {
+        "model.class_token_position": {"grid_search": ["end", "middle"]},
+        "train.lr_temporal": {"grid_search": [0.01, 0.1]},
+    }
     trial = apply_params(cfg, {"model.class_token_position": "middle", "train.lr_temporal": 0.1})
     assert (trial.model.class_token_position, trial.train.lr_temporal) == ("middle", 0.1)
     assert (trial.model.n_ctx, trial.model.temporal_depth) == (8, 1)  # not swept: the model section's values
 
 
 def test_space_structure_errors_name_the_key_path():
-    assert problems("tune.space={model.n_ctxx: [2], model.temporal_depth: [], train.lr_prompt: 0.1, "
-                    "model.n_ctx: [4, 4], train.augment: [{hflip: false}], train.epochs.x: [1]}") == [
+    assert problems(
+        "tune.space={model.n_ctxx: [2], model.temporal_depth: [], train.lr_prompt: 0.1, "
+        "model.n_ctx: [4, 4], train.augment: [{hflip: false}], train.epochs.x: [1]}"
+    ) == [
         "tune.space.model.n_ctxx: not a config field (did you mean model.n_ctx?)",
         "tune.space.model.temporal_depth: give at least one value",
         "tune.space.train.lr_prompt: expected a list of candidate values, got 0.1",
@@ -155,16 +175,22 @@ def test_space_structure_errors_name_the_key_path():
     assert problems("tune.space={storage: [a], dataset.nme: [b]}") == [
         "tune.space.storage: may not be swept: storage.* is where every stage reads and writes; "
         "all trials of a sweep share one storage root",
-        "tune.space.dataset.nme: not a config field (did you mean dataset.name?)"]
-    assert problems("tune.space={}") == ["tune.space: give at least one parameter to sweep, e.g. {model.n_ctx: [2, 4, 8, 16]}"]
+        "tune.space.dataset.nme: not a config field (did you mean dataset.name?)",
+    ]
+    assert problems("tune.space={}") == [
+        "tune.space: give at least one parameter to sweep, e.g. {model.n_ctx: [2, 4, 8, 16]}"
+    ]
     assert problems("tune.space={model.temporal_heads: [2], train.seed: [1, 2]}", "tune.num_samples=2") == [
         "tune.space.train.seed: grid search with num_samples > 1 already sweeps train.seed (train.seed + 0, 1, ...); "
-        "remove it from the space or set num_samples: 1"]
+        "remove it from the space or set num_samples: 1"
+    ]
 
 
 def test_candidate_values_are_validated_like_set_overrides():
-    assert problems("tune.space={model.n_ctx: [2, 4, 0], model.class_token_position: [end, top], "
-                    "train.lr_prompt: [-1.0], train.milestones: [[30, 40], [40, 30]], model.num_frames: [x]}") == [
+    assert problems(
+        "tune.space={model.n_ctx: [2, 4, 0], model.class_token_position: [end, top], "
+        "train.lr_prompt: [-1.0], train.milestones: [[30, 40], [40, 30]], model.num_frames: [x]}"
+    ) == [
         "tune.space.model.n_ctx[2]: n_ctx must be >= 1, got 0",
         "tune.space.model.class_token_position[1]: class_token_position expected one of 'end', 'middle', 'front', got 'top'",
         "tune.space.train.lr_prompt[0]: lr_prompt must be >= 0, got -1.0",
@@ -173,40 +199,56 @@ def test_candidate_values_are_validated_like_set_overrides():
     ]
     # A value whose problem shows in another field names both.
     assert problems("train.gpus_per_worker=0", "tune.space={train.use_gpu: [false, true]}") == [
-        "tune.space.train.use_gpu[1]: with train.use_gpu=True, train.gpus_per_worker: must be > 0 with use_gpu, got 0.0"]
+        "tune.space.train.use_gpu[1]: with train.use_gpu=True, train.gpus_per_worker: must be > 0 with use_gpu, got 0.0"
+    ]
 
 
-@pytest.mark.parametrize("path, why", [
-    ("name", "names the experiment and its outputs"),
-    ("storage.root", "all trials of a sweep share one storage root"),
-    ("dataset.root", "run one sweep per dataset"),
-    ("tune.metric", "holds the sweep's own settings"),
-    ("preprocess.crop_size", "every trial reads the same shards"),
-    ("describe.description_set", "is read once for the whole sweep"),
-    ("train.fold", "run one sweep per fold"),
-])
+@pytest.mark.parametrize(
+    "path, why",
+    [
+        ("name", "names the experiment and its outputs"),
+        ("storage.root", "all trials of a sweep share one storage root"),
+        ("dataset.root", "run one sweep per dataset"),
+        ("tune.metric", "holds the sweep's own settings"),
+        ("preprocess.crop_size", "every trial reads the same shards"),
+        ("describe.description_set", "is read once for the whole sweep"),
+        ("train.fold", "run one sweep per fold"),
+    ],
+)
 def test_paths_that_may_not_be_swept(path, why):
     (problem,) = problems(f"tune.space={{{path}: [a]}}")
     assert problem.startswith(f"tune.space.{path}: may not be swept: ") and why in problem
 
 
 def test_frozen_encoder_refuses_what_changes_the_embeddings_or_acts_on_pixels():
-    space = ("tune.space={model.clip_model: [ViT-B-32, ViT-B-16], model.pretrained: [openai, null], "
-             "model.weights: [null, w.pt], model.quick_gelu: [true, false], model.input_normalization: [clip, none], "
-             "train.augment.hflip: [true, false], train.lr_image_encoder: [0.0, 0.00001], model.n_ctx: [2, 4]}")
+    space = (
+        "tune.space={model.clip_model: [ViT-B-32, ViT-B-16], model.pretrained: [openai, null], "
+        "model.weights: [null, w.pt], model.quick_gelu: [true, false], model.input_normalization: [clip, none], "
+        "train.augment.hflip: [true, false], train.lr_image_encoder: [0.0, 0.00001], model.n_ctx: [2, 4]}"
+    )
     assert load_config(None, [space]).tune.space["model.input_normalization"] == ["clip", "none"]  # full mode: fine
     found = problems(space, "tune.frozen_encoder=true")
     assert [p.split(":")[0] for p in found] == [
-        "tune.space.model.clip_model", "tune.space.model.pretrained", "tune.space.model.weights",
-        "tune.space.model.quick_gelu", "tune.space.model.input_normalization", "tune.space.train.augment.hflip",
-        "tune.space.train.lr_image_encoder"]
+        "tune.space.model.clip_model",
+        "tune.space.model.pretrained",
+        "tune.space.model.weights",
+        "tune.space.model.quick_gelu",
+        "tune.space.model.input_normalization",
+        "tune.space.train.augment.hflip",
+        "tune.space.train.lr_image_encoder",
+    ]
     for p in found:
         assert "cannot be swept in frozen-encoder mode (tune.frozen_encoder: true)" in p
         assert p.endswith("sweep it in full mode (tune.frozen_encoder: false)")
     assert "acts on pixels" in found[5] and "has no effect" in found[6]
     # What the temporal model and prompts use is fine; so is the seed with pretrained weights (fixed embeddings).
-    ok = load_config(None, ["tune.frozen_encoder=true", "tune.space={model.n_ctx: [2], model.num_frames: [8, 16], "
-                                                        "train.lr_prompt: [0.001], train.seed: [0, 1]}"])
+    ok = load_config(
+        None,
+        [
+            "tune.frozen_encoder=true",
+            "tune.space={model.n_ctx: [2], model.num_frames: [8, 16], train.lr_prompt: [0.001], train.seed: [0, 1]}",
+        ],
+    )
     assert expected_trials(ok.tune) == 4
     # With random initial weights the seed makes the encoder too: part of the embedding cache key.
     (problem,) = problems("tune.frozen_encoder=true", "model.pretrained=null", "tune.space={train.seed: [0, 1]}")
@@ -215,8 +257,9 @@ def test_frozen_encoder_refuses_what_changes_the_embeddings_or_acts_on_pixels():
 
 def test_legacy_keys_are_migrated_into_space_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="pipeline.config"):
-        cfg = load_config(None, ["tune.n_ctx=[4]", "tune.temporal_depth=[1, 2]", "tune.lr_prompt=[0.001, 0.01]",
-                                 "tune.num_samples=3"])
+        cfg = load_config(
+            None, ["tune.n_ctx=[4]", "tune.temporal_depth=[1, 2]", "tune.lr_prompt=[0.001, 0.01]", "tune.num_samples=3"]
+        )
     assert [r.getMessage() for r in caplog.records] == [
         "tune.n_ctx is deprecated: write it as tune.space: {model.n_ctx: [4]}",
         "tune.temporal_depth is deprecated: write it as tune.space: {model.temporal_depth: [1, 2]}",
@@ -228,16 +271,28 @@ def test_legacy_keys_are_migrated_into_space_with_a_warning(caplog):
     # The same trials as the old keys gave: 1 x 2 x 2 values x 3 seeded repeats.
     assert swept_keys(t) == ["model.n_ctx", "model.temporal_depth", "train.lr_prompt", "train.seed"]
     assert expected_trials(t) == 12
-    assert param_space(t, 7) == ({"model.n_ctx": {"grid_search": [4]}, "model.temporal_depth": {"grid_search": [1, 2]},
-                                  "train.lr_prompt": {"grid_search": [0.001, 0.01]},
-                                  "train.seed": {"grid_search": [7, 8, 9]}}, 1)
+    assert param_space(t, 7) == (
+        {
+            "model.n_ctx": {"grid_search": [4]},
+            "model.temporal_depth": {"grid_search": [1, 2]},
+            "train.lr_prompt": {"grid_search": [0.001, 0.01]},
+            "train.seed": {"grid_search": [7, 8, 9]},
+        },
+        1,
+    )
     # A legacy key alone adds to the default context x depth grid, as it did: 4 x 4 x 2 trials.
     t = load_config(None, ["tune.class_specific_contexts=[true, false]"]).tune
-    assert t.space == {"model.n_ctx": [2, 4, 8, 16], "model.temporal_depth": [1, 2, 3, 4],
-                       "model.class_specific_contexts": [True, False]}
+    assert t.space == {
+        "model.n_ctx": [2, 4, 8, 16],
+        "model.temporal_depth": [1, 2, 3, 4],
+        "model.class_specific_contexts": [True, False],
+    }
     assert expected_trials(t) == 32
-    assert TuneConfig(lr_temporal=[0.1]).space == {"model.n_ctx": [2, 4, 8, 16], "model.temporal_depth": [1, 2, 3, 4],
-                                                   "train.lr_temporal": [0.1]}
+    assert TuneConfig(lr_temporal=[0.1]).space == {
+        "model.n_ctx": [2, 4, 8, 16],
+        "model.temporal_depth": [1, 2, 3, 4],
+        "train.lr_temporal": [0.1],
+    }
     # Migrated values are validated as space entries.
     assert problems("tune.n_ctx=[0, 4]") == ["tune.space.model.n_ctx[0]: n_ctx must be >= 1, got 0"]
 
@@ -245,26 +300,37 @@ def test_legacy_keys_are_migrated_into_space_with_a_warning(caplog):
 def test_legacy_key_and_space_together_is_an_error():
     assert problems("tune.n_ctx=[2]", "tune.space={model.n_ctx: [4]}") == [
         "tune.n_ctx: deprecated spelling of the tune.space entry model.n_ctx, given together with tune.space; "
-        "move its values into tune.space"]
+        "move its values into tune.space"
+    ]
 
 
 def test_tune_section_errors_name_the_key():
     found = problems("tune.reduction_factor=1", "tune.max_concurrent_trials=0", "tune.name=a/b")
-    assert found == ["tune.max_concurrent_trials: must be >= 1, got 0", "tune.reduction_factor: must be > 1, got 1.0",
-                     "tune.name: use letters, digits, '.', '_' or '-', got 'a/b'"]
+    assert found == [
+        "tune.max_concurrent_trials: must be >= 1, got 0",
+        "tune.reduction_factor: must be > 1, got 1.0",
+        "tune.name: use letters, digits, '.', '_' or '-', got 'a/b'",
+    ]
 
 
 def _result(name: str, config: dict, values: list[float], error=None):
     frame = pd.DataFrame({"epoch": list(range(1, len(values) + 1)), "val_uar": values})
-    return types.SimpleNamespace(path=f"/x/{name}", config=config, metrics_dataframe=frame,
-                                 metrics={"val_uar": values[-1], "time_total_s": 1.0}, error=error)
+    return types.SimpleNamespace(
+        path=f"/x/{name}",
+        config=config,
+        metrics_dataframe=frame,
+        metrics={"val_uar": values[-1], "time_total_s": 1.0},
+        error=error,
+    )
 
 
 def test_results_are_keyed_by_dotted_path_and_feed_the_best_config():
     swept = ["model.logit_scale", "model.n_ctx"]
-    grid = [_result("a", {"model.logit_scale": None, "model.n_ctx": 2}, [0.2, 0.3]),
-            _result("b", {"model.logit_scale": 50.0, "model.n_ctx": 2}, [0.5, 0.4]),
-            _result("c", {"model.logit_scale": None, "model.n_ctx": 4}, [0.1, 0.6])]
+    grid = [
+        _result("a", {"model.logit_scale": None, "model.n_ctx": 2}, [0.2, 0.3]),
+        _result("b", {"model.logit_scale": 50.0, "model.n_ctx": 2}, [0.5, 0.4]),
+        _result("c", {"model.logit_scale": None, "model.n_ctx": 4}, [0.1, 0.6]),
+    ]
     table = results_table(grid, swept, "val_uar", "max", max_epochs=2)
     assert list(table.columns[:3]) == ["trial", "model.logit_scale", "model.n_ctx"]
     assert list(table["trial"]) == ["c", "b", "a"]

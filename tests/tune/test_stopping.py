@@ -31,8 +31,11 @@ def test_abort_ends_train_run_and_frees_its_placement_group(ray_local, tmp_path)
 
     ray = ray_local
     guard = TrainRunGuard("trial-under-test")
-    trainer = TorchTrainer(_endless_loop, scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-                           run_config=RunConfig(name="endless", storage_path=str(tmp_path), callbacks=[guard.callback()]))
+    trainer = TorchTrainer(
+        _endless_loop,
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(name="endless", storage_path=str(tmp_path), callbacks=[guard.callback()]),
+    )
     outcome: dict = {}
 
     def run():

@@ -66,7 +66,9 @@ def test_fast_sweep_outputs_and_early_stopping(ray_local, shard_root, tmp_path):
     [sweep] = [r for r in runs if r.data.tags.get("dferclip.kind") == "sweep"]
     trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == sweep.info.run_id]
     assert sweep.info.status == "FINISHED" and len(trials) == len(runs) - 1 == 4
-    assert {"results.csv", "heatmap.png", "best_config.yaml"} <= {a.path for a in client.list_artifacts(sweep.info.run_id)}
+    assert {"results.csv", "heatmap.png", "best_config.yaml"} <= {
+        a.path for a in client.list_artifacts(sweep.info.run_id)
+    }
     statuses = sorted(r.info.status for r in trials)
     expected = sorted("KILLED" if s == "stopped_early" else "FINISHED" for s in table["status"])
     assert statuses == expected
