@@ -32,8 +32,10 @@ def frame_pairs(batches: Iterable[dict], device: torch.device) -> Iterator[tuple
     """(video (B, T, 3, S, S) uint8, labels (B,) long) on ``device`` from the data path's batches
     ({"video": (B, T, S, S, 3), "label": (B,)}, torch or numpy)."""
     for batch in batches:
-        video = model_layout(batch["video"]).to(device, non_blocking=True)
-        # numpy batches from Ray Data are read-only views: copy the (B,) labels rather than alias them
+        video = batch["video"]
+        if isinstance(video, np.ndarray) and not video.flags.writeable:
+            video = video.copy()  # numpy batches from Ray Data are read-only views (evaluation only)
+        video = model_layout(video).to(device, non_blocking=True)
         labels = batch["label"] if torch.is_tensor(batch["label"]) else torch.tensor(np.asarray(batch["label"]))
         yield video, labels.to(device=device, dtype=torch.long)
 

@@ -62,7 +62,9 @@ def _attr(user: str, dotted: str):
 
 
 def _params(fn) -> list[str]:
-    return list(inspect.signature(fn).parameters)
+    # Once a process has run Ray Train, Ray's tracing hook has wrapped the actor class's methods
+    # with an extra keyword-only ``_ray_trace_ctx``; it is Ray's, not part of the method's API.
+    return [p for p in inspect.signature(fn).parameters if p != "_ray_trace_ctx"]
 
 
 STOPPING = "pipeline/tune/stopping.py"
