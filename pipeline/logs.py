@@ -28,6 +28,7 @@ for results.
     setup_logging(verbosity=0)                    # the CLI does it; idempotent
     verbosity() -> int                            # QUIET, NORMAL, VERBOSE or DEBUG
     add_file_handler(path, level=logging.DEBUG) -> logging.Handler   # a run's detailed log
+    run_log(storage, *parts)                      # the same, as a context manager, in a run folder
     remove_handler(handler)                       # detach and close it (end of the run)
     route_logger(name)                            # a third-party logger onto the same console/files
     demote(*fragments)                            # known third-party notices: console with -v only
@@ -36,6 +37,7 @@ for results.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -51,6 +53,7 @@ __all__ = [
     "setup_logging",
     "verbosity",
     "add_file_handler",
+    "run_log",
     "remove_handler",
     "route_logger",
     "demote",
@@ -250,6 +253,22 @@ def add_file_handler(path: str | Path, level: int = logging.DEBUG) -> logging.Ha
         for logger in _holders():
             logger.addHandler(handler)
     return handler
+
+
+@contextlib.contextmanager
+def run_log(storage, *parts: str):
+    """While the block runs, keep the detailed log (ours and Ray's routed loggers, debug and up)
+    in the run's own folder, ``storage.path(*parts)``. Local storage only: on object storage the
+    log stays in Ray's session folder (a debug line says so)."""
+    if not storage.is_local:
+        logging.getLogger(__name__).debug("no run log file on %s; Ray's session logs keep the details", storage.uri())
+        yield None
+        return
+    handler = add_file_handler(storage.path(*parts))
+    try:
+        yield storage.path(*parts)
+    finally:
+        remove_handler(handler)
 
 
 def remove_handler(handler: logging.Handler) -> None:

@@ -23,6 +23,7 @@ import yaml
 from pipeline.config import ExperimentConfig, dump_config
 from pipeline.datasets import get_dataset
 from pipeline.errors import UserError
+from pipeline.logs import run_log
 from pipeline.storage import Storage, is_uri
 from pipeline.train.driver import TrainJob, fit, new_run_name
 from pipeline.train.outputs import clean_json
@@ -94,7 +95,8 @@ def _run(cfg: ExperimentConfig, storage: Storage, name: str) -> dict:
         cfg, name, resolve_descriptions(cfg, storage), settings.to_dict() if settings else None
     )
     job = TrainJob(spec, storage, runs=storage.child(TRAIN_DIR))
-    result = fit(job)
+    with run_log(storage, TRAIN_DIR, name, "driver.log"):  # the driver's detailed log, Ray's lines included
+        result = fit(job)
     if result.error is not None:
         raise result.error
     summary = json.loads(storage.read_text(TRAIN_DIR, name, "summary.json"))

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
+from pipeline.logs import run_log
 from pipeline.storage import Storage
 from pipeline.train.recipe import reported_metrics
 from pipeline.typed import to_dict
@@ -202,21 +203,22 @@ def run_tune(cfg: ExperimentConfig, *, callbacks: list | None = None) -> SweepOu
         cfg.train.epochs,
         t.max_concurrent_trials,
     )
-    try:
-        results = run_sweep(
-            trainable,
-            t,
-            storage=storage,
-            name=name,
-            max_epochs=cfg.train.epochs,
-            seed=cfg.train.seed,
-            signature=signature,
-            keep_checkpoints=cfg.train.keep_checkpoints,
-            callbacks=callbacks,
-        )
-    except BaseException:
-        tracking.end("FAILED")
-        raise
+    with run_log(storage, rel, "driver.log"):  # the sweep driver's detailed log, Ray's lines included
+        try:
+            results = run_sweep(
+                trainable,
+                t,
+                storage=storage,
+                name=name,
+                max_epochs=cfg.train.epochs,
+                seed=cfg.train.seed,
+                signature=signature,
+                keep_checkpoints=cfg.train.keep_checkpoints,
+                callbacks=callbacks,
+            )
+        except BaseException:
+            tracking.end("FAILED")
+            raise
     # write
     table = res.results_table(results, list(swept), t.metric, t.mode, cfg.train.epochs, res.trial_statuses(results))
     pq_path, csv_path = res.write_table(storage, rel, table)

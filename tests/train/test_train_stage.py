@@ -59,6 +59,9 @@ def test_train_two_workers_writes_metrics_plots_and_checkpoints(trained, train_s
     for col in ("lr", "test_loss", "test_uar", "test_war", "best_uar", "best_epoch", "test_recall_anger"):
         assert col in metrics.columns
     assert pl.read_parquet(run / "metrics.parquet").shape == metrics.shape
+    # the driver's detailed log (with timestamps and logger names) is in the run folder
+    log = (run / "driver.log").read_text()
+    assert "pipeline.train.driver: [" in log and "fold 1:" in log
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     for png in ("curves.png", "confusion_test.png"):
         assert (run / png).read_bytes().startswith(PNG)
