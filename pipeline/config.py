@@ -173,6 +173,19 @@ class DescribeConfig:
 
 @dataclass
 class PreprocessConfig:
+    # Class attribute, not a field: the settings that change the crops written (workers, CPUs and
+    # shard size do not). The shards' manifest records them and predict crops new videos with them.
+    OUTPUT_FIELDS = (
+        "detector",
+        "yunet_model",
+        "detect_every",
+        "detect_max_side",
+        "margin",
+        "crop_size",
+        "jpeg_quality",
+        "max_frames",
+    )
+
     # "haar": OpenCV's bundled frontal-face cascade; "yunet": cv2.FaceDetectorYN with the ONNX
     # file in yunet_model; "none": frames are already face crops (whole frame is resized).
     detector: Literal["haar", "yunet", "none"] = "haar"

@@ -56,16 +56,8 @@ __all__ = [
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 _PREP = PreprocessConfig()  # the preprocess defaults, used as this module's defaults
-_CROP_FIELDS = (
-    "detector",
-    "yunet_model",
-    "detect_every",
-    "detect_max_side",
-    "margin",
-    "crop_size",
-    "jpeg_quality",
-    "max_frames",
-)
+# The settings that make a crop: the same the shards record (PreprocessConfig.OUTPUT_FIELDS).
+_CROP_FIELDS = PreprocessConfig.OUTPUT_FIELDS
 
 
 @dataclass

@@ -60,17 +60,7 @@ def _log_to(log: Callable[[str], None] | None) -> Log:
     return lambda _level, message: log(message)
 
 
-# Settings that change the bytes written; workers/CPUs/shard size do not.
-_OUTPUT_FIELDS = (
-    "detector",
-    "yunet_model",
-    "detect_every",
-    "detect_max_side",
-    "margin",
-    "crop_size",
-    "jpeg_quality",
-    "max_frames",
-)
+_OUTPUT_FIELDS = PreprocessConfig.OUTPUT_FIELDS
 # JPEG at quality ~90 of a face crop: about 0.35 byte per pixel; used only to size batches.
 _BYTES_PER_PIXEL = 0.35
 _FRAMES_GUESS = 64
