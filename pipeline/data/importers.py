@@ -4,7 +4,12 @@ Every importer returns :class:`ClipTable`: one :class:`ClipEntry` per clip (id, 
 label index in the configured class order, and its membership in *every* official fold, e.g.
 ``("1:train", "2:test", ...)``) plus the annotation files it read (hashed into the manifest).
 
-Layouts read (``dataset.root`` is the dataset folder; ``dataset.annotations`` optional):
+Layouts read (``dataset.root`` is the dataset folder; ``dataset.annotations`` optional). Both may
+be local paths or URIs that ``pyarrow.fs`` opens (``s3://bucket/DFEW``, ``gs://...``,
+``file:///data/DFEW``): every file is read and every folder listed through
+:class:`pipeline.data.sources.DataRoot`, and below a URI root the clip sources are URIs too, which
+the preprocess workers decode from there (:func:`pipeline.data.sources.open_uri_frames`). Clip
+folders are listed once each, not probed clip by clip.
 
 - ``dfew``: ``EmoLabel_DataSplit/{train,test}(single-labeled)/set_{1..5}.csv`` (header
   ``video_name,label``; labels 1..7 = Happy, Sad, Neutral, Angry, Surprise, Disgust, Fear).
@@ -37,6 +42,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -44,6 +50,7 @@ from pathlib import Path
 
 from pipeline.config import DatasetConfig
 from pipeline.data.schema import membership
+from pipeline.data.sources import DataRoot, FileType, read_location
 from pipeline.datasets import CLASSES_7, CLASSES_11
 from pipeline.errors import UserError
 from pipeline.storage import is_uri
@@ -75,7 +82,9 @@ _SYNONYMS = {
 @dataclass(frozen=True)
 class ClipEntry:
     clip_id: str
-    source: str  # video file or frame folder (absolute, or as given when it does not exist)
+    # Video file or frame folder: an absolute path, a URI below a URI dataset.root, or as given
+    # when it does not exist.
+    source: str
     label: int
     label_name: str
     splits: tuple[str, ...]
@@ -86,7 +95,7 @@ class ClipTable:
     dataset: str
     classes: list[str]
     clips: list[ClipEntry]
-    annotation_files: list[str] = field(default_factory=list)
+    annotation_files: list[str] = field(default_factory=list)  # paths or URIs
     notes: list[str] = field(default_factory=list)  # e.g. "skipped 12 compound-label clips"
 
     def inputs_hash(self) -> str:
@@ -94,7 +103,8 @@ class ClipTable:
         h = hashlib.sha256()
         for f in sorted(self.annotation_files):
             h.update(f.encode())
-            h.update(Path(f).read_bytes() if Path(f).is_file() else b"<missing>")
+            data = read_location(f)
+            h.update(b"<missing>" if data is None else data)
         for c in sorted(self.clips, key=lambda c: c.clip_id):
             h.update(repr((c.clip_id, c.source, c.label, c.label_name, c.splits)).encode())
         h.update(repr(self.classes).encode())
@@ -141,8 +151,8 @@ def _split_key(entry: str) -> tuple[int, str]:
     return int(fold), split
 
 
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
+def _read_text(root: DataRoot, *parts: str) -> str:
+    data = root.read_bytes(*parts)
     for encoding in ("utf-8-sig", "gbk"):  # MAFW's caption files are GBK
         try:
             return data.decode(encoding)
@@ -151,16 +161,12 @@ def _read_text(path: Path) -> str:
     return data.decode("latin-1")
 
 
-def _require(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise UserError(f"{what} not found: {path}")
-    return path
-
-
-def _root(dataset: DatasetConfig) -> Path:
+def _root(dataset: DatasetConfig) -> DataRoot:
     if not dataset.root:
         raise UserError(f"dataset.root: set it to the {dataset.name} dataset folder")
-    return _require(Path(dataset.root).expanduser().absolute(), "dataset.root")
+    root = DataRoot(dataset.root, "dataset.root")
+    root.require(what="dataset.root")
+    return root
 
 
 def load_clip_table(dataset: DatasetConfig) -> ClipTable:
@@ -185,15 +191,16 @@ def load_clip_table(dataset: DatasetConfig) -> ClipTable:
 
 def _read_dfew(dataset: DatasetConfig, classes: list[str]) -> ClipTable:
     root = _root(dataset)
-    split_dir = _require(root / "EmoLabel_DataSplit", "DFEW split folder")
+    root.require("EmoLabel_DataSplit", what="DFEW split folder")
     col = _Collector("dfew", classes, strict=False)
     for split in ("train", "test"):
         for fold in range(1, 6):
-            f = split_dir / f"{split}(single-labeled)" / f"set_{fold}.csv"
-            if not f.exists():
+            parts = ("EmoLabel_DataSplit", f"{split}(single-labeled)", f"set_{fold}.csv")
+            if not root.has(*parts, kind=FileType.File):
                 continue
-            col.files.append(str(f))
-            reader = csv.DictReader(io.StringIO(_read_text(f)))
+            f = root.location(*parts)
+            col.files.append(f)
+            reader = csv.DictReader(io.StringIO(_read_text(root, *parts)))
             if not reader.fieldnames or not {"video_name", "label"} <= set(reader.fieldnames):
                 raise UserError(f"{f}: expected header video_name,label, got {reader.fieldnames}")
             for row_no, row in enumerate(reader, start=2):
@@ -206,20 +213,18 @@ def _read_dfew(dataset: DatasetConfig, classes: list[str]) -> ClipTable:
                 clip_id = vid.zfill(5) if vid.isdigit() else vid
                 col.add(clip_id, _dfew_source(root, vid), label_name, membership(fold, split), where)
     if not col.files:
-        raise UserError(f"{split_dir}: no '{{train,test}}(single-labeled)/set_N.csv' files")
+        raise UserError(f"{root.location('EmoLabel_DataSplit')}: no '{{train,test}}(single-labeled)/set_N.csv' files")
     return col.table()
 
 
-def _dfew_source(root: Path, vid: str) -> str:
+def _dfew_source(root: DataRoot, vid: str) -> str:
     for name in dict.fromkeys([vid.zfill(5) if vid.isdigit() else vid, vid]):
-        frames = root / "Clip" / "clip_224x224" / name
-        if frames.is_dir():
-            return str(frames)
+        if root.has("Clip", "clip_224x224", name, kind=FileType.Directory):
+            return root.location("Clip", "clip_224x224", name)
         for ext in (".mp4", ".avi"):
-            video = root / "Clip" / "original" / f"{name}{ext}"
-            if video.exists():
-                return str(video)
-    return str(root / "Clip" / "clip_224x224" / (vid.zfill(5) if vid.isdigit() else vid))
+            if root.has("Clip", "original", f"{name}{ext}"):
+                return root.location("Clip", "original", f"{name}{ext}")
+    return root.location("Clip", "clip_224x224", vid.zfill(5) if vid.isdigit() else vid)
 
 
 # --- FERV39k --------------------------------------------------------------------------------
@@ -227,13 +232,14 @@ def _dfew_source(root: Path, vid: str) -> str:
 
 def _read_ferv39k(dataset: DatasetConfig, classes: list[str]) -> ClipTable:
     root = _root(dataset)
-    setup = _require(root / "4_setups" / "All_scenes", "FERV39k setup folder")
-    faces = root / "2_ClipsforFaceCrop"
+    setup = ("4_setups", "All_scenes")
+    root.require(*setup, what="FERV39k setup folder")
     col = _Collector("ferv39k", classes, strict=False)
     for split, fname in (("train", "train_All.csv"), ("test", "test_All.csv")):
-        f = _require(setup / fname, "FERV39k split file")
-        col.files.append(str(f))
-        for line_no, line in enumerate(_read_text(f).splitlines(), start=1):
+        root.require(*setup, fname, what="FERV39k split file")
+        f = root.location(*setup, fname)
+        col.files.append(f)
+        for line_no, line in enumerate(_read_text(root, *setup, fname).splitlines(), start=1):
             parts = line.replace(",", " ").split()
             if not parts:
                 continue
@@ -249,7 +255,7 @@ def _read_ferv39k(dataset: DatasetConfig, classes: list[str]) -> ClipTable:
                     f"{where}: unknown emotion {word!r} (expected one of "
                     f"{', '.join(sorted(w.capitalize() for w in FERV39K_LABELS))})"
                 )
-            col.add(rel, str(faces / rel), label_name, membership(1, split), where)
+            col.add(rel, root.location("2_ClipsforFaceCrop", rel), label_name, membership(1, split), where)
     return col.table()
 
 
@@ -258,17 +264,19 @@ def _read_ferv39k(dataset: DatasetConfig, classes: list[str]) -> ClipTable:
 
 def _read_mafw(dataset: DatasetConfig, classes: list[str]) -> ClipTable:
     root = _root(dataset)
-    base = _require(root / "Train & Test Set" / "single", "MAFW split folder")
-    variant = base / "no_caption" if (base / "no_caption").is_dir() else base / "with_caption"
+    base = ("Train & Test Set", "single")
+    root.require(*base, what="MAFW split folder")
+    variant = (*base, "no_caption" if root.has(*base, "no_caption", kind=FileType.Directory) else "with_caption")
     col = _Collector("mafw", classes, strict=False)
     compound = 0
     for fold in range(1, 6):
         for split in ("train", "test"):
-            f = variant / f"set_{fold}" / f"{split}.txt"
-            if not f.exists():
+            parts = (*variant, f"set_{fold}", f"{split}.txt")
+            if not root.has(*parts, kind=FileType.File):
                 continue
-            col.files.append(str(f))
-            for line_no, line in enumerate(_read_text(f).splitlines(), start=1):
+            f = root.location(*parts)
+            col.files.append(f)
+            for line_no, line in enumerate(_read_text(root, *parts).splitlines(), start=1):
                 if not line.strip():
                     continue
                 where = f"{f}, line {line_no}"
@@ -285,18 +293,18 @@ def _read_mafw(dataset: DatasetConfig, classes: list[str]) -> ClipTable:
                     raise UserError(f"{where}: unknown label {word!r} (classes: {', '.join(CLASSES_11)})")
                 col.add(Path(name).stem, _mafw_source(root, name), label_name, membership(fold, split), where)
     if not col.files:
-        raise UserError(f"{variant}: no set_N/{{train,test}}.txt files")
+        raise UserError(f"{root.location(*variant)}: no set_N/{{train,test}}.txt files")
     table = col.table()
     if compound:
         table.notes.append(f"skipped {compound} compound-label line(s) (MAFW's compound task)")
     return table
 
 
-def _mafw_source(root: Path, name: str) -> str:
-    for cand in (root / "data" / "clips" / name, root / "clips" / name, root / name):
-        if cand.exists():
-            return str(cand)
-    return str(root / "data" / "clips" / name)
+def _mafw_source(root: DataRoot, name: str) -> str:
+    for folder in (("data", "clips"), ("clips",), ()):
+        if root.has(*folder, name):
+            return root.location(*folder, name)
+    return root.location("data", "clips", name)
 
 
 # --- the published DFER-CLIP annotation lists ------------------------------------------------
@@ -306,26 +314,33 @@ _SPLIT_RE = re.compile(r"(train|test)", re.IGNORECASE)
 
 
 def _read_published_lists(dataset: DatasetConfig, classes: list[str]) -> ClipTable:
-    ann = _require(Path(dataset.annotations).expanduser(), "dataset.annotations")
-    files = sorted(ann.glob("*.txt")) if ann.is_dir() else [ann]
-    root = Path(dataset.root).expanduser().absolute() if dataset.root else None
+    ann = DataRoot(dataset.annotations, "dataset.annotations")
+    kind = ann.kind()
+    if kind == FileType.NotFound:
+        raise UserError(f"dataset.annotations not found: {ann.location()}")
+    if kind == FileType.Directory:
+        names = sorted(n for n, t in ann.children().items() if t == FileType.File and n.endswith(".txt"))
+    else:  # one list: read it as the folder's only file
+        names, ann = [posixpath.basename(ann.fs_path())], ann.parent()
+    root = _root(dataset) if dataset.root else None
     # The lists index the paper's class order (1 = happiness ... 7 = fear, then MAFW's four).
     order = CLASSES_11 if dataset.name == "mafw" else CLASSES_7
     prefix = dataset.name.lower()
-    files = [f for f in files if f.name.lower().startswith(prefix)] or files
+    names = [n for n in names if n.lower().startswith(prefix)] or names
     col = _Collector(dataset.name, classes, strict=False)
-    for f in files:
-        m = _FOLD_RE.search(f.name)
+    for name in names:
+        f = ann.location(name)
+        m = _FOLD_RE.search(name)
         if m:
             split = membership(int(m.group(1)), m.group(2).lower())
-        elif (s := _SPLIT_RE.search(f.name)) is not None:
+        elif (s := _SPLIT_RE.search(name)) is not None:
             split = membership(1, s.group(1).lower())
         else:
             raise UserError(
                 f"{f}: cannot tell the split from the file name (expected ..._set_N_train.txt or ..._train.txt)"
             )
-        col.files.append(str(f))
-        for line_no, line in enumerate(_read_text(f).splitlines(), start=1):
+        col.files.append(f)
+        for line_no, line in enumerate(_read_text(ann, name).splitlines(), start=1):
             parts = line.split()
             if not parts:
                 continue
@@ -338,7 +353,7 @@ def _read_published_lists(dataset: DatasetConfig, classes: list[str]) -> ClipTab
             source = _resolve_published(path, root)
             col.add(_published_id(path), source, order[label - 1], split, where)
     if not col.files:
-        raise UserError(f"dataset.annotations: no .txt lists in {ann}")
+        raise UserError(f"dataset.annotations: no .txt lists in {ann.location()}")
     return col.table()
 
 
@@ -347,15 +362,14 @@ def _published_id(path: str) -> str:
     return parts[-1] if parts else path
 
 
-def _resolve_published(path: str, root: Path | None) -> str:
-    if Path(path).exists() or root is None:
+def _resolve_published(path: str, root: DataRoot | None) -> str:
+    if root is None or (not root.is_uri and Path(path).exists()):
         return path
     parts = [p for p in path.replace("\\", "/").split("/") if p]
     for k in range(1, min(len(parts), 5) + 1):
-        cand = root.joinpath(*parts[-k:])
-        if cand.exists():
-            return str(cand)
-    return str(root / parts[-1]) if parts else path
+        if root.has(*parts[-k:]):
+            return root.location(*parts[-k:])
+    return root.location(parts[-1]) if parts else path
 
 
 # --- plain CSV (csv, demo) ------------------------------------------------------------------
@@ -367,19 +381,21 @@ def _hash_split(key: str) -> str:
 
 def _read_csv_dataset(dataset: DatasetConfig, classes: list[str]) -> ClipTable:
     if dataset.annotations:
-        f = Path(dataset.annotations).expanduser()
+        csv_file = DataRoot(dataset.annotations, "dataset.annotations")
+        folder, csv_name = csv_file.parent(), posixpath.basename(csv_file.fs_path())
     elif dataset.root:
-        f = Path(dataset.root).expanduser() / "labels.csv"
+        folder, csv_name = DataRoot(dataset.root, "dataset.root"), "labels.csv"
     else:
         raise UserError("dataset.annotations: set it to the CSV listing path,label[,split]")
-    f = _require(f, "dataset.annotations CSV").absolute()
-    reader = csv.DictReader(io.StringIO(_read_text(f)))
+    folder.require(csv_name, what="dataset.annotations CSV")
+    f = folder.location(csv_name)
+    reader = csv.DictReader(io.StringIO(_read_text(folder, csv_name)))
     fields = [x.strip().lower() for x in (reader.fieldnames or [])]
     if "path" not in fields or "label" not in fields:
         raise UserError(f"{f}: the first row must be a header with columns path,label[,split]; got {reader.fieldnames}")
     reader.fieldnames = fields
     col = _Collector(dataset.name, classes, strict=True)
-    col.files.append(str(f))
+    col.files.append(f)
     seen: dict[str, int] = {}
     for row_no, row in enumerate(reader, start=2):
         path = (row.get("path") or "").strip()
@@ -396,11 +412,16 @@ def _read_csv_dataset(dataset: DatasetConfig, classes: list[str]) -> ClipTable:
         name = _class_name(label, classes)
         if name is None:
             raise UserError(f"{where}: unknown label {label!r} (classes: {', '.join(classes)})")
-        source = Path(path).expanduser()
-        if not source.is_absolute():
-            source = f.parent / source
-        col.add(path, str(source), name, membership(1, split or _hash_split(path)), where)
+        col.add(path, _csv_source(folder, path), name, membership(1, split or _hash_split(path)), where)
     return col.table()
+
+
+def _csv_source(folder: DataRoot, path: str) -> str:
+    """A CSV row's clip: a URI or an absolute path as given, a relative path below the CSV's folder."""
+    if is_uri(path):
+        return path
+    local = Path(path).expanduser()
+    return str(local) if local.is_absolute() else folder.location(path)
 
 
 def _class_name(label: str, classes: list[str]) -> str | None:

@@ -20,9 +20,12 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
+
+from pipeline.storage import is_uri
 
 __all__ = ["UnreadableClip", "FrameStream", "open_frames", "natural_key", "list_frame_files", "FRAME_EXTENSIONS"]
 
@@ -57,7 +60,15 @@ class FrameStream:
 
 
 def open_frames(source: str | os.PathLike, threads: int = 1) -> FrameStream:
-    """Open a video file or a frame folder. Raises UnreadableClip when it cannot even be opened."""
+    """Open a video file or a frame folder. Raises UnreadableClip when it cannot even be opened.
+
+    ``source`` is a local path or a URI (``s3://``, ``gs://``, ``file://``: a dataset below a
+    remote ``dataset.root``), which is read through pyarrow.fs (:mod:`pipeline.data.sources`).
+    """
+    if is_uri(source):
+        from pipeline.data.sources import open_uri_frames
+
+        return open_uri_frames(str(source), threads)
     path = Path(source)
     if path.is_dir():
         files = list_frame_files(path)
@@ -84,11 +95,13 @@ def _iter_images(files: list[Path]) -> Iterator[np.ndarray]:
         yield img
 
 
-def _open_video(path: Path, threads: int) -> FrameStream:
+def _open_video(path: Path | BinaryIO, threads: int) -> FrameStream:
+    """``path``: a local file, or a seekable binary file object (a remote clip's local copy)."""
     import av
 
     try:
-        container = av.open(str(path))
+        # mode="r": a file object's own mode (w+b for a spooled temporary file) would make PyAV write.
+        container = av.open(path if hasattr(path, "read") else str(path), mode="r")
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
         raise UnreadableClip(f"not a readable video: {exc}") from None
     if not container.streams.video:

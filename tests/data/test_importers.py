@@ -168,3 +168,88 @@ def test_clips_from_records_and_missing_root():
     assert clips["/x/b"].label_name == "happiness"
     with pytest.raises(UserError, match="dataset.root"):
         load_clip_table(DatasetConfig(name="dfew"))
+
+
+# --- dataset roots given as URIs: every file read and folder listed through pyarrow.fs ---------
+# file:// URIs take the same code path as s3:// (pyarrow's LocalFileSystem behind a URI), so a
+# folder whose name needs percent-encoding checks the round trip URI -> pyarrow path -> URI.
+
+
+def _opens(location: str) -> bool:
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(location)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def test_dfew_root_uri_gives_uri_sources_and_hashes_through_the_filesystem(tmp_path):
+    root = make_dfew(tmp_path / "DF EW data")
+    uri = root.as_uri()  # file:///.../DF%20EW%20data
+    t = load_clip_table(DatasetConfig(name="dfew", root=uri))
+    local = load_clip_table(DatasetConfig(name="dfew", root=str(root)))
+    clips = by_id(t)
+    assert [(c.clip_id, c.splits, c.label) for c in t.clips] == [(c.clip_id, c.splits, c.label) for c in local.clips]
+    assert clips["00001"].source == f"{uri}/Clip/clip_224x224/00001"
+    assert clips["00002"].source == f"{uri}/Clip/original/00002.mp4"
+    assert all(s.startswith(uri) and _opens(s) for s in [c.source for c in t.clips] + t.annotation_files)
+    assert len(t.annotation_files) == 10
+    # The hash reads the annotation files through the URI: editing one changes it.
+    before = t.inputs_hash()
+    (root / "EmoLabel_DataSplit" / "train(single-labeled)" / "set_3.csv").write_text("video_name,label\n1,1\n")
+    assert load_clip_table(DatasetConfig(name="dfew", root=uri)).inputs_hash() != before
+
+
+def test_mafw_and_ferv39k_roots_as_uris(tmp_path):
+    root = make_mafw(tmp_path / "mafw")
+    t = load_clip_table(DatasetConfig(name="mafw", root=root.as_uri()))
+    clips = by_id(t)
+    assert set(clips) == {"03747", "00010", "00020"}
+    assert clips["03747"].source == f"{root.as_uri()}/data/clips/03747.mp4" and _opens(clips["03747"].source)
+    # "Train & Test Set" is percent-encoded in the URIs of the split files, and they open.
+    assert all("Train%20%26%20Test%20Set" in f and _opens(f) for f in t.annotation_files)
+
+    setup = tmp_path / "ferv" / "4_setups" / "All_scenes"
+    setup.mkdir(parents=True)
+    (setup / "train_All.csv").write_text("Action/Angry/0063 Angry\n")
+    (setup / "test_All.csv").write_text("Daily/Surprise/0100 Surprise\n")
+    ferv = (tmp_path / "ferv").as_uri()
+    t = load_clip_table(DatasetConfig(name="ferv39k", root=ferv))
+    assert by_id(t)["Action/Angry/0063"].source == f"{ferv}/2_ClipsforFaceCrop/Action/Angry/0063"
+
+
+def test_csv_and_published_lists_as_uris(tmp_path):
+    (tmp_path / "my clips" / "sub").mkdir(parents=True)
+    f = tmp_path / "my clips" / "labels.csv"
+    f.write_text("path,label,split\na.mp4,anger,train\nsub/b c.mp4,fear,test\n/abs/c.mp4,happiness,\n")
+    t = load_clip_table(DatasetConfig(name="csv", annotations=f.as_uri()))
+    clips = by_id(t)
+    folder = (tmp_path / "my clips").as_uri()
+    assert clips["a.mp4"].source == f"{folder}/a.mp4"
+    assert clips["sub/b c.mp4"].source == f"{folder}/sub/b%20c.mp4"
+    assert clips["/abs/c.mp4"].source == "/abs/c.mp4" and t.annotation_files == [f.as_uri()]
+    # demo / csv: labels.csv below a URI root
+    d = load_clip_table(DatasetConfig(name="demo", root=folder))
+    assert [c.source for c in d.clips] == [c.source for c in t.clips]
+
+    ann = tmp_path / "annotation"
+    ann.mkdir()
+    (tmp_path / "DFEW_Frame_Face" / "02522").mkdir(parents=True)
+    (ann / "DFEW_set_1_train.txt").write_text("/data/x/DFEW_Frame_Face/02522 66 5\n")
+    t = load_clip_table(DatasetConfig(name="dfew", root=tmp_path.as_uri(), annotations=ann.as_uri()))
+    assert by_id(t)["02522"].source == f"{tmp_path.as_uri()}/DFEW_Frame_Face/02522"
+    one = load_clip_table(DatasetConfig(name="dfew", annotations=(ann / "DFEW_set_1_train.txt").as_uri()))
+    assert one.annotation_files == [(ann / "DFEW_set_1_train.txt").as_uri()]
+
+
+def test_uri_root_errors_name_the_key_and_location(tmp_path):
+    missing = (tmp_path / "nope").as_uri()
+    with pytest.raises(UserError, match=rf"dataset\.root not found: {missing}"):
+        load_clip_table(DatasetConfig(name="dfew", root=missing))
+    # pyarrow parses URIs strictly: a raw space is refused with a hint, before any work.
+    with pytest.raises(UserError, match=r"dataset\.root: cannot open .*Percent-encode"):
+        load_clip_table(DatasetConfig(name="dfew", root=f"file://{tmp_path}/DF EW"))
+    make_dfew(tmp_path)
+    f = tmp_path / "EmoLabel_DataSplit" / "train(single-labeled)" / "set_3.csv"
+    f.write_text("video_name,label\n1,1\n5,9\n")
+    with pytest.raises(UserError, match=rf"{f.as_uri()}, row 3: label must be 1\.\.7"):
+        load_clip_table(DatasetConfig(name="dfew", root=tmp_path.as_uri()))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import ipaddress
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -95,6 +98,93 @@ def test_launcher_yaml_head_without_gpu_autoscaling_gpu_workers():
     assert "--dashboard-host=127.0.0.1" in head_cmd and "--num-gpus=0" in head_cmd
     assert "RAY_AUTH_MODE=token" in head_cmd and "RAY_AUTH_MODE=token" in " ".join(c["worker_start_ray_commands"])
     assert "~/.ray/auth_token" in c["file_mounts"].values()
+
+
+def test_launcher_yaml_passes_rays_own_schema():
+    # What `ray up` does first: fill in the provider's defaults, then validate against Ray's
+    # ray-schema.json (an unknown key or a wrong type in a node type fails here, not on AWS).
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    validate_config(prepare_config(copy.deepcopy(_load("aws.yaml"))))
+
+
+def _policy(name: str) -> list[dict]:
+    doc = json.loads((CLUSTER / "iam" / name).read_text())
+    assert doc["Version"] == "2012-10-17"
+    return [
+        dict(st, Action=_as_list(st["Action"]), Resource=_as_list(st.get("Resource", []))) for st in doc["Statement"]
+    ]
+
+
+def _as_list(x) -> list:
+    return x if isinstance(x, list) else [x]
+
+
+def test_launcher_nodes_get_scoped_instance_profiles_and_a_closed_security_group():
+    c = _load("aws.yaml")
+    head_type = c["head_node_type"]
+    for name, node_type in c["available_node_types"].items():
+        nc = node_type["node_config"]
+        # Ray gives a head without a profile ray-autoscaler-v1 (AmazonEC2FullAccess +
+        # AmazonS3FullAccess), and a worker without one gets no AWS credentials at all.
+        role = "head" if name == head_type else "worker"
+        assert nc.get("IamInstanceProfile", {}).get("Arn") == (
+            f"arn:aws:iam::ACCOUNT_ID:instance-profile/dferclip-{role}"
+        ), f"{name}: IamInstanceProfile.Arn"
+        # Ray creates a security group for any node type without SecurityGroupIds, and always
+        # opens SSH to 0.0.0.0/0 in it (provider.security_group rules only add to that).
+        assert nc.get("SecurityGroupIds"), f"{name}: SecurityGroupIds (else Ray opens SSH to the world)"
+        assert nc.get("MetadataOptions", {}).get("HttpTokens") == "required", f"{name}: IMDSv2 only"
+    for perm in c["provider"].get("security_group", {}).get("IpPermissions", []):
+        for r in perm.get("IpRanges", []) + perm.get("Ipv6Ranges", []):
+            cidr = ipaddress.ip_network(r.get("CidrIp") or r.get("CidrIpv6"))
+            assert cidr.prefixlen > 0, f"provider.security_group opens {cidr} to the world"
+
+
+def test_iam_policies_scope_s3_to_one_bucket_and_ec2_to_this_cluster():
+    c = _load("aws.yaml")
+    region, cluster = c["provider"]["region"], c["cluster_name"]
+    storage = _policy("storage-policy.json")
+    for st in storage:
+        assert st["Effect"] == "Allow"
+        assert all(a.startswith("s3:") and "*" not in a for a in st["Action"]), st["Action"]
+        assert st["Resource"] and all(
+            r in ("arn:aws:s3:::YOUR-BUCKET", "arn:aws:s3:::YOUR-BUCKET/*") for r in st["Resource"]
+        )
+    assert {a for st in storage for a in st["Action"]} >= {"s3:ListBucket", "s3:GetObject", "s3:PutObject"}
+
+    head = _policy("head-policy.json")
+    by_sid = {st["Sid"]: st for st in head}
+    for st in head:
+        for a in st["Action"]:
+            assert "*" not in a and not a.startswith("s3:"), f"head policy: {a} (S3 comes from the storage policy)"
+        if "*" in st["Resource"]:  # only the Describe calls, which have no resource-level permissions
+            assert all(a.startswith("ec2:Describe") for a in st["Action"]), st
+            assert st["Condition"]["StringEquals"]["aws:RequestedRegion"] == region
+        for r in st["Resource"]:
+            assert r == "*" or r.startswith((f"arn:aws:ec2:{region}:", "arn:aws:iam::")), r
+    launch = by_sid["LaunchOnlyInstancesTaggedForThisCluster"]
+    assert launch["Condition"]["StringEquals"] == {"aws:RequestTag/ray-cluster-name": cluster}
+    manage = by_sid["ManageOnlyThisClustersInstances"]
+    assert "ec2:TerminateInstances" in manage["Action"]
+    assert manage["Condition"]["StringEquals"] == {"ec2:ResourceTag/ray-cluster-name": cluster}
+    # The head may hand workers their own role and nothing else (not its own, with EC2 rights).
+    (pass_role,) = [st for st in head if "iam:PassRole" in st["Action"]]
+    assert pass_role["Resource"] == ["arn:aws:iam::ACCOUNT_ID:role/dferclip-worker"]
+
+    # docs/cluster.md creates the roles and the security group with the aws CLI: the worker
+    # (and the EKS pods') role gets the storage policy and nothing else, SSH a single address.
+    doc = (ROOT / "docs" / "cluster.md").read_text()
+
+    def policies(role: str) -> list[str]:
+        return sorted(re.findall(rf"put-role-policy --role-name {role} .*?cluster/iam/([\w.-]+\.json)", doc))
+
+    assert policies("dferclip-worker") == policies("dferclip-storage") == ["storage-policy.json"]
+    assert policies("dferclip-head") == ["head-policy.json", "storage-policy.json"]
+    rules = re.findall(r"authorize-security-group-ingress(.*?)(?:\n(?!\s)|$)", doc, re.S)
+    ssh = [r for r in rules if "--port 22" in r]
+    assert len(ssh) == 1 and re.search(r'--cidr "\$\(curl -s https://checkip\.amazonaws\.com\)/32"', ssh[0]), ssh
+    assert not re.search(r"0\.0\.0\.0/0|::/0", "".join(rules)), "docs/cluster.md opens a port to the world"
 
 
 @pytest.mark.skipif(not CONFIGS, reason="configs/ has no experiment YAML yet")
@@ -191,6 +281,31 @@ def test_kuberay_rayjob_runs_train_with_an_existing_config():
     cpus_per_pod = max(cpus for _, _, cpus in groups)
     assert t.gpus_per_worker <= per_pod and t.num_workers * t.gpus_per_worker <= max_gpus
     assert t.cpus_per_worker <= cpus_per_pod
+
+
+def test_kuberay_pods_use_irsa_service_accounts():
+    accounts = {}
+    for doc in yaml.safe_load_all((CLUSTER / "kuberay" / "serviceaccounts.yaml").read_text()):
+        assert doc["kind"] == "ServiceAccount"
+        role = doc["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        assert re.fullmatch(r"arn:aws:iam::ACCOUNT_ID:role/[\w+=,.@-]+", role), role
+        accounts[doc["metadata"]["name"]] = doc
+    specs = {
+        "raycluster.yaml": _load("kuberay/raycluster.yaml")["spec"],
+        "rayjob.yaml": _load("kuberay/rayjob.yaml")["spec"]["rayClusterSpec"],
+    }
+    for where, spec in specs.items():
+        head_sa = spec["headGroupSpec"]["template"]["spec"].get("serviceAccountName")
+        assert head_sa in accounts, f"{where}: the head pod's service account"
+        for group in spec["workerGroupSpecs"]:
+            sa = group["template"]["spec"].get("serviceAccountName")
+            assert sa in accounts, f"{where}: group {group['groupName']} without an IRSA service account"
+            # KubeRay binds the autoscaler's Kubernetes Role to the head's account only.
+            assert sa != head_sa, f"{where}: workers must not share the head's (autoscaler) account"
+    # The role's trust policy lets exactly these accounts assume it.
+    (trust,) = _policy("eks-irsa-trust-policy.json")
+    subjects = trust["Condition"]["StringEquals"]["OIDC_PROVIDER:sub"]
+    assert sorted(subjects) == sorted(f"system:serviceaccount:NAMESPACE:{n}" for n in accounts)
 
 
 def test_runtime_env_file_has_the_project_dependencies_and_no_secrets():
