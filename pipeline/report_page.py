@@ -3,14 +3,14 @@
 It gathers what the stages already wrote — the shard manifest, the description set, the
 training run's curves and summary, the evaluation's metrics and confusion matrix — adds a
 grid of sample face crops per class (read back from the shards, so it shows exactly what the
-model saw) and the time each stage took.
+model saw) and the time each stage took. Each file is replaced whole, never rewritten in place,
+so a browser or a failed re-run never leaves a half-written page.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import pyarrow.dataset as pads
 import yaml
+
+from pipeline.atomic import atomic_write_bytes, atomic_write_text
 
 __all__ = ["face_grid_png", "write_report"]
 
@@ -72,16 +74,17 @@ def write_report(
     class_names = list(evaluation["class_names"])
     train_dir = Path(train_dir)
 
+    # Every file is replaced whole (pipeline.atomic): a failed rewrite leaves the previous report.
     images = {}
     for name in ("curves.png",):
         if (train_dir / name).exists():
-            shutil.copyfile(train_dir / name, out / name)
+            atomic_write_bytes(out / name, (train_dir / name).read_bytes())
             images["curves"] = name
     eval_png = Path(evaluation["output_dir"]) / "confusion.png"
     if eval_png.exists():
-        shutil.copyfile(eval_png, out / "confusion.png")
+        atomic_write_bytes(out / "confusion.png", eval_png.read_bytes())
         images["confusion"] = "confusion.png"
-    (out / "faces.png").write_bytes(face_grid_png(shard_files, class_names))
+    atomic_write_bytes(out / "faces.png", face_grid_png(shard_files, class_names))
     images["faces"] = "faces.png"
 
     counts = manifest.get("counts", {})
@@ -138,6 +141,4 @@ img {{ max-width: 100%; border: 1px solid #eee; }}
 {_table(["stage", "time"], timing_rows)}
 </body></html>
 """
-    path = out / "report.html"
-    path.write_text(page)
-    return path
+    return atomic_write_text(out / "report.html", page)

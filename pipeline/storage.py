@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+from pipeline.atomic import atomic_write_bytes
 
 __all__ = ["Storage", "is_uri"]
 
@@ -98,12 +99,7 @@ class Storage:
             with self.fs.open_output_stream(final) as f:
                 f.write(data)
             return final
-        tmp = posixpath.join(posixpath.dirname(final), f".{posixpath.basename(final)}.{uuid.uuid4().hex}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        atomic_write_bytes(final, data)
         return final
 
     def write_text(self, text: str, *parts: str) -> str:

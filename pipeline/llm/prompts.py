@@ -30,8 +30,17 @@ __all__ = [
     "render_messages",
 ]
 
-# prompts/ sits beside the package in the repository (and in a Ray job's working_dir).
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+
+def _prompts_dir() -> Path:
+    """The repository's prompts/ folder: installed from a wheel it is the package data
+    ``pipeline/_prompts/`` (pyproject.toml maps it there); in a checkout, an editable install or a
+    Ray job's working_dir it sits beside the package."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "_prompts"
+    return installed if installed.is_dir() else package.parent / "prompts"
+
+
+PROMPTS_DIR = _prompts_dir()
 PLACEHOLDERS = ("class_name", "n")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 

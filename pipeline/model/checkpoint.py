@@ -8,13 +8,13 @@ Evaluation and prediction need nothing else: no training config, no Ray, no netw
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from pipeline.atomic import atomic_write
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.model.build import build_model
@@ -39,15 +39,13 @@ def checkpoint_payload(model: DferClip, extra: dict[str, Any] | None = None) -> 
 
 
 def save_checkpoint(model: DferClip, path: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Atomically write ``model`` to ``path`` (temporary file, then rename)."""
+    """Atomically write ``model`` to ``path``: streamed to a uniquely named temporary file, synced,
+    then renamed (:func:`pipeline.atomic.atomic_write`), so a reader never sees half a checkpoint
+    and a failed save leaves the previous one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(checkpoint_payload(model, extra), buf)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
-    return path
+    payload = checkpoint_payload(model, extra)
+    return atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def model_from_payload(payload: dict[str, Any], source: str = "<checkpoint>") -> DferClip:
