@@ -20,11 +20,13 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
 from pipeline.datasets import get_dataset, list_datasets
 from pipeline.typed import ConfigError, apply_override, from_dict, to_dict
+from pipeline.url_credentials import credentials_problem
 
 __all__ = [
     "ExperimentConfig",
@@ -41,11 +43,29 @@ __all__ = [
 ]
 
 
+# Where the credentials of a filesystem URL belong (the config refuses them: url_credentials).
+FILESYSTEM_CREDENTIALS = (
+    "give them to the filesystem client: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or ~/.aws/credentials, "
+    "an instance role) for s3://, GOOGLE_APPLICATION_CREDENTIALS for gs://"
+)
+TRACKING_CREDENTIALS = (
+    "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) for an http(s) "
+    "server, the database's own (PGPASSWORD or ~/.pgpass for postgresql) for a database, or put the whole URI "
+    "in the MLFLOW_TRACKING_URI environment variable and leave tracking.mlflow_uri null"
+)
+
+
 @dataclass
 class StorageConfig:
     # Local path or a URI pyarrow.fs understands (s3://bucket/prefix, gs://...). Every stage
     # reads and writes below it, so a cluster with shared storage sees the same artifacts.
+    # No credentials in it (s3://KEY:SECRET@...): the filesystem client finds its own.
     root: str = "runs"
+
+    def validate(self) -> list[str]:
+        if why := credentials_problem(self.root, FILESYSTEM_CREDENTIALS):
+            return [f"root: {why}"]
+        return []
 
 
 @dataclass
@@ -59,9 +79,13 @@ class DatasetConfig:
     classes: list[str] | None = None
 
     def validate(self) -> list[str]:
+        problems = []
         if self.name not in list_datasets():
-            return [f"name: unknown dataset {self.name!r} (known: {', '.join(list_datasets())})"]
-        return []
+            problems.append(f"name: unknown dataset {self.name!r} (known: {', '.join(list_datasets())})")
+        for key in ("root", "annotations"):
+            if why := credentials_problem(getattr(self, key), FILESYSTEM_CREDENTIALS):
+                problems.append(f"{key}: {why}")
+        return problems
 
     @property
     def class_names(self) -> list[str]:
@@ -118,8 +142,12 @@ class DescribeConfig:
     # http://127.0.0.1:8000/v1, Ollama http://127.0.0.1:11434/v1 (docs/describe.md).
     base_url: str = "http://127.0.0.1:8000/v1"
     model: str = "gpt-4o-mini"
-    # Name of the environment variable holding the key; the key itself never goes in a file.
+    # Name of the environment variable holding the key; the key itself never goes in a file
+    # (nor in base_url: user:password@ and key-like query parameters are refused).
     api_key_env: str = "OPENAI_API_KEY"
+    # The key is sent over plain http:// only to this machine (127.0.0.0/8, ::1, localhost); true
+    # also allows it to another host, where anyone on the network path can read it.
+    allow_insecure_http: bool = False
     # A template name in prompts/templates/ or a path to a template YAML.
     template: str = "visual_features"
     # A class set name in prompts/classes/ or a path; null: the dataset's classes.
@@ -168,6 +196,18 @@ class DescribeConfig:
             problems.append(f"temperature: must be in [0, 2], got {self.temperature}")
         if self.output_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.output_name):
             problems.append(f"output_name: use letters, digits, '.', '_' or '-', got {self.output_name!r}")
+        try:
+            parts = urlsplit(self.base_url.strip())
+        except ValueError:  # e.g. an unclosed [ of an IPv6 address
+            parts = urlsplit("")
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            problems.append(
+                f"base_url: expected an http:// or https:// URL like http://127.0.0.1:8000/v1, got {self.base_url!r}"
+            )
+        elif why := credentials_problem(
+            self.base_url, f"export the key in the environment variable that api_key_env names ({self.api_key_env})"
+        ):
+            problems.append(f"base_url: {why}")
         return problems
 
 
@@ -638,6 +678,11 @@ class TrackingConfig:
         problems = []
         if self.mlflow_uri is not None and (why := self.uri_problem(self.mlflow_uri)):
             problems.append(f"mlflow_uri: {why}")
+        # MLFLOW_TRACKING_URI itself may carry them: the environment is not copied into run folders.
+        elif why := credentials_problem(self.mlflow_uri, TRACKING_CREDENTIALS):
+            problems.append(f"mlflow_uri: {why}")
+        if why := credentials_problem(self.artifact_location, FILESYSTEM_CREDENTIALS):
+            problems.append(f"artifact_location: {why}")
         if self.mlflow_experiment is not None and not 0 < len(self.mlflow_experiment.strip()) <= 500:
             problems.append(
                 f"mlflow_experiment: 1 to 500 characters, or null for the experiment's name, "

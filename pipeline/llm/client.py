@@ -19,6 +19,7 @@ __all__ = [
     "is_loopback",
     "resolve_api_key",
     "make_client",
+    "check_transport",
     "is_retryable",
     "retry_delay",
     "describe_error",
@@ -64,12 +65,27 @@ def resolve_api_key(base_url: str, env_name: str) -> str:
     )
 
 
-def make_client(base_url: str, api_key: str, timeout_s: float):
-    """An ``AsyncOpenAI`` client with its own retries off (ours are bounded and counted)."""
+def check_transport(base_url: str, allow_insecure_http: bool = False) -> None:
+    """Refuse to send the key in clear text off this machine: plain ``http://`` is for loopback
+    endpoints unless ``describe.allow_insecure_http`` says otherwise. Checked before any connection."""
+    if urlsplit(base_url).scheme.lower() != "http" or is_loopback(base_url) or allow_insecure_http:
+        return
+    raise UserError(
+        f"describe.base_url: {endpoint_host(base_url)} is reached over plain http://, which would send the API key "
+        "unencrypted across the network; use https://, or set describe.allow_insecure_http: true if the network "
+        "path to that host is trusted (loopback endpoints need neither)"
+    )
+
+
+def make_client(base_url: str, api_key: str, timeout_s: float, *, allow_insecure_http: bool = False):
+    """An ``AsyncOpenAI`` client with its own retries off (ours are bounded and counted).
+
+    The key goes in every request's headers, so :func:`check_transport` runs first."""
     import ssl
 
     from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
+    check_transport(base_url, allow_insecure_http)
     http_client = None
     if urlsplit(base_url).scheme == "http":
         # Plain HTTP (local vLLM / Ollama) never handshakes TLS, so skip loading the system CA

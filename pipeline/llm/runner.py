@@ -21,7 +21,15 @@ from typing import Any
 from pipeline.config import DescribeConfig
 from pipeline.errors import UserError
 from pipeline.llm.cache import AnswerCache, cache_key
-from pipeline.llm.client import describe_error, endpoint_host, is_retryable, make_client, resolve_api_key, retry_delay
+from pipeline.llm.client import (
+    check_transport,
+    describe_error,
+    endpoint_host,
+    is_retryable,
+    make_client,
+    resolve_api_key,
+    retry_delay,
+)
 from pipeline.llm.prompts import PromptTemplate, render_messages
 from pipeline.llm.sets import DescriptionSet
 from pipeline.llm.validation import InvalidAnswer, excerpt, parse_answer
@@ -234,6 +242,7 @@ async def _generate(
     )
     if not todo:
         return
+    check_transport(cfg.base_url, cfg.allow_insecure_http)  # before the key is looked up or sent
     run.api_key = resolve_api_key(cfg.base_url, cfg.api_key_env)
     remaining: dict[str, int] = {}
     for job in todo:
@@ -254,7 +263,7 @@ async def _generate(
                 f"{result.new}/{len(todo)} new answers)",
             )
 
-    client = make_client(cfg.base_url, run.api_key, cfg.timeout_s)
+    client = make_client(cfg.base_url, run.api_key, cfg.timeout_s, allow_insecure_http=cfg.allow_insecure_http)
     try:
         outcomes = await asyncio.gather(*(one(j) for j in todo), return_exceptions=True)
     finally:

@@ -96,13 +96,14 @@ class ChatServer:
         self._thread: threading.Thread | None = None
 
     # -- control --------------------------------------------------------------------------
-    def start(self, port: int = 0) -> ChatServer:
+    def start(self, port: int = 0, host: str = "127.0.0.1") -> ChatServer:
+        """Listen on ``host`` (127.0.0.1; a non-loopback address for the plain-http key tests)."""
         server = self
 
         class Handler(_Handler):
             owner = server
 
-        self._httpd = _Server(("127.0.0.1", port), Handler)
+        self._httpd = _Server((host, port), Handler)
         self._httpd.daemon_threads = True
         self._httpd.block_on_close = False  # hanging handlers must not block stop()
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
@@ -128,7 +129,8 @@ class ChatServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        assert self._httpd is not None, "server not started"
+        return f"http://{self._httpd.server_address[0]}:{self.port}/v1"
 
     def script(self, *behaviours: str, match: str | None = None) -> None:
         """Queue behaviours for the next requests whose message text contains ``match``."""
