@@ -85,6 +85,12 @@ class DatasetConfig:
         for key in ("root", "annotations"):
             if why := credentials_problem(getattr(self, key), FILESYSTEM_CREDENTIALS):
                 problems.append(f"{key}: {why}")
+        # A class is a label index: a repeated name would make two labels that mean the same class.
+        for i, name in enumerate(self.classes or []):
+            if not name.strip():
+                problems.append(f"classes[{i}]: a class name must not be empty")
+            elif name in self.classes[:i]:
+                problems.append(f"classes[{i}]: {name!r} is listed more than once")
         return problems
 
     @property
@@ -124,6 +130,9 @@ class ModelConfig:
         for name in ("num_frames", "temporal_heads", "temporal_head_dim", "temporal_mlp_dim", "n_ctx"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        # Frames per clip, each through the image encoder: the paper uses 16; far more is a typo.
+        if self.num_frames > 256:
+            problems.append(f"num_frames: must be <= 256, got {self.num_frames}")
         if self.temporal_depth < 0:
             problems.append(f"temporal_depth: must be >= 0, got {self.temporal_depth}")
         if self.logit_scale is not None and self.logit_scale <= 0:
@@ -250,8 +259,10 @@ class PreprocessConfig:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.detect_max_side < 64:
             problems.append(f"detect_max_side: must be >= 64, got {self.detect_max_side}")
-        if self.crop_size < 8:
-            problems.append(f"crop_size: must be >= 8, got {self.crop_size}")
+        # Every frame is stored at this side; CLIP reads 224 px, and past 1024 px a clip's crops
+        # alone are hundreds of MB (a typo rather than a setting).
+        if not 8 <= self.crop_size <= 1024:
+            problems.append(f"crop_size: must be in 8..1024, got {self.crop_size}")
         if not 1 <= self.jpeg_quality <= 100:
             problems.append(f"jpeg_quality: must be in 1..100, got {self.jpeg_quality}")
         if not 0.0 <= self.margin <= 2.0:
@@ -312,8 +323,8 @@ class TrainConfig:
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
-    keep_checkpoints: int = 2
-    max_failures: int = 2
+    keep_checkpoints: int = 2  # >= 1: checkpoints each run keeps (Ray's num_to_keep)
+    max_failures: int = 2  # >= 0: worker-group restarts after a failure
     # Batches each worker prefetches from Ray Data while the current one trains.
     data_loader_threads: int = 2
     # Hold the training clips' shard rows in Ray's object store after the first read when they
@@ -329,9 +340,11 @@ class TrainConfig:
 
     def validate(self) -> list[str]:
         problems = []
-        for name in ("epochs", "batch_size", "eval_batch_size", "num_workers"):
+        for name in ("epochs", "batch_size", "eval_batch_size", "num_workers", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_failures < 0:  # Ray Train reads -1 as "retry forever"
+            problems.append(f"max_failures: must be >= 0, got {self.max_failures}")
         if self.cache_train_mb < 0:
             problems.append(f"cache_train_mb: must be >= 0, got {self.cache_train_mb}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -731,7 +744,17 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         if not p.is_file():
             raise ConfigError([f"config file not found: {p}"], source)
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            raw = p.read_bytes()
+        except OSError as exc:
+            raise ConfigError([f"cannot read the config file: {exc.strerror or exc}"], source) from None
+        try:
+            decoded = raw.decode("utf-8-sig")  # not the locale's encoding: a file loads the same everywhere
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                [f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}; save the file as UTF-8"], source
+            ) from None
+        try:
+            data = yaml.safe_load(decoded) or {}
         except yaml.YAMLError as exc:
             raise ConfigError([f"not valid YAML: {exc}"], source) from None
     for text in overrides:

@@ -97,13 +97,24 @@ class Prediction:
         }
 
 
-def recorded_preprocess(extra: dict) -> PreprocessConfig | None:
+def recorded_preprocess(extra: dict, source: str = "<checkpoint>") -> PreprocessConfig | None:
     """The crop settings a training run recorded in its checkpoint (``extra["preprocess"]``: the
-    preprocess section its shards were made with), or None for a checkpoint without them."""
+    preprocess section its shards were made with), or None for a checkpoint without them.
+
+    The record is checked like a config's ``preprocess`` section (types and ranges); an invalid
+    one is a UserError naming ``source`` (the checkpoint) and each bad setting."""
+    from pipeline.typed import ConfigError, from_dict
+
     recorded = extra.get("preprocess") if isinstance(extra, dict) else None
     if not isinstance(recorded, dict):
         return None
-    return PreprocessConfig(**{k: recorded[k] for k in _CROP_FIELDS if k in recorded})
+    try:
+        return from_dict(PreprocessConfig, {k: recorded[k] for k in _CROP_FIELDS if k in recorded}, source)
+    except ConfigError as exc:
+        raise UserError(
+            f"{source}: the crop settings it records are not valid ({'; '.join(exc.problems)}); "
+            "give the ones its training data was preprocessed with (predict --config)"
+        ) from None
 
 
 def crop_options(prep: PreprocessConfig) -> dict:

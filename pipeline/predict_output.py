@@ -54,11 +54,13 @@ def json_row(p, top: int | None) -> str:
     return json.dumps(row)
 
 
-def _crop_settings(prep: PreprocessConfig | None, extra: dict, overrides: dict | None, top: int | None):
+def _crop_settings(
+    prep: PreprocessConfig | None, extra: dict, overrides: dict | None, top: int | None, source: str = "<checkpoint>"
+):
     """``prep``, else the checkpoint's recorded settings, else the defaults; then the single overrides."""
     from pipeline.predict import recorded_preprocess
 
-    prep = dataclasses.replace(prep or recorded_preprocess(extra) or PreprocessConfig(), **(overrides or {}))
+    prep = dataclasses.replace(prep or recorded_preprocess(extra, source) or PreprocessConfig(), **(overrides or {}))
     problems = prep.validate()
     if top is not None and top < 1:
         problems.append(f"--top: must be >= 1, got {top}")
@@ -92,7 +94,7 @@ def predict_command(
     # build (the checkpoint first: it may carry the crop settings to validate)
     model, extra = load_checkpoint(checkpoint)
     # validate
-    prep = _crop_settings(prep, extra, crop_overrides, top)
+    prep = _crop_settings(prep, extra, crop_overrides, top, str(checkpoint))
     items = expand_inputs(inputs)  # here only to size the table's path column
     classes = list(model.class_names)
     # run + write: rows stream out as their batch finishes (that is the progress display).

@@ -9,6 +9,7 @@ full key path (``train.epochs``), the bad value and what would be valid.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any, Literal, Union
@@ -51,6 +52,11 @@ def _convert(tp: Any, value: Any, path: str, errors: list[str]) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return value
+    # YAML's .nan / .inf are floats: NaN passes every `x < 0` check that validate() makes, so no
+    # field takes a non-finite number.
+    if isinstance(value, float) and not math.isfinite(value):
+        errors.append(f"{path}: expected a finite number, got {value!r}")
+        return None
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
         if value is None and type(None) in args:

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from pipeline.data.schema import ERROR_SCHEMA, ERRORS_NAME, MANIFEST_NAME, SHARD_SCHEMA, membership
+from pipeline.data.schema import ERROR_SCHEMA, ERRORS_NAME, MANIFEST_NAME, SCHEMA_VERSION, SHARD_SCHEMA, membership
 from pipeline.errors import UserError
 from pipeline.storage import Storage
 
@@ -37,6 +37,7 @@ __all__ = [
     "read_errors",
     "write_manifest",
     "read_manifest",
+    "read_current_manifest",
     "finished_clips",
     "shard_counts",
     "split_filter",
@@ -147,6 +148,22 @@ def read_manifest(storage: Storage, rel_dir: str) -> dict:
         return json.loads(storage.read_text(rel_dir, MANIFEST_NAME))
     except json.JSONDecodeError as exc:
         raise UserError(f"{storage.path(rel_dir, MANIFEST_NAME)}: not valid JSON ({exc})") from None
+
+
+def read_current_manifest(storage: Storage, rel_dir: str) -> dict:
+    """:func:`read_manifest` for a reader (train, tune, evaluate): a UserError unless the shards
+    were written with this code's ``SCHEMA_VERSION``; rows of another layout would fail later,
+    mid-run, or be read wrongly."""
+    manifest = read_manifest(storage, rel_dir)
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        found = "no schema version" if version is None else f"shard schema version {version!r}"
+        raise UserError(
+            f"{storage.path(rel_dir, MANIFEST_NAME)}: the shards were written with {found}, and this code "
+            f"reads version {SCHEMA_VERSION}; re-run preprocess with --overwrite "
+            "(`dferclip preprocess --config ... --overwrite`) to rewrite them"
+        )
+    return manifest
 
 
 def split_filter(fold: int, split: str) -> pc.Expression:

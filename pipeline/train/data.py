@@ -85,7 +85,8 @@ def open_shards(root: Storage | str, dataset: str) -> ShardSet:
         raise UserError(
             f"no shards in {storage.path(rel)} (expected part-*.parquet); run `dferclip preprocess --config ...` first"
         )
-    return ShardSet(storage.path(rel), storage.fs, paths, sh.read_manifest(storage, rel))
+    manifest = sh.read_current_manifest(storage, rel)  # an old shard layout: re-run preprocess
+    return ShardSet(storage.path(rel), storage.fs, paths, manifest)
 
 
 @dataclass

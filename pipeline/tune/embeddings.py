@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import ModelConfig
-from pipeline.data.shards import shard_dir, shard_files
+from pipeline.data.shards import read_current_manifest, shard_dir, shard_files
 from pipeline.errors import UserError
 from pipeline.storage import Storage
 
@@ -218,6 +218,7 @@ def ensure_embeddings(
     signature = _shard_signature(storage, shards_rel)
     if not signature:
         raise UserError(f"no shards in {storage.path(shards_rel)}: run `dferclip preprocess` first")
+    read_current_manifest(storage, shards_rel)  # shards of an older layout: re-run preprocess
     key, fields = backbone_key(model, seed)
     rel = cache_dir(dataset_name, key)
     if storage.exists(rel, MANIFEST):
