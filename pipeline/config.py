@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from pipeline.datasets import get_dataset, list_datasets
+from pipeline.names import name_problem
 from pipeline.typed import ConfigError, apply_override, from_dict, to_dict
 from pipeline.url_credentials import credentials_problem
 
@@ -203,8 +204,8 @@ class DescribeConfig:
             problems.append(f"backoff_s: must be >= 0, got {self.backoff_s}")
         if not 0.0 <= self.temperature <= 2.0:
             problems.append(f"temperature: must be in [0, 2], got {self.temperature}")
-        if self.output_name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.output_name):
-            problems.append(f"output_name: use letters, digits, '.', '_' or '-', got {self.output_name!r}")
+        if self.output_name is not None and (why := name_problem(self.output_name)):
+            problems.append(f"output_name: {why}")
         try:
             parts = urlsplit(self.base_url.strip())
         except ValueError:  # e.g. an unclosed [ of an IPv6 address
@@ -635,8 +636,8 @@ class TuneConfig:
         for key in ("cpus_per_trial", "gpus_per_trial", "driver_cpus", "embed_cpus", "embed_gpus"):
             if getattr(self, key) < 0:
                 problems.append(f"{key}: must be >= 0, got {getattr(self, key)}")
-        if self.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.name):
-            problems.append(f"name: use letters, digits, '.', '_' or '-', got {self.name!r}")
+        if self.name is not None and (why := name_problem(self.name)):
+            problems.append(f"name: {why}")
         return problems
 
 
@@ -726,6 +727,9 @@ class ExperimentConfig:
 
     def validate(self) -> list[str]:
         problems = []
+        # The name becomes folder names below the storage root (run folders, the default sweep).
+        if why := name_problem(self.name):
+            problems.append(f"name: {why}")
         if self.dataset.name in list_datasets():
             folds = get_dataset(self.dataset.name).folds
             if self.train.fold not in folds:

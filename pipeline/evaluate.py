@@ -20,6 +20,7 @@ from pathlib import Path
 
 from pipeline.config import ExperimentConfig
 from pipeline.errors import UserError
+from pipeline.names import check_name, to_name
 from pipeline.storage import Storage
 
 __all__ = ["run_evaluate", "EVALUATE_DIR", "SPLITS"]
@@ -48,7 +49,10 @@ def _load_model(cfg: ExperimentConfig, checkpoint: str | None) -> tuple[object, 
     from pipeline.model.checkpoint import load_checkpoint
 
     model, extra = load_checkpoint(checkpoint)
-    return model, extra.get("run_name") or Path(checkpoint).parent.name
+    run_name = extra.get("run_name")
+    if run_name is not None:  # it names the output folder: a checkpoint may not place it elsewhere
+        check_name(run_name, f"{checkpoint}: the checkpoint's run_name")
+    return model, run_name or to_name(Path(checkpoint).parent.name, "checkpoint")
 
 
 def _split_dataset(cfg: ExperimentConfig, storage: Storage, model, fold: int, split: str):
@@ -128,7 +132,8 @@ def run_evaluate(
     )
     m = EvalMetrics.from_confusion(cm, loss_sum)
     # write
-    name = f"{label}-{cfg.dataset.name}-fold{fold}-{split}-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+    # The label is a checked run name or zeroshot-<architecture> (ViT-B/32: made folder-safe).
+    name = f"{to_name(label, 'model')}-{cfg.dataset.name}-fold{fold}-{split}-{datetime.now():%Y%m%d-%H%M%S-%f}"
     out = (EVALUATE_DIR, name)
     metrics = {
         "model": label,

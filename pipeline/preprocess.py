@@ -23,7 +23,9 @@ finished shard. The driver only sees one small summary row per clip, logs a line
 and writes the error table and the manifest at the end. Re-running skips clips already in the
 shards and clips already in the error table (``retry_errors=True`` tries those again); a run
 with different output settings (crop size, detector, ...) is refused unless ``overwrite=True``,
-which clears the folder first. A re-run with nothing to do never starts Ray.
+which clears the folder first. A re-run with nothing to do never starts Ray. The run holds the
+shard folder's lock (:mod:`pipeline.locks`): a second preprocess of the same dataset and
+storage root is refused with a message naming the first (host, pid, start time).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from pipeline.data import shards as sh
 from pipeline.data.importers import ClipTable, clips_from_records, load_clip_table
 from pipeline.data.schema import MANIFEST_NAME, SCHEMA_VERSION
 from pipeline.errors import UserError
+from pipeline.locks import folder_lock
 from pipeline.logs import progress
 from pipeline.storage import Storage
 from pipeline.typed import to_dict
@@ -203,6 +206,21 @@ def run_preprocess(
         raise UserError("preprocess: " + "; ".join(problems))
     storage = storage_root if isinstance(storage_root, Storage) else Storage(storage_root)
     rel_dir = sh.shard_dir(storage, dataset.name)
+    # One writer per shard folder: two runs would write the same clips into differently grouped shards.
+    with folder_lock(storage, rel_dir, what=f"preprocess of {dataset.name}"):
+        return _preprocess_locked(storage, rel_dir, dataset, prep, clips, overwrite, retry_errors, emit)
+
+
+def _preprocess_locked(
+    storage: Storage,
+    rel_dir: str,
+    dataset: DatasetConfig,
+    prep: PreprocessConfig,
+    clips: Iterable | None,
+    overwrite: bool,
+    retry_errors: bool,
+    emit: Log,
+) -> dict:
     table = _table_for(dataset, clips)
     if not table.clips:
         raise UserError(f"dataset {dataset.name}: the annotation lists no clips")

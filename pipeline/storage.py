@@ -4,24 +4,42 @@ Stages address artifacts by relative paths below the root (``shards/dfew/part-00
 so the same config works on a laptop and on a cluster whose nodes share a bucket. Every write
 is atomic — written under a temporary name, then renamed (on object stores a single PUT is
 already atomic) — so a killed job never leaves a half-written file that readers would trust.
+
+Relative paths stay below the root: a part that is absolute (``/tmp/x``, ``s3://...``) or has a
+``..`` component is refused with a ValueError naming it, so no name that reaches a path (an
+experiment name, a run name read from a checkpoint) can place files outside ``storage.root``
+(names themselves are checked earlier, by :mod:`pipeline.names`).
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import re
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from pipeline.atomic import atomic_write_bytes
 
-__all__ = ["Storage", "is_uri"]
+__all__ = ["Storage", "is_uri", "relative_part_problem"]
 
 
 def is_uri(location: str | os.PathLike) -> bool:
     """True for an object-storage (or ``file://``) URI, False for a plain local path."""
     return "://" in str(location)
+
+
+def relative_part_problem(part: str) -> str | None:
+    """Why ``part`` may not be joined below a root (absolute, a URI, a ``..`` component), or None."""
+    text = os.fspath(part)
+    if not isinstance(text, str):
+        return f"{text!r} is not a text path"
+    if text.startswith("/") or is_uri(text) or re.match(r"[A-Za-z]:[\\/]", text):
+        return f"{text!r} is absolute; give a path relative to the storage root"
+    if ".." in text.split("/"):
+        return f"{text!r} has a '..' component, which would leave the storage root"
+    return None
 
 
 class Storage:
@@ -48,9 +66,15 @@ class Storage:
     def __repr__(self) -> str:
         return f"Storage({self.uri_root!r})"
 
+    def _check(self, parts: tuple[str, ...]) -> None:
+        for part in parts:
+            if why := relative_part_problem(part):
+                raise ValueError(f"storage path part {why} (root {self.uri_root})")
+
     def uri(self, *parts: str) -> str:
         """A location of ``parts`` that another process can open: the URI below a remote root
         (``s3://bucket/prefix/a/b``), the absolute path below a local one."""
+        self._check(parts)
         if not parts:
             return self.uri_root
         if self.is_local:
@@ -63,6 +87,7 @@ class Storage:
 
     def path(self, *parts: str) -> str:
         """Full filesystem path (for pyarrow) of a relative artifact path."""
+        self._check(parts)
         return posixpath.join(self.root, *parts) if parts else self.root
 
     def local_path(self, *parts: str) -> Path:

@@ -10,6 +10,12 @@ settings in its file metadata; a re-run with different settings refuses to mix t
 Selecting a fold at training time needs no re-preprocessing: :func:`split_filter` is a pyarrow
 expression (``pyarrow.dataset``, ``pyarrow.Table.filter``), :func:`split_row_filter` a row
 predicate for ``ray.data.Dataset.filter``, and :func:`select_clips` lists a fold/split's clip ids.
+
+A clip id is in at most one shard: readers (:func:`finished_clips`, training's ``open_shards``,
+the tune embedding cache) refuse a folder where two shards hold the same clip (two preprocess
+runs that wrote it at once before the folder was locked, a shard copied in by hand) rather
+than count the clip twice and let it land in both train and test. Preprocess holds the folder's
+lock (:mod:`pipeline.locks`) while it writes.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import pyarrow.parquet as pq
 
 from pipeline.data.schema import ERROR_SCHEMA, ERRORS_NAME, MANIFEST_NAME, SCHEMA_VERSION, SHARD_SCHEMA, membership
 from pipeline.errors import UserError
+from pipeline.names import check_name
 from pipeline.storage import Storage
 
 __all__ = [
@@ -39,6 +46,7 @@ __all__ = [
     "read_manifest",
     "read_current_manifest",
     "finished_clips",
+    "check_unique_clips",
     "shard_counts",
     "split_filter",
     "split_row_filter",
@@ -53,7 +61,7 @@ _ROW_GROUP_BYTES = 32 * 1024 * 1024
 
 def shard_dir(storage: Storage, dataset_name: str) -> str:
     """Relative path of a dataset's shard folder below the storage root."""
-    return posixpath.join("shards", dataset_name)
+    return posixpath.join("shards", check_name(dataset_name, "dataset.name"))
 
 
 def shard_files(storage: Storage, rel_dir: str) -> list[str]:
@@ -89,17 +97,43 @@ def _read_columns(storage: Storage, rel_dir: str, columns: list[str], filter=Non
     return dataset.to_table(columns=columns, filter=filter)
 
 
+def _refuse_duplicate(clip_id: str, first: str, second: str, hint: str) -> None:
+    where = f"twice in the shard {first}" if first == second else f"in two shards, {first} and {second}"
+    raise UserError(
+        f"clip {clip_id!r} is {where}: two preprocess runs wrote this folder at once, or a shard was copied in; {hint}"
+    )
+
+
+_DUPLICATE_HINT = "rebuild the shards with `dferclip preprocess --overwrite`"
+
+
+def check_unique_clips(filesystem, paths: list[str], hint: str = _DUPLICATE_HINT) -> None:
+    """UserError naming both shard files when a clip id is in more than one of ``paths``
+    (or twice in one); reads only the ``clip_id`` column."""
+    seen: dict[str, str] = {}
+    for path in paths:
+        ids = pq.read_table(path, columns=["clip_id"], filesystem=filesystem).column("clip_id").to_pylist()
+        for clip_id in ids:
+            if clip_id in seen:
+                _refuse_duplicate(clip_id, seen[clip_id], path, hint)
+            seen[clip_id] = path
+
+
 def finished_clips(storage: Storage, rel_dir: str) -> tuple[set[str], set[str]]:
-    """(clip ids present in finished shards, output hashes those shards were made with)."""
-    ids: set[str] = set()
+    """(clip ids present in finished shards, output hashes those shards were made with); a
+    UserError naming both files when two shards hold one clip."""
+    owner: dict[str, str] = {}
     hashes: set[str] = set()
     for path in shard_paths(storage, rel_dir):
         with storage.fs.open_input_file(path) as f:
             pf = pq.ParquetFile(f)
             meta = pf.schema_arrow.metadata or {}
             hashes.add(meta.get(OUTPUT_HASH_KEY, b"").decode())
-            ids.update(pf.read(columns=["clip_id"]).column("clip_id").to_pylist())
-    return ids, hashes
+            for clip_id in pf.read(columns=["clip_id"]).column("clip_id").to_pylist():
+                if clip_id in owner:
+                    _refuse_duplicate(clip_id, owner[clip_id], path, _DUPLICATE_HINT)
+                owner[clip_id] = path
+    return set(owner), hashes
 
 
 def shard_counts(storage: Storage, rel_dir: str) -> dict:

@@ -28,6 +28,7 @@ import yaml
 
 from pipeline.errors import UserError
 from pipeline.llm.prompts import PROMPTS_DIR
+from pipeline.names import check_name
 from pipeline.storage import Storage, is_uri
 
 __all__ = [
@@ -163,7 +164,8 @@ def dump_description_set(dset: DescriptionSet) -> str:
 
 def write_description_set(storage: Storage, dset: DescriptionSet) -> str:
     """Atomically write ``<root>/descriptions/<name>.yaml``; returns the full path."""
-    return storage.write_text(dump_description_set(dset), DESCRIPTIONS_DIR, f"{dset.name}.yaml")
+    name = check_name(dset.name, "description set name (describe.output_name)")
+    return storage.write_text(dump_description_set(dset), DESCRIPTIONS_DIR, f"{name}.yaml")
 
 
 def shipped_set_paths() -> dict[str, Path]:

@@ -77,7 +77,8 @@ class ShardSet:
 
 
 def open_shards(root: Storage | str, dataset: str) -> ShardSet:
-    """Find the shards of ``dataset`` below the storage root; UserError if there are none."""
+    """Find the shards of ``dataset`` below the storage root; UserError if there are none, or if
+    two shards hold one clip (it would be counted twice, and could land in train and test)."""
     storage = root if isinstance(root, Storage) else Storage(root)
     rel = sh.shard_dir(storage, dataset)
     paths = sh.shard_paths(storage, rel)
@@ -86,6 +87,7 @@ def open_shards(root: Storage | str, dataset: str) -> ShardSet:
             f"no shards in {storage.path(rel)} (expected part-*.parquet); run `dferclip preprocess --config ...` first"
         )
     manifest = sh.read_current_manifest(storage, rel)  # an old shard layout: re-run preprocess
+    sh.check_unique_clips(storage.fs, paths)
     return ShardSet(storage.path(rel), storage.fs, paths, manifest)
 
 

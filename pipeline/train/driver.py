@@ -23,6 +23,7 @@ from datetime import datetime
 from pipeline.config import AugmentConfig, ModelConfig
 from pipeline.datasets import get_dataset
 from pipeline.errors import UserError
+from pipeline.names import check_name
 from pipeline.storage import Storage
 from pipeline.train.data import ShardedDataConfig, eval_dataset, open_shards, plan_splits, train_dataset
 from pipeline.train.recipe import RunSpec
@@ -139,6 +140,7 @@ def fit(job: TrainJob, *, callbacks: list | None = None, progress: bool = True):
 
     from pipeline.raycluster import check_resources, ensure_ray
 
+    check_name(job.spec.run_name, "run name")  # Ray Train's run folder <runs>/<run_name>
     ensure_ray()
     spec, t = job.spec, job.spec.train
     if t.num_workers > 1 and t.batch_size < t.num_workers:

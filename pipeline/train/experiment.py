@@ -5,6 +5,7 @@ Layout below ``<storage.root>/train/`` (Ray's ``storage_path``)::
     <experiment>-fold<k>-<timestamp>/     one run (Ray Train's folder + ours, see outputs.py)
     <experiment>-kfold-<timestamp>/       folds.csv, folds.md, summary.json of a k-fold protocol
     latest.json                           the latest completed run (and k-fold table)
+    .<run>.lock                           while a run trains: who trains it (pipeline.locks)
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import yaml
 from pipeline.config import ExperimentConfig, dump_config
 from pipeline.datasets import get_dataset
 from pipeline.errors import UserError
+from pipeline.locks import folder_lock
 from pipeline.logs import run_log
+from pipeline.names import check_name
 from pipeline.storage import Storage, is_uri
 from pipeline.train.driver import TrainJob, fit, new_run_name
 from pipeline.train.outputs import clean_json
@@ -133,9 +136,10 @@ def run_fold(cfg: ExperimentConfig, fold: int, storage: Storage | None = None) -
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, fold=fold))
     storage = storage or Storage(cfg.storage.root)
     name = new_run_name(cfg.name, fold)
-    # Saved first, so `--resume` can rebuild this exact run even if it dies in epoch 1.
-    storage.write_text(dump_config(cfg), TRAIN_DIR, name, "config.yaml")
-    return _run(cfg, storage, name)
+    with folder_lock(storage, TRAIN_DIR, name, what=f"training run {name}"):
+        # Saved first, so `--resume` can rebuild this exact run even if it dies in epoch 1.
+        storage.write_text(dump_config(cfg), TRAIN_DIR, name, "config.yaml")
+        return _run(cfg, storage, name)
 
 
 def fold_table(summaries: list[dict]) -> list[dict]:
@@ -232,7 +236,7 @@ def resume_run(ref: str, *, root: str | None = None, overrides: list[str] | tupl
     if is_uri(ref) or Path(ref).expanduser().is_dir():
         storage = Storage(ref.rstrip("/"))
     elif root is not None:
-        storage = Storage(root).child(TRAIN_DIR, ref)
+        storage = Storage(root).child(TRAIN_DIR, check_name(ref, "--resume"))
     else:
         raise UserError(f"--resume {ref!r}: no such folder; give the run folder, or its name with --config")
     run_uri = storage.uri()
@@ -243,25 +247,28 @@ def resume_run(ref: str, *, root: str | None = None, overrides: list[str] | tupl
     for text in overrides:
         apply_override(data, text)
     cfg: ExperimentConfig = from_dict(ExperimentConfig, data, source)
-    name = posixpath.basename(run_uri.rstrip("/"))
+    name = check_name(posixpath.basename(run_uri.rstrip("/")), "--resume: the run folder's name")
     root_storage = Storage(cfg.storage.root)
     if root_storage.child(TRAIN_DIR, name).path() != storage.path():
         raise UserError(
             f"--resume: {run_uri} is not below its config's storage root {cfg.storage.root}; "
             "runs must be resumed where they were started"
         )
-    if storage.exists("summary.json"):
-        done = json.loads(storage.read_text("summary.json"))
-        if done.get("epochs") == cfg.train.epochs:
-            logger.info(
-                "[%s] already complete (%d epochs); nothing to resume (raise train.epochs with --set to train further)",
-                name,
-                done["epochs"],
-            )
-            return done
-    storage.write_text(dump_config(cfg), "config.yaml")
-    logger.info("[%s] resuming from its latest checkpoint (up to %d epochs)", name, cfg.train.epochs)
-    return _run(cfg, root_storage, name)
+    # One writer per run folder: a second --resume of the same run is refused, naming the first.
+    with folder_lock(root_storage, TRAIN_DIR, name, what=f"training run {name} (resumed)"):
+        if storage.exists("summary.json"):
+            done = json.loads(storage.read_text("summary.json"))
+            if done.get("epochs") == cfg.train.epochs:
+                logger.info(
+                    "[%s] already complete (%d epochs); nothing to resume (raise train.epochs with --set to train "
+                    "further)",
+                    name,
+                    done["epochs"],
+                )
+                return done
+        storage.write_text(dump_config(cfg), "config.yaml")
+        logger.info("[%s] resuming from its latest checkpoint (up to %d epochs)", name, cfg.train.epochs)
+        return _run(cfg, root_storage, name)
 
 
 def run_train(

@@ -37,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.config import ModelConfig
-from pipeline.data.shards import read_current_manifest, shard_dir, shard_files
+from pipeline.data.shards import check_unique_clips, read_current_manifest, shard_dir, shard_files
 from pipeline.errors import UserError
 from pipeline.storage import Storage
 
@@ -219,6 +219,8 @@ def ensure_embeddings(
     if not signature:
         raise UserError(f"no shards in {storage.path(shards_rel)}: run `dferclip preprocess` first")
     read_current_manifest(storage, shards_rel)  # shards of an older layout: re-run preprocess
+    # Trials plan their splits from this cache: a clip in two shards would be in it twice.
+    check_unique_clips(storage.fs, [storage.path(shards_rel, n) for n in sorted(signature)])
     key, fields = backbone_key(model, seed)
     rel = cache_dir(dataset_name, key)
     if storage.exists(rel, MANIFEST):

@@ -149,7 +149,18 @@ def run_tune(cfg: ExperimentConfig, *, callbacks: list | None = None) -> SweepOu
 
     ``callbacks``: extra Ray Tune callbacks for a new sweep. Tune saves them with the sweep and a
     resumed sweep runs those again (with the state their ``get_state()`` saved), not new ones.
+    The sweep folder is locked while the sweep runs (:mod:`pipeline.locks`): a second
+    ``dferclip tune`` with the same name is refused with a message naming the first.
     """
+    from pipeline.locks import folder_lock
+    from pipeline.tune.sweep import sweep_rel
+
+    name = cfg.tune.name or cfg.name
+    with folder_lock(Storage(cfg.storage.root), sweep_rel(name), what=f"tune sweep {name}"):
+        return _run_tune_locked(cfg, callbacks)
+
+
+def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutcome:
     from pipeline.data.shards import shard_dir, shard_files
     from pipeline.llm.sets import load_description_set
     from pipeline.raycluster import ensure_ray

@@ -18,6 +18,7 @@ from typing import Any
 from pipeline import logs
 from pipeline.config import TuneConfig
 from pipeline.errors import UserError
+from pipeline.names import check_name
 from pipeline.storage import Storage
 from pipeline.tune.space import param_space
 
@@ -30,7 +31,7 @@ SWEEP_FILE = "sweep.json"
 
 def sweep_rel(name: str) -> str:
     """Relative path of a sweep's folder below the storage root."""
-    return f"tune/{name}"
+    return f"tune/{check_name(name, 'tune.name')}"
 
 
 def _check_same_sweep(storage: Storage, rel: str, signature: dict) -> None:

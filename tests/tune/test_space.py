@@ -309,7 +309,7 @@ def test_tune_section_errors_name_the_key():
     assert found == [
         "tune.max_concurrent_trials: must be >= 1, got 0",
         "tune.reduction_factor: must be > 1, got 1.0",
-        "tune.name: use letters, digits, '.', '_' or '-', got 'a/b'",
+        "tune.name: use letters, digits, '.', '_' or '-', starting with a letter or digit; got 'a/b'",
     ]
 
 
