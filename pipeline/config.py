@@ -143,9 +143,10 @@ class ModelConfig:
 
 @dataclass
 class DescribeConfig:
-    # Description set used by training: a YAML path (or a shipped set's name, e.g. default-11),
-    # or null for the shipped default of the dataset's classes. The describe stage writes its
-    # set to <storage.root>/descriptions/<output_name>.yaml; put that path here to train on it.
+    # Description set the class prompts use: a YAML path (or a shipped set's name, e.g.
+    # default-11). null: with enabled, the set the describe stage writes for this experiment
+    # (<storage.root>/descriptions/<output_name>.yaml, missing is an error), else the shipped
+    # default of the dataset's classes (pipeline/llm/selection.py, docs/describe.md).
     description_set: str | None = None
     enabled: bool = False  # run the LLM at all; false keeps the shipped/offline set
     # Any OpenAI-compatible endpoint: OpenAI https://api.openai.com/v1, vLLM

@@ -5,9 +5,10 @@
 Reads ``<storage.root>/shards/<dataset>/`` (the fold's ``test`` split by default; ``val`` is the
 validation hold-out carved from train exactly as training carves it; ``train`` the rest) and
 the checkpoint (project format: it carries its model config, class names and descriptions).
-``zero_shot=True`` evaluates the config's CLIP (``model.*``) with the class descriptions and no
-training. Writes ``<storage.root>/evaluate/<name>/``: metrics.json (loss, UAR, WAR, per-class
-recall, confusion), predictions.csv (per clip) and confusion.png; returns the metrics with
+``zero_shot=True`` evaluates the config's CLIP (``model.*``) with the experiment's description
+set (:func:`pipeline.llm.selection.resolve_description_set`) and no training. Writes
+``<storage.root>/evaluate/<name>/``: metrics.json (loss, UAR, WAR, per-class recall, confusion,
+the description set's id), predictions.csv (per clip) and confusion.png; returns the metrics with
 ``output_dir`` added.
 """
 
@@ -38,21 +39,23 @@ def _check(checkpoint: str | None, split: str, zero_shot: bool) -> None:
         raise UserError(f"--split: expected test, val or train, got {split!r}")
 
 
-def _load_model(cfg: ExperimentConfig, checkpoint: str | None) -> tuple[object, str]:
-    """The model to score and its label (the run name, or ``zeroshot-<clip model>``)."""
+def _load_model(cfg: ExperimentConfig, checkpoint: str | None, storage: Storage) -> tuple[object, str, dict | None]:
+    """The model to score, its label (the run name, or ``zeroshot-<clip model>``) and the record of
+    its description set (the experiment's for zero-shot; the one the checkpoint was trained with)."""
     if checkpoint is None:
-        from pipeline.train.experiment import resolve_descriptions
+        from pipeline.llm.selection import resolve_description_set
         from pipeline.train.zeroshot import ZeroShotClip
 
-        model = ZeroShotClip(cfg.model, cfg.dataset.class_names, resolve_descriptions(cfg))
-        return model, f"zeroshot-{cfg.model.clip_model}"
+        chosen = resolve_description_set(cfg, storage)
+        model = ZeroShotClip(cfg.model, cfg.dataset.class_names, chosen.descriptions if chosen else None)
+        return model, f"zeroshot-{cfg.model.clip_model}", chosen.record() if chosen else None
     from pipeline.model.checkpoint import load_checkpoint
 
     model, extra = load_checkpoint(checkpoint)
     run_name = extra.get("run_name")
     if run_name is not None:  # it names the output folder: a checkpoint may not place it elsewhere
         check_name(run_name, f"{checkpoint}: the checkpoint's run_name")
-    return model, run_name or to_name(Path(checkpoint).parent.name, "checkpoint")
+    return model, run_name or to_name(Path(checkpoint).parent.name, "checkpoint"), extra.get("description_set")
 
 
 def _split_dataset(cfg: ExperimentConfig, storage: Storage, model, fold: int, split: str):
@@ -115,7 +118,7 @@ def run_evaluate(
     storage = storage or Storage(cfg.storage.root)
     fold = cfg.train.fold if fold is None else fold
     # build
-    model, label = _load_model(cfg, checkpoint)
+    model, label, description_set = _load_model(cfg, checkpoint, storage)
     class_names = model.class_names
     ensure_ray()
     ids, dataset = _split_dataset(cfg, storage, model, fold, split)
@@ -139,6 +142,7 @@ def run_evaluate(
         "model": label,
         "checkpoint": checkpoint,
         "zero_shot": zero_shot,
+        "description_set": description_set,
         "dataset": cfg.dataset.name,
         "fold": fold,
         "split": split,

@@ -8,8 +8,11 @@ sections and the content of what it reads, plus the fingerprints of the stages i
 outputs are locations that must still exist. The fingerprint and the outputs are recorded in
 ``<storage.root>/stages/<stage>.json`` once the stage succeeds; a stage whose fingerprint is
 unchanged and whose declared paths still exist is skipped, so editing a prompt template re-runs
-describe and what depends on it (train, tune) but not preprocess. The run ends with a summary
-of what ran, what was skipped and where the artifacts are.
+describe and what depends on it (train, tune) but not preprocess. A stage's fingerprint is taken
+when its turn comes, after the stages before it ran: train's and tune's hash the id of the
+description set they will use (:func:`pipeline.llm.selection.resolve_description_set`), which
+describe has just written. The run ends with a summary of what ran, what was skipped and where
+the artifacts are.
 """
 
 from __future__ import annotations
@@ -90,12 +93,23 @@ def _location(storage: Storage, path: str) -> str:
 
 def _describe_inputs(cfg: ExperimentConfig) -> list:
     from pipeline.llm import default_description_set_path, load_template, resolve_set_path
+    from pipeline.llm.selection import DESCRIBE_KEY, describe_target
 
     d = cfg.describe
     template = load_template(d.template).sha256 if d.enabled else None
-    given = file_digest(resolve_set_path(d.description_set)) if d.description_set else None
+    given = file_digest(resolve_set_path(d.description_set, key=DESCRIBE_KEY)) if d.description_set else None
     shipped = file_digest(default_description_set_path(cfg.dataset.class_names))
-    return [d, cfg.dataset.class_names, template, given, shipped]
+    # Where it writes: a new experiment name is a new set, even with the same descriptions.
+    return [d, cfg.dataset.class_names, template, given, shipped, describe_target(cfg)]
+
+
+def _description_set_id(cfg: ExperimentConfig) -> str | None:
+    """The id of the set train and tune will use (name and content), read after describe has run,
+    so an edit of that file, or a different set chosen, runs them again."""
+    from pipeline.llm.selection import resolve_description_set
+
+    chosen = resolve_description_set(cfg)
+    return chosen.id if chosen else None
 
 
 def _run_describe(cfg: ExperimentConfig, storage: Storage) -> dict:
@@ -128,6 +142,7 @@ def _run_train(cfg: ExperimentConfig, storage: Storage) -> dict:
         "test_uar": last["test"]["uar"],
         "test_war": last["test"]["war"],
         "best_epoch": last["best_epoch"],
+        "description_set": (last.get("description_set") or {}).get("id", ""),
     }
 
 
@@ -139,7 +154,11 @@ def _run_tune(cfg: ExperimentConfig, storage: Storage) -> dict:
         # Not recorded, so the next run resumes the sweep; the exit status is the tune stage's (130).
         raise KeyboardInterrupt(f"the sweep in {outcome.path} did not finish")
     sweep = _location(storage, outcome.path)
-    return {"sweep": sweep, "best_config": posixpath.join(sweep, "best_config.yaml")}
+    return {
+        "sweep": sweep,
+        "best_config": posixpath.join(sweep, "best_config.yaml"),
+        "description_set": outcome.description_set or "",
+    }
 
 
 STAGES: tuple[StageSpec, ...] = (
@@ -147,14 +166,14 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("preprocess", _preprocess_inputs, _run_preprocess, paths=("shards",)),
     StageSpec(
         "train",
-        lambda cfg: [cfg.model, cfg.train],
+        lambda cfg: [cfg.model, cfg.train, _description_set_id(cfg)],
         _run_train,
         paths=("run_dir", "checkpoint"),
         after=("describe", "preprocess"),
     ),
     StageSpec(
         "tune",
-        lambda cfg: [cfg.tune, cfg.model, cfg.train],
+        lambda cfg: [cfg.tune, cfg.model, cfg.train, _description_set_id(cfg)],
         _run_tune,
         paths=("sweep",),
         after=("describe", "preprocess"),

@@ -1,8 +1,9 @@
 """Train stage: fit DFER-CLIP with Ray Train (DDP workers) on the Parquet shards.
 
 Reads ``<storage.root>/shards/<dataset>/`` (from ``dferclip preprocess``) and the description set
-(``describe.description_set``, the describe stage's output, or the shipped default); trains one
-run per requested fold with a ``TorchTrainer``; writes each run to
+(``describe.description_set``, else with ``describe.enabled`` the describe stage's output, else the
+shipped default: :func:`pipeline.llm.selection.resolve_description_set`); trains one run per
+requested fold with a ``TorchTrainer``; writes each run to
 ``<storage.root>/train/<experiment>-fold<k>-<timestamp>/`` (checkpoints every epoch, metrics.csv /
 .parquet, TensorBoard events, curves.png, confusion_*.png, final/model.pt, summary.json) and
 points ``<storage.root>/train/latest.json`` at the latest completed run. With several folds it

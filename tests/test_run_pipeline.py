@@ -81,3 +81,58 @@ def test_run_skips_up_to_date_stages_and_reruns_downstream_of_a_template_edit(ra
         assert third.ran == ["describe", "train"] and third.skipped == ["preprocess"]
         assert len(server.chat_requests()) == requests_after_first + 7
         assert third.records["train"].outputs["run_dir"] != first.records["train"].outputs["run_dir"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_run_with_tune_trains_and_sweeps_on_the_describe_stage_set(ray_local, tmp_path, monkeypatch):
+    """`dferclip run --tune` with describe.enabled: train and the sweep both use the LLM's set,
+    found under the name the describe stage wrote it (the experiment name made file-safe)."""
+    import json
+
+    from pipeline.llm import read_description_set
+    from pipeline.model.checkpoint import load_checkpoint
+
+    data = tmp_path / "data"
+    generate_demo_data(data, clips_per_class=2, seed=5, num_frames=12)
+    monkeypatch.setenv("DFERCLIP_TEST_LLM_KEY", "sk-test-not-a-real-key")
+    with ChatServer() as server:
+        cfg = load_config(
+            None,
+            [
+                "name=llm-run.",  # written as descriptions/llm-run.yaml
+                f"storage.root={tmp_path / 'root'}",
+                "dataset.name=demo",
+                f"dataset.root={data}",
+                f"dataset.annotations={data / 'labels.csv'}",
+                "describe.enabled=true",
+                f"describe.base_url={server.base_url}",
+                "describe.model=test-model",
+                "describe.api_key_env=DFERCLIP_TEST_LLM_KEY",
+                *TINY,
+                "tune.space={model.n_ctx: [4]}",
+                "tune.frozen_encoder=true",
+                "tune.metric=test_uar",
+                "tune.scheduler=none",
+                "tune.max_concurrent_trials=1",
+            ],
+        )
+        summary = run_pipeline(cfg, include=("tune",))
+    assert summary.ran == ["describe", "preprocess", "train", "tune"]
+    location = summary.records["describe"].outputs["description_set"]
+    assert Path(location).name == "llm-run.yaml"
+    llm_set = read_description_set(location)
+    assert llm_set.provenance["source"] == "llm"
+    # Trained on the LLM's descriptions (the model carries its class texts), and swept on them.
+    model, _extra = load_checkpoint(summary.records["train"].outputs["checkpoint"])
+    assert model.spec["descriptions"] == llm_set.classes
+    sweep = json.loads((Path(summary.records["tune"].outputs["sweep"]) / "sweep.json").read_text())
+    assert sweep["signature"]["descriptions"] == llm_set.classes
+    # The stage records, the run folder and the sweep folder name the set they used.
+    set_id = f"llm-run@{llm_set.id}"
+    assert summary.records["train"].outputs["description_set"] == set_id
+    assert summary.records["tune"].outputs["description_set"] == set_id
+    run_dir = Path(summary.records["train"].outputs["run_dir"])
+    assert json.loads((run_dir / "summary.json").read_text())["description_set"]["id"] == set_id
+    assert read_description_set(run_dir / "descriptions.yaml").classes == llm_set.classes
+    assert sweep["description_set"]["id"] == set_id

@@ -1,7 +1,8 @@
 """LLM-generated class descriptions: prompt templates, validated and cached answers, description sets.
 
-Training needs only :func:`load_description_set` (and :func:`default_description_set_path`);
-the describe stage (:mod:`pipeline.llm.describe_run`) uses the rest. Importing this package does not import
+Which set an experiment uses, and where its describe stage writes, is decided in one place,
+:func:`resolve_description_set` (:mod:`pipeline.llm.selection`), for every stage; the describe
+stage (:mod:`pipeline.llm.describe_run`) uses the rest. Importing this package does not import
 the ``openai`` client — that happens only when a request is actually made.
 """
 
@@ -17,6 +18,7 @@ from pipeline.llm.prompts import (
     render_messages,
 )
 from pipeline.llm.runner import DescribeResult, generate_descriptions, llm_description_set
+from pipeline.llm.selection import ChosenSet, describe_target, resolve_description_set, set_name
 from pipeline.llm.sets import (
     DESCRIPTIONS_DIR,
     DescriptionSet,
@@ -30,6 +32,10 @@ from pipeline.llm.sets import (
 from pipeline.llm.validation import InvalidAnswer, parse_answer
 
 __all__ = [
+    "resolve_description_set",
+    "ChosenSet",
+    "describe_target",
+    "set_name",
     "load_description_set",
     "default_description_set_path",
     "DescriptionSet",

@@ -6,13 +6,13 @@
 With ``describe.enabled`` it asks the LLM endpoint for every class x sample (cached answers are
 reused; ``refresh`` asks again) and writes the set with its provenance; otherwise it writes the
 offline set (the shipped default for the classes, or ``describe.description_set``), so the
-pipeline runs with no endpoint. Either way the set goes to ``<storage.root>/descriptions/<name>.yaml``.
+pipeline runs with no endpoint. Either way the set goes to ``<storage.root>/descriptions/<name>.yaml``
+(:func:`pipeline.llm.selection.describe_target`, the same place train, evaluate and tune look).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from datetime import UTC, datetime
 from typing import TextIO
@@ -22,13 +22,13 @@ from pipeline.llm.cache import AnswerCache
 from pipeline.llm.diff import diff_description_sets
 from pipeline.llm.prompts import load_class_set, load_template
 from pipeline.llm.runner import generate_descriptions, llm_description_set
+from pipeline.llm.selection import DESCRIBE_KEY, describe_target, set_name
 from pipeline.llm.sets import (
-    DESCRIPTIONS_DIR,
     DescriptionSet,
     default_description_set_path,
+    dump_description_set,
     read_description_set,
     resolve_set_path,
-    write_description_set,
 )
 from pipeline.storage import Storage
 
@@ -37,14 +37,11 @@ __all__ = ["write_descriptions", "offline_set", "set_name", "print_diff"]
 logger = logging.getLogger(__name__)
 
 
-def set_name(cfg: ExperimentConfig) -> str:
-    """The description set's name: ``describe.output_name``, else the experiment name made file-safe."""
-    return cfg.describe.output_name or re.sub(r"[^A-Za-z0-9._-]+", "-", cfg.name).strip("-.") or "descriptions"
-
-
 def offline_set(name: str, user_set: str | None, class_names: list[str]) -> DescriptionSet:
     """The shipped default for these classes (or the user's file), restricted to them."""
-    source = resolve_set_path(user_set) if user_set else str(default_description_set_path(class_names))
+    source = (
+        resolve_set_path(user_set, key=DESCRIBE_KEY) if user_set else str(default_description_set_path(class_names))
+    )
     original = read_description_set(source)
     classes = original.subset(class_names, source)
     provenance = {
@@ -93,8 +90,9 @@ def write_descriptions(cfg: ExperimentConfig, *, refresh: bool = False, storage:
             result.requests,
             result.seconds,
         )
-    write_description_set(storage, dset)
-    location = storage.uri(DESCRIPTIONS_DIR, f"{dset.name}.yaml")
+    target = describe_target(cfg)
+    storage.write_text(dump_description_set(dset), *target)
+    location = storage.uri(*target)
     counts = ", ".join(f"{c} {len(v)}" for c, v in dset.classes.items())
     logger.info("[describe] description set %s (id %s) written to %s", dset.name, dset.id, location)
     logger.info("[describe] descriptions per class: %s", counts)

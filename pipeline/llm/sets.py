@@ -192,14 +192,19 @@ def default_description_set_path(class_names: list[str] | tuple[str, ...]) -> Pa
     return best[1]
 
 
-def resolve_set_path(name_or_path: str) -> str:
-    """A file path or URI as given; a bare name of a shipped set (``default-7``) becomes its path."""
+def resolve_set_path(name_or_path: str, key: str = "") -> str:
+    """A file path or URI as given; a bare name of a shipped set (``default-7``) becomes its path.
+
+    ``key``: the config key the value came from, named in the error when there is no such set."""
     if is_uri(name_or_path) or Path(name_or_path).expanduser().exists():
         return name_or_path
     shipped = shipped_set_paths()
     if name_or_path in shipped:
         return str(shipped[name_or_path])
-    raise UserError(f"description set not found: {name_or_path} (not a file; shipped sets: {', '.join(shipped)})")
+    where = f"{key}: " if key else ""
+    raise UserError(
+        f"{where}description set not found: {name_or_path} (not a file; shipped sets: {', '.join(shipped)})"
+    )
 
 
 def load_description_set(path: str | Path | None, class_names: list[str] | tuple[str, ...]) -> dict[str, list[str]]:

@@ -2,7 +2,8 @@
 
 Layout below ``<storage.root>/train/`` (Ray's ``storage_path``)::
 
-    <experiment>-fold<k>-<timestamp>/     one run (Ray Train's folder + ours, see outputs.py)
+    <experiment>-fold<k>-<timestamp>/     one run (Ray Train's folder + ours, see outputs.py),
+                                          with descriptions.yaml: the description set it trains on
     <experiment>-kfold-<timestamp>/       folds.csv, folds.md, summary.json of a k-fold protocol
     latest.json                           the latest completed run (and k-fold table)
     .<run>.lock                           while a run trains: who trains it (pipeline.locks)
@@ -24,6 +25,7 @@ import yaml
 from pipeline.config import ExperimentConfig, dump_config
 from pipeline.datasets import get_dataset
 from pipeline.errors import UserError
+from pipeline.llm.selection import ChosenSet, read_set_copy, resolve_description_set
 from pipeline.locks import folder_lock
 from pipeline.logs import run_log
 from pipeline.names import check_name
@@ -35,7 +37,7 @@ from pipeline.typed import apply_override, from_dict
 
 __all__ = [
     "run_train",
-    "resolve_descriptions",
+    "run_descriptions",
     "run_fold",
     "run_folds",
     "resume_run",
@@ -47,26 +49,20 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TRAIN_DIR = "train"
+RUN_SET_FILE = "descriptions.yaml"  # in each run folder: the description set the run trains on
 
 
-def resolve_descriptions(cfg: ExperimentConfig, storage: Storage | None = None) -> dict[str, list[str]] | None:
-    """The description set that defines the class prompts (None when the texts are not descriptions).
-
-    ``describe.description_set`` when given; otherwise the set the describe stage wrote for this
-    experiment (``<root>/descriptions/<output_name or name>.yaml``) when describe is enabled and it
-    exists; otherwise the shipped default for the dataset's classes.
-    """
+def run_descriptions(cfg: ExperimentConfig, storage: Storage, name: str) -> ChosenSet | None:
+    """The description set of run ``name``: the copy in its folder when it has one (a resumed run
+    keeps the descriptions it started with), else the experiment's
+    (:func:`~pipeline.llm.selection.resolve_description_set`), copied into the folder."""
     if cfg.model.text_source != "descriptions":
         return None
-    from pipeline.llm import DESCRIPTIONS_DIR, load_description_set
-
-    path = cfg.describe.description_set
-    if path is None and cfg.describe.enabled:
-        storage = storage or Storage(cfg.storage.root)
-        name = f"{cfg.describe.output_name or cfg.name}.yaml"
-        if storage.exists(DESCRIPTIONS_DIR, name):
-            path = storage.path(DESCRIPTIONS_DIR, name)
-    return load_description_set(path, cfg.dataset.class_names)
+    if storage.exists(TRAIN_DIR, name, RUN_SET_FILE):
+        return read_set_copy(storage.uri(TRAIN_DIR, name, RUN_SET_FILE), cfg.dataset.class_names)
+    chosen = resolve_description_set(cfg, storage)
+    storage.write_text(chosen.copy_text(), TRAIN_DIR, name, RUN_SET_FILE)
+    return chosen
 
 
 def parse_folds(text: str | None, dataset: str, default: int) -> list[int]:
@@ -94,8 +90,15 @@ def _run(cfg: ExperimentConfig, storage: Storage, name: str) -> dict:
     from pipeline.tracking import tracking_settings
 
     settings = tracking_settings(cfg.tracking, cfg.name)  # resolved once here, None when off
+    chosen = run_descriptions(cfg, storage, name)
+    if chosen is not None:
+        logger.info("[%s] class prompts: description set %s (%s)", name, chosen.id, chosen.location)
     spec = RunSpec.for_experiment(
-        cfg, name, resolve_descriptions(cfg, storage), settings.to_dict() if settings else None
+        cfg,
+        name,
+        chosen.descriptions if chosen else None,
+        settings.to_dict() if settings else None,
+        description_set=chosen.record() if chosen else None,
     )
     job = TrainJob(spec, storage, runs=storage.child(TRAIN_DIR))
     with run_log(storage, TRAIN_DIR, name, "driver.log"):  # the driver's detailed log, Ray's lines included
@@ -124,6 +127,7 @@ def _run(cfg: ExperimentConfig, storage: Storage, name: str) -> dict:
             "experiment": cfg.name,
             "dataset": cfg.dataset.name,
             "fold": cfg.train.fold,
+            "description_set": (summary.get("description_set") or {}).get("id"),
             "test": {"uar": test["uar"], "war": test["war"]},
             "completed_at": summary["completed_at"],
         },

@@ -2,13 +2,16 @@
 files (``checkpoint_*`` directories, run state):
 
     config.yaml            the experiment config the run was started with (resume reads it)
+    descriptions.yaml      the description set its class prompts use (id ``<name>@<digest>``;
+                           resume reads it back, so a resumed run keeps its descriptions)
     metrics.csv / .parquet one row per epoch (polars, pandas, pyarrow read both)
     tensorboard/           TensorBoard event files (``tensorboard --logdir <run>/tensorboard``)
     curves.png             loss and UAR/WAR per epoch
     confusion_<split>.png  confusion matrices of the selected epoch (and the final test)
     best/model.pt          weights of the best epoch so far (project checkpoint format)
     final/model.pt         the exported model: weights of the selected epoch, loadable without Ray
-    summary.json           best epoch, its metrics, test metrics, paths (read by demo / run / report)
+    summary.json           best epoch, its metrics, test metrics, the description set's id, paths
+                           (read by demo / run / report)
 
 Everything is written through :class:`~pipeline.storage.Storage` (atomic; local or object
 storage); only rank 0 writes.

@@ -99,6 +99,9 @@ class RunSpec:
     # MLflow settings resolved once by the driver (pipeline.tracking.TrackingSettings.to_dict());
     # None: not tracked.
     tracking: dict | None = None
+    # Which description set ``descriptions`` are (pipeline.llm.selection.ChosenSet.record(): id,
+    # name, location ...); summary.json and the exported checkpoint record it.
+    description_set: dict | None = None
 
     @property
     def selection_split(self) -> str:
@@ -116,6 +119,8 @@ class RunSpec:
         run_name: str,
         descriptions: dict[str, list[str]] | None,
         tracking: dict | None = None,
+        *,
+        description_set: dict | None = None,
     ) -> RunSpec:
         """The spec of one run of an experiment config (its fold is ``cfg.train.fold``)."""
         return cls(
@@ -128,6 +133,7 @@ class RunSpec:
             fold=cfg.train.fold,
             experiment=to_dict(cfg),
             tracking=tracking,
+            description_set=description_set,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,6 +148,7 @@ class RunSpec:
             "preprocess": self.preprocess,
             "experiment": self.experiment,
             "tracking": self.tracking,
+            "description_set": self.description_set,
         }
 
     @classmethod
@@ -157,6 +164,7 @@ class RunSpec:
             preprocess=data.get("preprocess"),
             experiment=data.get("experiment") or {},
             tracking=data.get("tracking"),
+            description_set=data.get("description_set"),
         )
 
 

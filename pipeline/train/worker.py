@@ -229,6 +229,7 @@ def _write_final(files: RunFiles, storage: Storage, model, spec: RunSpec, recipe
         "dataset": spec.dataset,
         "fold": spec.fold,
         "preprocess": spec.preprocess,
+        "description_set": spec.description_set,
     }
     paths = {
         "run_dir": storage.root,
@@ -260,6 +261,7 @@ def _write_final(files: RunFiles, storage: Storage, model, spec: RunSpec, recipe
             "best": best_row,
             "test": test,
             "class_names": names,
+            "description_set": spec.description_set,
             "resumed_from": s.resumed_from,
             "paths": paths,
             "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),

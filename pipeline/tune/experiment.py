@@ -10,9 +10,11 @@ stops poor trials early on ``tune.metric``. Two modes:
   the temporal model and the prompts on them (:mod:`.fast`) — far cheaper; faithful only with a
   frozen image encoder (docs/tune.md).
 
-Outputs in ``<storage.root>/tune/<name>/``: results.parquet/.csv (one row per trial),
-heatmap.png, best_config.yaml (ready for ``dferclip train --config``). Running the same sweep
-again resumes it.
+The class prompts use the experiment's description set, the one training would use
+(:func:`pipeline.llm.selection.resolve_description_set`: with ``describe.enabled``, the describe
+stage's output); ``sweep.json`` records its id. Outputs in ``<storage.root>/tune/<name>/``:
+results.parquet/.csv (one row per trial), heatmap.png, best_config.yaml (ready for ``dferclip
+train --config``). Running the same sweep again resumes it.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class SweepOutcome:
     table: object  # pandas.DataFrame
     best: dict | None
     interrupted: bool
+    description_set: str | None = None  # the id of the set the class prompts used (None: class names)
 
 
 def validate_tune(cfg: ExperimentConfig) -> None:
@@ -105,7 +108,12 @@ class _SweepRun:
 
 
 def _trainable(
-    cfg: ExperimentConfig, storage: Storage, name: str, descriptions, swept: tuple[str, ...], tracking: dict | None
+    cfg: ExperimentConfig,
+    storage: Storage,
+    name: str,
+    chosen,  # pipeline.llm.selection.ChosenSet | None
+    swept: tuple[str, ...],
+    tracking: dict | None,
 ):
     """The Tune trainable of this sweep's mode, with its resources."""
     from ray import tune
@@ -114,11 +122,20 @@ def _trainable(
     from pipeline.tune.sweep import sweep_rel
 
     t = cfg.tune
+    descriptions = chosen.descriptions if chosen else None
     if not t.frozen_encoder:
         from pipeline.tune.full import RUNS_DIR, FullSetup, full_trainable
 
         # The driver only waits on its Train workers; they hold the trial's real resources.
-        setup = FullSetup(cfg, descriptions, storage, storage.child(sweep_rel(name), RUNS_DIR), swept, tracking)
+        setup = FullSetup(
+            cfg,
+            descriptions,
+            storage,
+            storage.child(sweep_rel(name), RUNS_DIR),
+            swept,
+            tracking,
+            description_set=chosen.record() if chosen else None,
+        )
         return full_trainable(setup, driver_cpus=t.driver_cpus)
     from pipeline.tune.embeddings import ensure_embeddings, load_embeddings
     from pipeline.tune.fast import FastSetup, fast_trial
@@ -162,7 +179,7 @@ def run_tune(cfg: ExperimentConfig, *, callbacks: list | None = None) -> SweepOu
 
 def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutcome:
     from pipeline.data.shards import shard_dir, shard_files
-    from pipeline.llm.sets import load_description_set
+    from pipeline.llm.selection import resolve_description_set
     from pipeline.raycluster import ensure_ray
     from pipeline.tune import results as res
     from pipeline.tune.space import apply_params_to_dict, expected_trials, swept_keys
@@ -173,11 +190,9 @@ def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutc
     validate_tune(cfg)
     t, storage = cfg.tune, Storage(cfg.storage.root)
     name = t.name or cfg.name
-    descriptions = (
-        load_description_set(cfg.describe.description_set, cfg.dataset.class_names)
-        if cfg.model.text_source == "descriptions"
-        else None
-    )
+    # The same set training would use: the describe stage's output with describe.enabled.
+    chosen = resolve_description_set(cfg, storage)
+    descriptions = chosen.descriptions if chosen else None
     swept = tuple(swept_keys(t))
     mode = "fast" if t.frozen_encoder else "full"
     search = {
@@ -201,7 +216,9 @@ def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutc
     ensure_ray()
     rel = sweep_rel(name)
     tracking = _SweepRun(cfg, storage, rel, name)
-    trainable = _trainable(cfg, storage, name, descriptions, swept, tracking.trial_settings)
+    trainable = _trainable(cfg, storage, name, chosen, swept, tracking.trial_settings)
+    if chosen is not None:
+        logger.info("[tune] class prompts: description set %s (%s)", chosen.id, chosen.location)
     # run
     logger.info(
         "[tune] %s sweep %r: %s search over %s; metric %s (%s); up to %d epochs per trial, %d at a time",
@@ -226,6 +243,7 @@ def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutc
                 signature=signature,
                 keep_checkpoints=cfg.train.keep_checkpoints,
                 callbacks=callbacks,
+                record={"description_set": chosen.record() if chosen else None},
             )
         except BaseException:
             tracking.end("FAILED")
@@ -249,6 +267,8 @@ def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutc
             f"{t.metric} = {top['best_value']:.4f} at epoch {top['best_epoch']}; values: {best}",
             f"Train it: dferclip train --config {storage.path(rel, 'best_config.yaml')}",
         ]
+        if chosen is not None:
+            header.append(f"Class prompts: description set {chosen.id} ({chosen.location})")
         if t.frozen_encoder:
             header.append(
                 "Found with a frozen image encoder and no augmentation; full training fine-tunes "
@@ -262,4 +282,4 @@ def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutc
         logger.warning("[tune] the sweep did not finish; run the same command again to resume it")
     elif best is not None:
         logger.info("[tune] best: %s -> %s", best, storage.path(rel, "best_config.yaml"))
-    return SweepOutcome(storage.path(rel), table, best, interrupted)
+    return SweepOutcome(storage.path(rel), table, best, interrupted, chosen.id if chosen else None)

@@ -35,6 +35,7 @@ class FullSetup:
     runs: Storage  # Ray storage_path of the trials' Train runs
     swept: tuple[str, ...]  # dotted config paths
     tracking: dict | None = None  # MLflow settings (runs nest under the sweep's run)
+    description_set: dict | None = None  # the record of the set ``descriptions`` are (summary.json keeps it)
 
 
 def full_trial(config: dict, *, setup: FullSetup) -> None:
@@ -50,7 +51,9 @@ def full_trial(config: dict, *, setup: FullSetup) -> None:
     cfg = apply_params(setup.experiment, trial_params(config, list(setup.swept)))
     name = tune.get_context().get_trial_name()
     job = TrainJob(
-        RunSpec.for_experiment(cfg, name, setup.descriptions, setup.tracking), setup.storage, runs=setup.runs
+        RunSpec.for_experiment(cfg, name, setup.descriptions, setup.tracking, description_set=setup.description_set),
+        setup.storage,
+        runs=setup.runs,
     )
     guard = TrainRunGuard(tune.get_context().get_trial_id())
     try:

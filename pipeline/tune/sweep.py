@@ -57,6 +57,7 @@ def run_sweep(
     signature: dict[str, Any],
     callbacks: list | None = None,
     keep_checkpoints: int = 2,
+    record: dict[str, Any] | None = None,
 ):
     """Run (or resume) the sweep; returns Tune's ``ResultGrid``.
 
@@ -64,6 +65,8 @@ def run_sweep(
     parameters. ``signature`` identifies the sweep's settings (search space, metric, mode,
     model/train/data); a restore is refused when it differs. ``max_epochs`` bounds ASHA.
     ``callbacks`` (Ray Tune callbacks) apply to a new sweep; a restored one runs its own.
+    ``record``: more of what the sweep was started with, written to ``sweep.json`` beside the
+    signature (the description set's id and location); a restored sweep keeps its own.
 
     Tune's own console reporting (trial tables) only with -v (``RunConfig.verbose``: 1, or 2
     with -vv); otherwise one summary line when the sweep ends.
@@ -90,7 +93,9 @@ def run_sweep(
 
     space, num_samples = param_space(cfg, seed)
     storage.write_text(
-        json.dumps({"name": name, "signature": signature}, indent=2, default=str) + "\n", rel, SWEEP_FILE
+        json.dumps({"name": name, "signature": signature, **(record or {})}, indent=2, default=str) + "\n",
+        rel,
+        SWEEP_FILE,
     )
     scheduler = None
     if cfg.scheduler == "asha":

@@ -12,6 +12,7 @@ import torch
 
 from pipeline.config import load_config
 from pipeline.errors import UserError
+from pipeline.llm import read_description_set
 from pipeline.model.checkpoint import load_checkpoint
 from tests.train.conftest import CLASSES, tiny_config
 
@@ -77,6 +78,14 @@ def test_train_two_workers_writes_metrics_plots_and_checkpoints(trained, train_s
     assert cm.sum() == 12  # fold 1 test: 4 clips per class
     latest = json.loads((train_store / "train" / "latest.json").read_text())
     assert latest["run_name"] == summary["run_name"] and Path(latest["final_checkpoint"]).is_file()
+    # the description set it trained on: the shipped default (describe is off), copied and named by id
+    used = summary["description_set"]
+    assert (
+        used["chosen_by"] == "default"
+        and used["id"].startswith("default-7@")
+        and latest["description_set"] == used["id"]
+    )
+    assert read_description_set(run / "descriptions.yaml").id == used["digest"]
 
 
 @pytest.mark.slow
@@ -109,8 +118,10 @@ def test_evaluate_checkpoint_matches_training_metrics_and_zero_shot(trained, tra
     assert (out / "confusion.png").read_bytes().startswith(PNG)
     preds = pl.read_csv(out / "predictions.csv")
     assert preds.height == 12 and set(preds["label_name"]) == set(CLASSES)
+    assert res["description_set"] == summary["description_set"]  # the checkpoint's, in metrics.json
     zs = evaluate(cfg, zero_shot=True, split="test")
     assert zs["zero_shot"] and 0.0 <= zs["war"] <= 1.0 and sum(map(sum, zs["confusion"])) == 12
+    assert zs["description_set"]["id"] == summary["description_set"]["id"]  # the experiment's: the same set
     with pytest.raises(UserError):
         evaluate(cfg, split="test")  # neither a checkpoint nor --zero-shot
 
@@ -129,6 +140,7 @@ def test_resume_continues_from_the_last_checkpoint(trained):
     assert after["epoch"].to_list() == [1, 2, 3]
     assert after.head(2)["train_loss"].to_list() == before["train_loss"].to_list()  # kept, not re-run
     assert summary["resumed_from"] == [2] and summary["epochs"] == 3
+    assert summary["description_set"] == trained["summary"]["description_set"]  # its own copy, read back
     assert (run / "checkpoint_epoch0003").is_dir()
 
 
