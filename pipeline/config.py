@@ -60,6 +60,8 @@ TRACKING_CREDENTIALS = (
 class StorageConfig:
     # Local path or a URI pyarrow.fs understands (s3://bucket/prefix, gs://...). Every stage
     # reads and writes below it, so a cluster with shared storage sees the same artifacts.
+    # A relative path is relative to the current directory; inside a Ray job it is refused
+    # (it would point into Ray's temporary copy of the project): docs/cluster.md#storage.
     # No credentials in it (s3://KEY:SECRET@...): the filesystem client finds its own.
     root: str = "runs"
 
@@ -737,6 +739,10 @@ class ExperimentConfig:
                 problems.append(f"train.fold: {self.dataset.name} has folds {list(folds)}, got {self.train.fold}")
         # Each tune.space candidate set into this config and validated like a --set override.
         problems += self.tune.space_problems(self)
+        # Inside a Ray job a relative root points into Ray's temporary copy of the working dir.
+        from pipeline.jobpaths import relative_root_problems
+
+        problems += relative_root_problems(self)
         return problems
 
 

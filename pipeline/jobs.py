@@ -12,6 +12,12 @@ Secrets: ``--env NAME`` copies the caller's environment variable NAME into the j
 runtime environment in its GCS (visible to anyone who can query the cluster's job API), so
 use a cluster you trust, with token authentication on.
 
+Relative paths: a job runs in Ray's temporary copy of the project, so a relative
+``storage.root``, ``dataset.root`` or ``dataset.annotations`` would point into that copy. When
+every node of the cluster is this machine, they are made absolute (against the current
+directory, as a local run resolves them) with ``--set``; otherwise submitting is refused
+(:mod:`pipeline.jobpaths`).
+
 Address: ``--address``, else ``RAY_API_SERVER_ADDRESS``, else ``RAY_ADDRESS``. Token
 authentication (which ``ray start --head`` turns on in Ray 2.60): the token is read from
 ``RAY_AUTH_TOKEN``, the file named by ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token`` — the
@@ -30,16 +36,22 @@ import shlex
 import sys
 import time
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from pipeline.cli import COMMANDS, command_parser, run_cli
 from pipeline.errors import UserError
 
+if TYPE_CHECKING:
+    from pipeline.config import ExperimentConfig
+
 __all__ = [
     "CLI_TAKES_COMMAND",
+    "absolute_roots",
+    "cluster_node_ips",
     "DEFAULT_EXCLUDES",
     "auth_headers",
     "build_runtime_env",
@@ -124,6 +136,51 @@ def connect(address: str | None):
             return JobSubmissionClient(url, headers=auth_headers())
     except (ConnectionError, RuntimeError) as exc:
         raise UserError(f"cannot reach the Ray job server at {url}: {exc}") from None
+
+
+def cluster_node_ips(url: str) -> list[str]:
+    """The IP addresses of the cluster's alive nodes, from the State API behind the job server."""
+    from ray.util.state.api import StateApiClient
+    from ray.util.state.common import ListApiOptions, StateResource
+
+    with _without_address_env():
+        client = StateApiClient(url, headers=auth_headers())
+        nodes = client.list(StateResource.NODES, ListApiOptions(timeout=30), raise_on_missing_output=False)
+    return [n.node_ip for n in nodes if n.state == "ALIVE"]
+
+
+def absolute_roots(
+    cfg: ExperimentConfig, address: str, cwd: Path, node_ips: Callable[[str], list[str]] = cluster_node_ips
+) -> list[str]:
+    """``--set`` overrides making the relative paths of ``cfg`` absolute, for a cluster on this machine.
+
+    A relative path in a job would resolve inside Ray's temporary copy of the project. For a
+    cluster all of whose nodes are this machine, the path a local run would use (``cwd`` / path)
+    is the same folder for the job; for any other cluster a local path means nothing there, so
+    it is a :class:`UserError`. ``node_ips(address)``: the cluster's node addresses.
+    """
+    from pipeline.jobpaths import absolute_overrides, nodes_are_this_machine, relative_paths
+
+    relative = relative_paths(cfg)
+    if not relative:
+        return []
+    listed = ", ".join(f"{k}={v!r}" for k, v in relative.items())
+    try:
+        ips = node_ips(address)
+    except Exception as exc:  # noqa: BLE001 - any failure only means "cannot tell": refuse, saying why
+        raise UserError(
+            f"{listed}: relative, and the nodes of the cluster at {address} could not be listed to tell whether "
+            f"it runs on this machine ({exc.__class__.__name__}: {exc}); give absolute paths or URIs with --set"
+        ) from None
+    if not nodes_are_this_machine(ips):
+        raise UserError(
+            f"{listed}: a job would resolve a relative path inside Ray's temporary copy of the project on the "
+            f"cluster at {address} (nodes {', '.join(ips) or 'none'}, not this machine); give a location the "
+            "cluster can reach with --set, e.g. --set storage.root=s3://YOUR-BUCKET/dferclip"
+        )
+    overrides = absolute_overrides(relative, cwd)
+    logger.info(f"the cluster runs on this machine: {listed} made absolute ({', '.join(overrides)})")
+    return overrides
 
 
 def project_dependencies(project_dir: Path) -> list[str]:
@@ -311,20 +368,24 @@ def _submit_cli(argv: list[str]) -> int:
     project_dir = Path(args.working_dir).expanduser().resolve()
     if not (project_dir / "stages").is_dir():
         raise UserError(f"--working-dir {project_dir}: no stages/ folder there; run from the project root")
+    overrides = list(args.overrides)
+    cfg = None
     if Path(args.config).is_file():
         # Catch config mistakes here, before uploading anything.
         from pipeline.config import load_config
 
-        load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
     runtime_env = build_runtime_env(
         project_dir, env_names=args.env_names, install_deps=args.install_deps, base_file=args.runtime_env
     )
     client = connect(args.address)
+    if cfg is not None:
+        overrides += absolute_roots(cfg, resolve_address(args.address), Path.cwd())
     job_id = submit(
         client,
         stage=args.stage,
         config=args.config,
-        overrides=args.overrides,
+        overrides=overrides,
         extra=extra,
         project_dir=project_dir,
         runtime_env=runtime_env,

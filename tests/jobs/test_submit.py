@@ -9,6 +9,7 @@ the machine, including the session's ``ray_local`` cluster.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -24,16 +25,21 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
 
+from pipeline.config import load_config
 from pipeline.errors import UserError
+from pipeline.jobpaths import JOB_CONFIG_ENV, is_this_machine, nodes_are_this_machine
 from pipeline.jobs import (
     DEFAULT_EXCLUDES,
+    absolute_roots,
     auth_headers,
     build_runtime_env,
     entrypoint,
     project_dependencies,
     resolve_address,
 )
+from pipeline.typed import ConfigError
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,6 +112,67 @@ def test_auth_token_sources(monkeypatch, tmp_path):
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
     with pytest.raises(UserError, match="RAY_AUTH_TOKEN_PATH"):
         auth_headers()
+
+
+def _job_env(job_id: str = "raysubmit_test123") -> str:
+    """What Ray's job supervisor puts in a job driver's environment (job_supervisor.py, Ray 2.60)."""
+    return json.dumps(
+        {"runtime_env": {"working_dir": "gcs://_ray_pkg_test.zip"}, "metadata": {"job_submission_id": job_id}}
+    )
+
+
+def test_relative_roots_are_config_errors_inside_a_ray_job_only(monkeypatch, tmp_path):
+    assert JOB_CONFIG_ENV == RAY_JOB_CONFIG_JSON_ENV_VAR  # the variable Ray's job supervisor sets
+    relative = ["storage.root=runs/demo", "dataset.root=data/dfew", "dataset.annotations=data/labels.csv"]
+    monkeypatch.delenv(JOB_CONFIG_ENV, raising=False)
+    assert load_config(None, relative).storage.root == "runs/demo"  # a local run resolves it in its own cwd
+
+    monkeypatch.setenv(JOB_CONFIG_ENV, _job_env())
+    with pytest.raises(ConfigError) as err:
+        load_config(None, relative)
+    problems = err.value.problems
+    assert [p.split(":", 1)[0] for p in problems] == ["storage.root", "dataset.root", "dataset.annotations"]
+    assert "'runs/demo' is a relative path, and this is Ray job raysubmit_test123" in problems[0]
+    assert "--set storage.root=" in problems[0] and "dferclip submit" in problems[0]
+    # Absolute paths, ~ and URIs are fine; the default root ("runs") is relative, so refused too.
+    load_config(None, [f"storage.root={tmp_path}", "dataset.root=~/dfew", "dataset.annotations=s3://b/labels.csv"])
+    with pytest.raises(ConfigError, match="storage.root: 'runs' is a relative path"):
+        load_config(None, [])
+
+    # The stage entry point, in a process with the environment Ray gives a job's driver: exit 2, no output.
+    config = tmp_path / "exp.yaml"
+    config.write_text("name: jobtest\nstorage:\n  root: runs/jobtest\ndataset:\n  name: dfew\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "stages.describe", "--config", str(config)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), JOB_CONFIG_ENV: _job_env("raysubmit_sub")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "storage.root: 'runs/jobtest' is a relative path, and this is Ray job raysubmit_sub" in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_submit_makes_relative_roots_absolute_only_for_a_cluster_on_this_machine(tmp_path):
+    cfg = load_config(None, ["storage.root=runs/demo", "dataset.root=data", f"dataset.annotations={tmp_path}/l.csv"])
+    assert is_this_machine("127.0.0.1") and is_this_machine("::1")
+    assert not is_this_machine("192.0.2.10")  # TEST-NET-1: documentation only, never assigned
+    assert nodes_are_this_machine(["127.0.0.1"]) and not nodes_are_this_machine(["127.0.0.1", "192.0.2.10"])
+    assert not nodes_are_this_machine([])
+
+    # All nodes here: the paths a local run would use, as --set overrides.
+    local = absolute_roots(cfg, "http://127.0.0.1:8265", tmp_path, node_ips=lambda _addr: ["127.0.0.1"])
+    assert local == [f"storage.root={tmp_path}/runs/demo", f"dataset.root={tmp_path}/data"]
+    # A cluster elsewhere (a port-forward to Kubernetes answers on 127.0.0.1 too): refused.
+    with pytest.raises(UserError, match=r"storage.root='runs/demo', dataset.root='data': .* not this machine"):
+        absolute_roots(cfg, "http://127.0.0.1:8265", tmp_path, node_ips=lambda _addr: ["192.0.2.10"])
+    # A job server that cannot be asked: refused, saying why.
+    with pytest.raises(UserError, match="could not be listed"):
+        absolute_roots(cfg, f"http://127.0.0.1:{free_port()}", tmp_path)
+    # Nothing relative: nothing to ask or change.
+    assert absolute_roots(load_config(None, [f"storage.root={tmp_path}"]), "http://nowhere:1", tmp_path) == []
 
 
 # ---------------------------------------------------------------- a real head node
@@ -407,3 +474,51 @@ def test_stage_jobs_with_ray_job_submit_and_dferclip_submit(ray_head, tmp_path):
     r = ray_head.run(str(BIN / "dferclip"), "jobs", "status", "raysubmit_nosuchjob", extra_env=env_addr)
     assert r.returncode == 2 and "raysubmit_nosuchjob" in r.stderr
     assert (store / "nowait" / "descriptions" / "jobtest.yaml").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_relative_storage_root_in_a_job(ray_head, tmp_path):
+    """Plain `ray job submit` with a relative root fails saying how to fix it; `dferclip submit`
+    to this machine's cluster makes it absolute, so the job writes where a local run would."""
+    config = _describe_config(tmp_path / "exp.yaml", tmp_path / "unused", "jobtest")
+    relative = os.path.relpath(tmp_path / "rel", ROOT)  # relative to the caller's directory (ROOT)
+    assert not os.path.isabs(relative)
+
+    r = ray_head.run(
+        str(BIN / "ray"),
+        "job",
+        "submit",
+        "--address",
+        ray_head.address,
+        "--working-dir",
+        ".",
+        "--",
+        "python",
+        "-m",
+        "stages.describe",
+        "--config",
+        str(config),
+        "--set",
+        f"storage.root={relative}",
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode != 0, out
+    assert f"storage.root: {relative!r} is a relative path, and this is Ray job raysubmit_" in out
+    assert "--set storage.root=" in out
+
+    r = ray_head.run(
+        str(BIN / "dferclip"),
+        "submit",
+        "--address",
+        ray_head.address,
+        "describe",
+        "--config",
+        str(config),
+        "--set",
+        f"storage.root={relative}",
+    )
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    assert f"storage.root={tmp_path / 'rel'}" in out  # said what it did
+    assert (tmp_path / "rel" / "descriptions" / "jobtest.yaml").is_file()
