@@ -21,24 +21,15 @@ import pytest
 import torch
 import yaml
 
-from pipeline.config import ModelConfig
 from pipeline.data import shards as sh
 from pipeline.datasets import CLASSES_7
 from pipeline.model import build_model, load_checkpoint, save_checkpoint
 from pipeline.report_page import face_grid_png
 from pipeline.storage import Storage
+from tests.micro import micro_model
 
 REPO = Path(__file__).resolve().parents[1]
-MICRO = ModelConfig(
-    clip_model="dferclip-micro",
-    pretrained=None,
-    num_frames=4,
-    temporal_heads=2,
-    temporal_head_dim=16,
-    temporal_mlp_dim=32,
-    n_ctx=2,
-    text_source="class_names",
-)
+MICRO = micro_model(num_frames=4, temporal_head_dim=16, temporal_mlp_dim=32, n_ctx=2, text_source="class_names")
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
 

@@ -10,6 +10,7 @@ from pipeline.errors import UserError
 from pipeline.names import MAX_NAME_LENGTH, check_name, name_problem, to_name
 from pipeline.storage import Storage
 from pipeline.typed import ConfigError
+from tests.micro import micro_model
 
 
 @pytest.mark.parametrize("bad", ["../../x", "/tmp/x", "a/b", "..", ".hidden", "-x", "", "a b", "x" * 101])
@@ -86,20 +87,10 @@ def test_resume_by_name_refuses_a_path(tmp_path):
 
 
 def test_evaluate_refuses_a_checkpoint_whose_run_name_is_a_path(tmp_path):
-    from pipeline.config import ModelConfig
     from pipeline.evaluate import run_evaluate
     from pipeline.model import build_model, save_checkpoint
 
-    micro = ModelConfig(
-        clip_model="dferclip-micro",
-        pretrained=None,
-        num_frames=8,
-        temporal_heads=2,
-        temporal_head_dim=32,
-        temporal_mlp_dim=128,
-        n_ctx=4,
-    )
-    model = build_model(micro, ["happiness", "fear"], {"happiness": ["a smile"], "fear": ["wide eyes"]})
+    model = build_model(micro_model(), ["happiness", "fear"], {"happiness": ["a smile"], "fear": ["wide eyes"]})
     path = save_checkpoint(model, tmp_path / "ckpt" / "model.pt", extra={"run_name": "../../../escaped"})
     cfg = load_config(None, [f"storage.root={tmp_path / 'root'}"])
     with pytest.raises(UserError) as err:

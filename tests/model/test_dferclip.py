@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from pipeline.config import ModelConfig
 from pipeline.model import PAPER_LOGIT_SCALE, build_model
+from tests.micro import micro_model
 
 CLASSES = ["happiness", "sadness", "anger"]
 DESCRIPTIONS = {
@@ -20,18 +21,7 @@ DESCRIPTIONS = {
 
 
 def micro(**overrides) -> ModelConfig:
-    base = dict(
-        clip_model="dferclip-micro",
-        pretrained=None,
-        num_frames=8,
-        temporal_depth=2,
-        temporal_heads=2,
-        temporal_head_dim=32,
-        temporal_mlp_dim=128,
-        n_ctx=4,
-    )
-    base.update(overrides)
-    return ModelConfig(**base)
+    return micro_model(**{"temporal_depth": 2, **overrides})
 
 
 @pytest.fixture(scope="module")

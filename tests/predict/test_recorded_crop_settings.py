@@ -5,23 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import ModelConfig, PreprocessConfig
+from pipeline.config import PreprocessConfig
 from pipeline.datasets import CLASSES_7
 from pipeline.errors import UserError
 from pipeline.model import build_model, save_checkpoint
 from pipeline.predict import crop_options, recorded_preprocess
 from pipeline.predict_output import predict_command
+from tests.micro import micro_model
 
-MICRO = ModelConfig(
-    clip_model="dferclip-micro",
-    pretrained=None,
-    num_frames=4,
-    temporal_heads=2,
-    temporal_head_dim=16,
-    temporal_mlp_dim=32,
-    n_ctx=2,
-    text_source="class_names",
-)
+MICRO = micro_model(num_frames=4, temporal_head_dim=16, temporal_mlp_dim=32, n_ctx=2, text_source="class_names")
 
 
 @pytest.fixture(scope="module")

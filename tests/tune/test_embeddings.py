@@ -18,15 +18,10 @@ from pipeline.storage import Storage
 from pipeline.train.sampling import sample_indices
 from pipeline.train.transforms import ClipTransform, model_layout
 from pipeline.tune.embeddings import MANIFEST, backbone_key, ensure_embeddings, load_embeddings
+from tests.micro import micro_model
 
-MICRO = ModelConfig(
-    clip_model="dferclip-micro",
-    pretrained=None,
-    temporal_heads=2,
-    temporal_head_dim=32,
-    temporal_mlp_dim=128,
-    text_source="class_names",
-)
+# 16 frames and 8 context tokens: the config defaults.
+MICRO = micro_model(num_frames=ModelConfig.num_frames, n_ctx=ModelConfig.n_ctx, text_source="class_names")
 
 
 def test_backbone_key_separates_what_changes_an_embedding():
