@@ -9,22 +9,7 @@ from pipeline.data import shards as sh
 from pipeline.data.schema import SCHEMA_VERSION
 from pipeline.errors import UserError
 from pipeline.storage import Storage
-
-
-def _row(clip_id: str, label: int = 0) -> dict:
-    return {
-        "clip_id": clip_id,
-        "dataset": "dfew",
-        "label": label,
-        "label_name": ["happiness", "sadness"][label],
-        "splits": ["1:train"],
-        "num_frames": 1,
-        "frames": [b"\xff\xd8jpeg"],
-        "boxes": [[0.0, 0.0, 1.0, 1.0]],
-        "face_fallback": False,
-        "source_path": f"/videos/{clip_id}.mp4",
-        "fps": 25.0,
-    }
+from tests.data.rows import shard_row
 
 
 @pytest.fixture
@@ -32,8 +17,8 @@ def doubled(tmp_path):
     """shards/dfew/ where clip b is in two shards: one run grouped a+b, another b+c."""
     storage = Storage(tmp_path)
     rel = sh.shard_dir(storage, "dfew")
-    first, _ = sh.write_shard(storage, rel, [_row("a"), _row("b", 1)], "h")
-    second, _ = sh.write_shard(storage, rel, [_row("b", 1), _row("c")], "h")
+    first, _ = sh.write_shard(storage, rel, [shard_row("a"), shard_row("b", 1)], "h")
+    second, _ = sh.write_shard(storage, rel, [shard_row("b", 1), shard_row("c")], "h")
     sh.write_manifest(storage, rel, {"schema_version": SCHEMA_VERSION, "classes": ["happiness", "sadness"]})
     return storage, rel, storage.path(rel, first), storage.path(rel, second)
 
@@ -65,8 +50,8 @@ def test_unique_clips_open_normally(tmp_path):
 
     storage = Storage(tmp_path)
     rel = sh.shard_dir(storage, "dfew")
-    sh.write_shard(storage, rel, [_row("a"), _row("b", 1)], "h")
-    sh.write_shard(storage, rel, [_row("c")], "h")
+    sh.write_shard(storage, rel, [shard_row("a"), shard_row("b", 1)], "h")
+    sh.write_shard(storage, rel, [shard_row("c")], "h")
     sh.write_manifest(storage, rel, {"schema_version": SCHEMA_VERSION, "classes": ["happiness", "sadness"]})
     assert sh.finished_clips(storage, rel) == ({"a", "b", "c"}, {"h"})
     assert len(open_shards(storage, "dfew").paths) == 2

@@ -9,28 +9,13 @@ from pipeline.data import shards as sh
 from pipeline.data.schema import SCHEMA_VERSION
 from pipeline.errors import UserError
 from pipeline.storage import Storage
-
-
-def _row(clip_id: str) -> dict:
-    return {
-        "clip_id": clip_id,
-        "dataset": "dfew",
-        "label": 0,
-        "label_name": "happiness",
-        "splits": ["1:train"],
-        "num_frames": 1,
-        "frames": [b"\xff\xd8jpeg"],
-        "boxes": [[0.0, 0.0, 1.0, 1.0]],
-        "face_fallback": False,
-        "source_path": f"/videos/{clip_id}.mp4",
-        "fps": 25.0,
-    }
+from tests.data.rows import shard_row
 
 
 def _folder(tmp_path, manifest: dict) -> Storage:
     storage = Storage(tmp_path)
     rel = sh.shard_dir(storage, "dfew")
-    sh.write_shard(storage, rel, [_row("a"), _row("b")], "h")
+    sh.write_shard(storage, rel, [shard_row("a"), shard_row("b")], "h")
     sh.write_manifest(storage, rel, {"classes": ["happiness"], **manifest})
     return storage
 
