@@ -255,9 +255,26 @@ class PreprocessConfig:
     shard_target_mb: float = 256.0
     num_workers: int = 2
     cpus_per_worker: float = 1.0
+    # Per-clip caps (resource limits, not crop settings: not in OUTPUT_FIELDS, so raising one
+    # rebuilds nothing; predict applies them too). A clip over one is an error row naming it.
+    # null: no cap. Pixels per frame (3840x2160 by default), frames decoded, seconds of video.
+    max_pixels: int | None = 3840 * 2160
+    max_clip_frames: int | None = 9000
+    max_clip_seconds: float | None = 300.0
+    # After its worker process dies (killed for memory, crashed), a batch of clips is tried this
+    # many more times, then each of its clips alone as often; a clip that still kills its worker
+    # becomes an error row. Finite, unlike Ray Data's default (retry forever).
+    worker_retries: int = 1
 
     def validate(self) -> list[str]:
         problems = []
+        for name in ("max_pixels", "max_clip_frames"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1 or null (no cap), got {getattr(self, name)}")
+        if self.max_clip_seconds is not None and self.max_clip_seconds <= 0:
+            problems.append(f"max_clip_seconds: must be > 0 or null (no cap), got {self.max_clip_seconds}")
+        if not 0 <= self.worker_retries <= 10:
+            problems.append(f"worker_retries: must be in 0..10, got {self.worker_retries}")
         for name in ("detect_every", "num_workers"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")

@@ -58,6 +58,9 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".m
 _PREP = PreprocessConfig()  # the preprocess defaults, used as this module's defaults
 # The settings that make a crop: the same the shards record (PreprocessConfig.OUTPUT_FIELDS).
 _CROP_FIELDS = PreprocessConfig.OUTPUT_FIELDS
+# The per-clip caps, applied as in preprocessing (resource limits: a checkpoint does not record
+# them; they come from --config's preprocess section, else the defaults).
+_CAP_FIELDS = ("max_pixels", "max_clip_frames", "max_clip_seconds")
 
 
 @dataclass
@@ -118,8 +121,9 @@ def recorded_preprocess(extra: dict, source: str = "<checkpoint>") -> Preprocess
 
 
 def crop_options(prep: PreprocessConfig) -> dict:
-    """The keyword arguments of :func:`predict_paths` that a preprocess section fixes."""
-    return {name: getattr(prep, name) for name in _CROP_FIELDS}
+    """The keyword arguments of :func:`predict_paths` that a preprocess section fixes: its crop
+    settings and its per-clip caps."""
+    return {name: getattr(prep, name) for name in _CROP_FIELDS + _CAP_FIELDS}
 
 
 def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[tuple[str, str | None]]:
@@ -197,6 +201,7 @@ class ClipLoader:
 
     def _cropper(self):
         from pipeline.data.faces import ClipCropper, build_detector
+        from pipeline.data.video import ClipLimits
 
         cropper = getattr(self._local, "cropper", None)
         if cropper is None:
@@ -211,19 +216,20 @@ class ClipLoader:
                 crop_size=p.crop_size,
                 jpeg_quality=p.jpeg_quality,
                 max_frames=p.max_frames,
+                limits=ClipLimits.of(p),
             )
             self._local.cropper = cropper
         return cropper
 
     def load(self, path: str | os.PathLike) -> LoadedClip:
-        """Raises :class:`~pipeline.data.video.UnreadableClip` (or another error) when it cannot."""
+        """Raises :class:`~pipeline.data.video.UnreadableClip` (or another error) when it cannot;
+        :class:`~pipeline.data.video.ClipOverCap` for a clip over a cap (the message names it).
+        Memory is bounded as in a preprocess worker (the cropper's frame buffer, the caps)."""
         import pyarrow as pa
 
-        from pipeline.data.video import open_frames
         from pipeline.train.sampling import sample_indices
 
-        stream = open_frames(path, threads=1)
-        crops = self._cropper().run(stream.frames)  # every stored frame, JPEG, as in a shard row
+        crops = self._cropper().run_source(path, threads=1)  # every stored frame, JPEG, as in a shard row
         idx = sample_indices(len(crops.frames), self.T, train=False)  # (T,)
         row = pa.table(
             {
@@ -270,6 +276,9 @@ def iter_predictions(
     crop_size: int = _PREP.crop_size,
     jpeg_quality: int = _PREP.jpeg_quality,
     max_frames: int | None = _PREP.max_frames,
+    max_pixels: int | None = _PREP.max_pixels,
+    max_clip_frames: int | None = _PREP.max_clip_frames,
+    max_clip_seconds: float | None = _PREP.max_clip_seconds,
     batch_size: int = 8,
     device: str = "cpu",
     workers: int = 2,
@@ -301,6 +310,9 @@ def iter_predictions(
         crop_size=crop_size,
         jpeg_quality=jpeg_quality,
         max_frames=max_frames,
+        max_pixels=max_pixels,
+        max_clip_frames=max_clip_frames,
+        max_clip_seconds=max_clip_seconds,
     )
     loader = ClipLoader(model.num_frames, model.image_size, prep)
     items = expand_inputs(paths) if expand else [(str(p), None) for p in paths]
@@ -370,8 +382,9 @@ def predict_paths(checkpoint_or_model, paths: Sequence[str | os.PathLike], **opt
 
     - crop settings, defaults = the preprocess defaults — ``detector`` ("haar", "yunet",
       "none"), ``yunet_model``, ``detect_every``, ``detect_max_side``, ``margin``,
-      ``crop_size``, ``jpeg_quality``, ``max_frames`` (``**crop_options(cfg.preprocess)``
-      passes a config's);
+      ``crop_size``, ``jpeg_quality``, ``max_frames``, and the per-clip caps ``max_pixels``,
+      ``max_clip_frames``, ``max_clip_seconds`` (a clip over one gets an error naming it)
+      (``**crop_options(cfg.preprocess)`` passes a config's);
     - ``batch_size`` (8) clips per forward pass, ``device`` ("cpu", "cuda", "auto"),
       ``workers`` (2) decode/crop threads.
 

@@ -26,12 +26,19 @@ with different output settings (crop size, detector, ...) is refused unless ``ov
 which clears the folder first. A re-run with nothing to do never starts Ray. The run holds the
 shard folder's lock (:mod:`pipeline.locks`): a second preprocess of the same dataset and
 storage root is refused with a message naming the first (host, pid, start time).
+
+Bounded cost per clip: a worker holds a bounded frame buffer (:class:`~pipeline.data.faces.ClipCropper`),
+and a clip over ``prep.max_pixels``, ``max_clip_frames`` or ``max_clip_seconds`` is an error row
+naming the cap. A worker process that dies (killed for memory, crashed) is restarted by Ray and its
+batch retried ``prep.worker_retries`` times; clips still without a result are then run one per
+batch, as often, and a clip that still kills its worker is an error row — the job always ends.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
@@ -79,6 +86,8 @@ _SUMMARY_SCHEMA = pa.schema(
         ("num_frames", pa.int64()),
         ("decoded", pa.int64()),
         ("face_fallback", pa.bool_()),
+        # Non-empty: the worker could not write a shard (storage); the driver stops the run.
+        ("fatal", pa.string()),
     ]
 )
 
@@ -93,10 +102,7 @@ def output_hash(dataset_name: str, classes: list[str], prep: PreprocessConfig) -
 
 def process_clip(clip: dict, cropper) -> tuple[dict, int]:
     """One clip -> (a SHARD_SCHEMA row, frames decoded). Raises UnreadableClip and the like."""
-    from pipeline.data.video import open_frames
-
-    stream = open_frames(clip["source"], threads=1)
-    result = cropper.run(stream.frames)
+    result = cropper.run_source(clip["source"], threads=1)
     return {
         "clip_id": clip["clip_id"],
         "dataset": clip["dataset"],
@@ -108,7 +114,7 @@ def process_clip(clip: dict, cropper) -> tuple[dict, int]:
         "boxes": result.boxes,
         "face_fallback": result.face_fallback,
         "source_path": clip["source"],
-        "fps": stream.fps,
+        "fps": result.fps,
     }, result.num_decoded
 
 
@@ -119,6 +125,7 @@ class ClipWorker:
         import cv2
 
         from pipeline.data.faces import ClipCropper, build_detector
+        from pipeline.data.video import ClipLimits
 
         # One worker = cpus_per_worker cores: OpenCV's own thread pool would oversubscribe them.
         cv2.setNumThreads(max(1, int(prep["cpus_per_worker"])))
@@ -132,9 +139,33 @@ class ClipWorker:
             crop_size=prep["crop_size"],
             jpeg_quality=prep["jpeg_quality"],
             max_frames=prep["max_frames"],
+            limits=ClipLimits(prep["max_pixels"], prep["max_clip_frames"], prep["max_clip_seconds"]),
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        # A failure outside the per-clip work (writing a shard) comes back as a row, not as an
+        # exception: the driver lets Ray Data skip failed batches (a dead worker), and an
+        # exception here would be skipped with them instead of stopping the run.
+        try:
+            return self._process(batch)
+        except Exception as exc:  # noqa: BLE001 — reported to the driver, which raises it
+            import traceback
+
+            first = batch.slice(0, 1).to_pylist()[0] if batch.num_rows else {"clip_id": "", "source": ""}
+            return pa.Table.from_pylist(
+                [
+                    {
+                        "clip_id": first["clip_id"],
+                        "source_path": first["source"],
+                        "ok": False,
+                        "reason": "",
+                        "fatal": "".join(traceback.format_exception_only(exc)).strip(),
+                    }
+                ],
+                schema=_SUMMARY_SCHEMA,
+            )
+
+    def _process(self, batch: pa.Table) -> pa.Table:
         summary: list[dict] = []
         rows: list[dict] = []
         pending: list[dict] = []  # summaries of the rows not yet written
@@ -155,7 +186,15 @@ class ClipWorker:
                 row, decoded = process_clip(clip, self.cropper)
             except Exception as exc:  # noqa: BLE001 — any per-clip failure goes to the error table
                 summary.append(
-                    {**base, "ok": False, "reason": _reason(exc), "num_frames": 0, "decoded": 0, "face_fallback": False}
+                    {
+                        **base,
+                        "ok": False,
+                        "reason": _reason(exc),
+                        "num_frames": 0,
+                        "decoded": 0,
+                        "face_fallback": False,
+                        "fatal": "",
+                    }
                 )
                 continue
             rows.append(row)
@@ -167,6 +206,7 @@ class ClipWorker:
                     "num_frames": row["num_frames"],
                     "decoded": decoded,
                     "face_fallback": row["face_fallback"],
+                    "fatal": "",
                 }
             )
             size += sum(len(f) for f in row["frames"])
@@ -319,8 +359,6 @@ def is_up_to_date(
 def _run_ray(
     storage: Storage, rel_dir: str, dataset_name: str, todo: list, prep: PreprocessConfig, out_hash: str, emit: Log
 ) -> tuple[list[dict], int]:
-    import ray
-
     from pipeline.raycluster import check_resources, ensure_ray
 
     ensure_ray()
@@ -340,25 +378,25 @@ def _run_ray(
         }
         for c in todo
     ]
-    blocks = max(1, -(-len(items) // per_batch))
-    ds = ray.data.from_items(items, override_num_blocks=blocks)
-    ds = ds.map_batches(
-        ClipWorker,
+    worker_args = dict(
         # Absolute: a Ray worker's current directory need not be the driver's.
-        fn_constructor_kwargs=dict(
-            storage_root=storage.uri(), rel_dir=rel_dir, prep=to_dict(prep), out_hash=out_hash, target_bytes=target
-        ),
-        batch_size=per_batch,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=min(prep.num_workers, blocks)),
-        num_cpus=prep.cpus_per_worker,
+        storage_root=storage.uri(),
+        rel_dir=rel_dir,
+        prep=to_dict(prep),
+        out_hash=out_hash,
+        target_bytes=target,
     )
     errors: list[dict] = []
     done = frames = 0
     seen: set[str] = set()
+
     with progress(len(todo), f"preprocess {dataset_name}", unit="clip", logger=logger) as bar:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows = batch.to_pylist()
+
+        def take(rows: list[dict]) -> None:
+            nonlocal done, frames
+            fatal = next((r for r in rows if r["fatal"]), None)
+            if fatal is not None:
+                raise RuntimeError(f"preprocess: a worker failed on the batch of {fatal['clip_id']}: {fatal['fatal']}")
             done += len(rows)
             for r in rows:
                 if not r["ok"]:
@@ -376,4 +414,86 @@ def _run_ray(
                         f"[{done}/{len(todo)} clips, {len(errors)} errors]",
                     )
             bar.update(len(rows), postfix=f"{len(errors)} errors" if errors else None)
+
+        answered = _map_clips(items, per_batch, worker_args, prep, take)
+        lost = [it for it in items if it["clip_id"] not in answered]
+        if lost:
+            # Batches whose worker died on every try. Clips that reached a shard before it died
+            # are done; each of the others runs alone, so only a clip that kills its worker by
+            # itself ends as an error row.
+            in_shards, _ = sh.finished_clips(storage, rel_dir)
+            lost = [it for it in lost if it["clip_id"] not in in_shards]
+            done += len(items) - len(answered) - len(lost)
+            bar.update(len(items) - len(answered) - len(lost))
+            emit(
+                logging.WARNING,
+                f"preprocess: a worker process died on every try of {len(lost)} clip(s)' batches "
+                "(killed, e.g. for memory, or crashed); trying each of them alone",
+            )
+            answered = _map_clips(lost, 1, worker_args, prep, take)
+            tries = prep.worker_retries + 1
+            take(
+                [
+                    {
+                        "clip_id": it["clip_id"],
+                        "source_path": it["source"],
+                        "ok": False,
+                        "reason": f"{it['source']}: the preprocess worker process died on this clip "
+                        f"{tries} time(s) (killed, e.g. for memory, or crashed; see the Ray worker logs); "
+                        "lower preprocess.max_pixels / max_clip_frames / max_clip_seconds, or give workers "
+                        "more memory",
+                        "shard": "",
+                        "shard_bytes": 0,
+                        "num_frames": 0,
+                        "decoded": 0,
+                        "face_fallback": False,
+                        "fatal": "",
+                    }
+                    for it in lost
+                    if it["clip_id"] not in answered
+                ]
+            )
     return errors, frames
+
+
+def _map_clips(
+    items: list[dict], per_batch: int, worker_args: dict, prep: PreprocessConfig, take: Callable[[list[dict]], None]
+) -> set[str]:
+    """One Ray Data pass of ClipWorker over ``items``; ``take`` gets each batch's summary rows.
+    Returns the clip ids that came back (a batch whose worker died on every try does not).
+    ``per_batch`` 1 also gives each actor one batch at a time: a worker that dies then takes
+    only its own clip's try with it, not those of clips queued behind it."""
+    import ray
+
+    blocks = max(1, -(-len(items) // per_batch))
+    pool = ray.data.ActorPoolStrategy(
+        size=min(prep.num_workers, blocks), max_tasks_in_flight_per_actor=1 if per_batch == 1 else None
+    )
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    # Ray Data's defaults retry a batch forever when its worker dies, so a clip that gets its
+    # worker killed for memory would be tried again and again. Task retries are finite here;
+    # restarts stay unlimited (each follows a failed try, so they are finite too): in Ray Data
+    # 2.60 an actor past a finite max_restarts stays dead in the pool and the job stalls. Ray
+    # 2.60 takes both only as ray_remote_args, which it marks deprecated (removed in 2.64; the
+    # project pins one Ray minor, and test_preprocess kills a worker to check this path).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            ClipWorker,
+            fn_constructor_kwargs=worker_args,
+            batch_size=per_batch,
+            batch_format="pyarrow",
+            compute=pool,
+            num_cpus=prep.cpus_per_worker,
+            max_restarts=-1,
+            max_task_retries=prep.worker_retries,
+        )
+    # A batch that still fails is skipped instead of failing the run; its clips do not come back.
+    # (Only worker deaths fail a batch: ClipWorker returns every other error as a row.)
+    ds.context.max_errored_blocks = -1
+    answered: set[str] = set()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        rows = batch.to_pylist()
+        answered.update(r["clip_id"] for r in rows)
+        take(rows)
+    return answered

@@ -27,7 +27,7 @@ resized to ``crop_size`` and JPEG-encoded at ``jpeg_quality``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,14 +193,35 @@ class CropResult:
     num_decoded: int
     detections: int  # detector calls that found a face
     detector_calls: int
+    redecoded: int = 0  # frames decoded a second time (see ClipCropper: the bounded buffer)
+    fps: float | None = None  # the source's average rate (run_source), None for frame folders
+
+
+@dataclass
+class _Waiting:
+    """A frame waiting for its face box. ``frame`` is dropped when the buffer is full; the frame
+    is then kept only as ``jpeg``, its crop with the box it would get if no face came later."""
+
+    t: int
+    frame: np.ndarray | None
+    box: Box | None = None
+    jpeg: bytes | None = None
 
 
 @dataclass
 class ClipCropper:
     """Turns one clip's frames into square face crops, with the tracking rule of the module doc.
 
-    Frames wait in a buffer only until the next detection fixes their box, so memory is bounded
-    by the gap between successful detections (the whole clip only when it has no face at all).
+    Memory is bounded whatever the clip: frames wait for their face box in a buffer of at most
+    ``buffer_bytes`` (128 MB: about 20 1080p frames; the newest frame is always held). Most
+    clips never fill it: a detection every ``detect_every`` frames empties it. When it is full
+    (a long stretch with no face), the oldest waiting frame is cropped right away with the box it
+    would get if no face came later (the last face box, or the centre square before any face),
+    kept as JPEG, and dropped. That guess is right when no face follows — a clip with no face at
+    all, a face that left the frame — and then the clip is decoded once. When a face does come
+    later, the frames whose box changed are cropped from a second decode (``reopen``), so the
+    crops are exactly those an unbounded buffer would give. Crops are JPEG-encoded as they are
+    made (with ``max_frames``, the unkept ones are dropped at the end), ~20 KB each at 224 px.
     """
 
     detector: object | None
@@ -210,6 +231,18 @@ class ClipCropper:
     jpeg_quality: int = 90
     max_frames: int | None = None
     smoothing: float = 0.6  # weight of the new detection in the moving average
+    buffer_bytes: int = 128 * 2**20
+    limits: object | None = None  # pipeline.data.video.ClipLimits for run_source; None: no caps
+
+    def run_source(self, source, threads: int = 1) -> CropResult:
+        """Open ``source`` (video file or frame folder) with this cropper's caps and crop it;
+        a second decode, when needed, opens it again. Raises UnreadableClip / ClipOverCap."""
+        from pipeline.data.video import open_frames
+
+        stream = open_frames(source, threads=threads, limits=self.limits)
+        result = self.run(stream.frames, reopen=lambda: open_frames(source, threads=threads, limits=self.limits).frames)
+        result.fps = stream.fps
+        return result
 
     def _detect(self, frame, t, pending, last, emit, found):
         """Detect on frame ``t``; on success resolve every pending frame's box. Returns (last, found)."""
@@ -220,29 +253,46 @@ class ClipCropper:
         box = faces[int(np.argmax(areas))].astype(np.float32)
         if last is not None and _iou(last[1], box) >= 0.3:
             box = _smooth_size(last[1], box, self.smoothing)
-        for tp, fp in pending:
-            if last is None or tp >= t:
-                emit(fp, box)
+        for w in pending:
+            if last is None or w.t >= t:
+                emit(w, box)
             else:  # linear interpolation between the previous and this detection
-                a = (tp - last[0]) / (t - last[0])
-                emit(fp, (1.0 - a) * last[1] + a * box)
+                a = (w.t - last[0]) / (t - last[0])
+                emit(w, (1.0 - a) * last[1] + a * box)
         return (t, box), found + 1
 
-    def run(self, frames: Iterable[np.ndarray]) -> CropResult:
-        # Crops are kept raw when only a subset will be stored (the count is known only at the
-        # end: container frame counts lie for VFR files) and JPEG-encoded right away otherwise.
-        encode_now = self.max_frames is None
-        out: list = []  # JPEG bytes or raw crops, one per decoded frame
-        boxes: list[list[float]] = []
-        pending: list[tuple[int, np.ndarray]] = []
+    def _crop(self, frame: np.ndarray, box: Box, margin: float) -> bytes:
+        return encode_jpeg(square_crop(frame, box, margin, self.crop_size), self.jpeg_quality)
+
+    @staticmethod
+    def _centre(frame: np.ndarray) -> Box:
+        h, w = frame.shape[:2]
+        s = min(h, w)
+        return np.array([(w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2], np.float32)
+
+    def run(self, frames: Iterable[np.ndarray], reopen: Callable[[], Iterable[np.ndarray]] | None = None) -> CropResult:
+        """Crop one clip's frames (an iterable, consumed once). ``reopen`` returns the same frames
+        again, for the second decode; a list of frames needs none."""
+        out: dict[int, bytes] = {}  # JPEG per frame index
+        boxes: dict[int, list[float]] = {}
+        redo: dict[int, tuple[Box, float]] = {}  # dropped frames whose box changed: (box, margin)
+        pending: list[_Waiting] = []
+        held = 0  # bytes of the frames held in ``pending``
+        oldest = 0  # index in ``pending`` of the oldest frame still held
         last: tuple[int, Box] | None = None  # (frame index, smoothed box) of the last detection
         found = calls = 0
         n = 0
 
-        def emit(frame: np.ndarray, box: Box) -> None:
-            crop = square_crop(frame, box, self.margin, self.crop_size)
-            out.append(encode_jpeg(crop, self.jpeg_quality) if encode_now else crop)
-            boxes.append([float(v) for v in box])
+        def emit(w: _Waiting, box: Box, margin: float | None = None) -> None:
+            margin = self.margin if margin is None else margin
+            boxes[w.t] = [float(v) for v in box]
+            if w.frame is not None:
+                out[w.t] = self._crop(w.frame, box, margin)
+            elif w.box is not None and np.array_equal(w.box, box):
+                out[w.t] = w.jpeg  # the guess made when it was dropped holds
+            else:
+                redo[w.t] = (box, margin)
+            w.frame = w.jpeg = None
 
         for t, frame in enumerate(frames):
             n = t + 1
@@ -253,36 +303,75 @@ class ClipCropper:
                     (self.crop_size, self.crop_size),
                     interpolation=cv2.INTER_AREA if max(h, w) > self.crop_size else cv2.INTER_LINEAR,
                 )
-                out.append(encode_jpeg(full, self.jpeg_quality) if encode_now else full)
-                boxes.append([0.0, 0.0, float(w), float(h)])
+                out[t] = encode_jpeg(full, self.jpeg_quality)
+                boxes[t] = [0.0, 0.0, float(w), float(h)]
                 continue
-            pending.append((t, frame))
+            pending.append(_Waiting(t, frame))
+            held += frame.nbytes
+            # Full: crop the oldest held frames with the box they get if no face follows.
+            while held > self.buffer_bytes and oldest < len(pending) - 1:
+                w = pending[oldest]
+                w.box = last[1] if last is not None else self._centre(w.frame)
+                w.jpeg = self._crop(w.frame, w.box, self.margin if last is not None else 0.0)
+                held -= w.frame.nbytes
+                w.frame = None
+                oldest += 1
+            del frame  # the buffer alone decides which frames stay alive
             if t % self.detect_every == 0:
                 calls += 1
-                last, found = self._detect(frame, t, pending, last, emit, found)
+                last, found = self._detect(pending[-1].frame, t, pending, last, emit, found)
                 if last is not None and last[0] == t:
-                    pending = []
+                    pending, held, oldest = [], 0, 0
         # The tail after the last detection frame: detect once more on the final frame so it
         # is interpolated rather than held.
-        if pending and self.detector is not None and pending[-1][0] % self.detect_every:
+        if pending and self.detector is not None and pending[-1].t % self.detect_every:
             calls += 1
-            last, found = self._detect(pending[-1][1], pending[-1][0], pending, last, emit, found)
-            if last is not None and last[0] == pending[-1][0]:
+            tail = pending[-1]
+            last, found = self._detect(tail.frame, tail.t, pending, last, emit, found)
+            if last is not None and last[0] == tail.t:
                 pending = []
 
         # No face anywhere: the centre square (no margin — it is not a face box) for every frame.
         fallback = last is None and bool(pending)
-        for _, fp in pending:
+        for w in pending:
             if last is not None:
-                emit(fp, last[1])
+                emit(w, last[1])
             else:
-                h, w = fp.shape[:2]
-                s = min(h, w)
-                centre = np.array([(w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2], np.float32)
-                crop = square_crop(fp, centre, 0.0, self.crop_size)
-                out.append(encode_jpeg(crop, self.jpeg_quality) if encode_now else crop)
-                boxes.append([float(v) for v in centre])
+                emit(w, w.box if w.frame is None else self._centre(w.frame), 0.0)
+        pending = []
 
         keep = uniform_indices(n, self.max_frames)
-        frames_out = [out[i] if encode_now else encode_jpeg(out[i], self.jpeg_quality) for i in keep]
-        return CropResult(frames_out, [boxes[i] for i in keep], fallback, n, found, calls)
+        redecoded = self._redo(frames, reopen, {t: redo[t] for t in keep if t in redo}, out)
+        return CropResult([out[i] for i in keep], [boxes[i] for i in keep], fallback, n, found, calls, redecoded)
+
+    def _redo(self, frames, reopen, redo: dict[int, tuple[Box, float]], out: dict[int, bytes]) -> int:
+        """Crop the frames in ``redo`` from a second pass over the clip; returns frames decoded."""
+        if not redo:
+            return 0
+        if reopen is None:
+            if not isinstance(frames, Sequence):
+                raise ValueError(
+                    "ClipCropper.run: this clip needs a second pass over its frames (a face was found after "
+                    "the frame buffer overflowed); pass reopen=, or use run_source"
+                )
+            reopen = lambda: frames  # noqa: E731 — a list can be read twice
+        from pipeline.data.video import UnreadableClip
+
+        end = max(redo)
+        again = reopen()
+        decoded = 0
+        try:
+            for t, frame in enumerate(again):
+                decoded = t + 1
+                if t in redo:
+                    box, margin = redo[t]
+                    out[t] = self._crop(frame, box, margin)
+                if t == end:
+                    break
+        finally:
+            close = getattr(again, "close", None)
+            if close is not None:
+                close()  # stops the decoder of a generator left before its end
+        if decoded <= end:
+            raise UnreadableClip(f"the second decode ended after {decoded} frames, the first read {end + 1} or more")
+        return decoded

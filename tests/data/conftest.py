@@ -37,6 +37,14 @@ def media(tmp_path_factory) -> dict[str, Path]:
         root / "frames_png", face_frames(5, 223, 171, size=100), ext=".png", gray=True
     )
     m["one_frame_dir"] = write_frames(root / "one_frame_dir", face_frames(1, 320, 240))
+    # Over the tiny per-clip caps of test_preprocess.py (pixels, frames, seconds), each over one only.
+    m["big_mp4"] = write_video(root / "big.mp4", face_frames(2, 400, 300, size=150))
+    m["many_frames_mp4"] = write_video(root / "many_frames.mp4", face_frames(40, 160, 120, size=80), fps=100)
+    m["long_mp4"] = write_video(root / "long.mp4", face_frames(8, 160, 120, size=80), fps=2)
+    # No face for 12 frames, then a face: frames wait past a small buffer and need a second decode.
+    m["late_face_mp4"] = write_video(
+        root / "late_face.mp4", face_frames(12, 320, 240, face=False, seed=3) + face_frames(14, 320, 240, seed=3)
+    )
     data = m["face_mp4"].read_bytes()
     (root / "truncated.mp4").write_bytes(data[: len(data) // 3])
     m["corrupt_mp4"] = root / "truncated.mp4"

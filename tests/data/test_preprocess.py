@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
+import threading
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,6 +20,7 @@ from pipeline.data.schema import SHARD_SCHEMA
 from pipeline.errors import UserError
 from pipeline.preprocess import is_up_to_date, run_preprocess
 from pipeline.storage import Storage
+from tests.data.drawing import face_frames, write_video
 
 GOOD = [
     "face_mp4",
@@ -30,6 +35,9 @@ GOOD = [
     "one_frame_dir",
 ]
 BAD = ["corrupt_mp4", "zero_mp4", "text_mp4", "empty_dir"]
+# Over one of haar_run's per-clip caps each: CAPPED[clip] = the config key its error names.
+CAPPED = {"big_mp4": "max_pixels", "many_frames_mp4": "max_clip_frames", "long_mp4": "max_clip_seconds"}
+BAD += list(CAPPED)
 LABELS = ["happiness", "sadness", "anger", "fear", "surprise"]
 
 
@@ -49,7 +57,18 @@ def clip_list(media):
 def haar_run(media, ray_local, tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     # A tiny shard target so the clips spread over several shards.
-    prep = PreprocessConfig(detector="haar", detect_every=4, crop_size=96, shard_target_mb=0.02, num_workers=2)
+    # Tiny caps that every GOOD clip passes (the largest frames are 321x243, the longest clip
+    # 24 frames or 0.92 s) and each CAPPED clip fails on one count.
+    prep = PreprocessConfig(
+        detector="haar",
+        detect_every=4,
+        crop_size=96,
+        shard_target_mb=0.02,
+        num_workers=2,
+        max_pixels=100_000,
+        max_clip_frames=30,
+        max_clip_seconds=3.0,
+    )
     lines: list[str] = []
     manifest = run_preprocess(str(root), DatasetConfig(name="demo"), prep, clips=clip_list(media), log=lines.append)
     return root, prep, manifest, lines
@@ -77,6 +96,8 @@ def test_shards_manifest_and_errors(haar_run, media, haar):
     assert set(errors) == set(BAD)
     assert "empty file" in errors["zero_mp4"] and "not a readable video" in errors["text_mp4"]
     assert "no .jpg" in errors["empty_dir"] and errors["corrupt_mp4"]
+    for clip, key in CAPPED.items():  # the reason names the clip and the cap's config key
+        assert f"{media[clip]}: " in errors[clip] and f"over preprocess.{key} = " in errors[clip], errors[clip]
 
     table = pq.read_table(sh.shard_paths(storage, rel), schema=SHARD_SCHEMA)
     rows = {r["clip_id"]: r for r in table.to_pylist()}
@@ -166,3 +187,87 @@ def test_stage_main_on_csv_with_detector_none(media, ray_local, tmp_path):
     assert crop.shape == (32, 32, 3) and t.num_rows == 2
     (data / "labels.csv").write_text("path,label\nx.mp4,bored\n")
     assert cli(["--config", str(cfg_file)]) == 2
+
+
+def test_cap_and_retry_keys_are_validated():
+    assert PreprocessConfig().validate() == []
+    assert PreprocessConfig(max_pixels=None, max_clip_frames=None, max_clip_seconds=None).validate() == []
+    problems = PreprocessConfig(max_pixels=0, max_clip_frames=-1, max_clip_seconds=0.0, worker_retries=-1).validate()
+    assert [p.split(":")[0] for p in problems] == [
+        "max_pixels",
+        "max_clip_frames",
+        "max_clip_seconds",
+        "worker_retries",
+    ]
+    # A 1920x1080, 2-minute, 25 fps video is within the defaults.
+    d = PreprocessConfig()
+    assert d.max_pixels >= 1920 * 1080 and d.max_clip_frames >= 3000 and d.max_clip_seconds >= 120
+
+
+def _kill_readers(path: str, stop: threading.Event, kills: list[int]) -> None:
+    """SIGKILL (what the kernel's OOM killer sends) every Ray worker process that has ``path``
+    open, until ``stop``: whichever worker is decoding that clip dies, every time it tries."""
+    me = os.getpid()
+    while not stop.is_set():
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == me:
+                continue
+            try:
+                if b"ray::" not in (proc / "cmdline").read_bytes():
+                    continue
+                if any(os.readlink(fd) == path for fd in (proc / "fd").iterdir()):
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    kills.append(int(proc.name))
+            except OSError:  # the process ended or is not ours to read
+                continue
+        stop.wait(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the worker through /proc (Linux)")
+def test_a_clip_whose_worker_is_killed_every_time_ends_as_an_error_row(media, ray_local, tmp_path):
+    """Ray Data retried a batch whose worker died forever; now a clip that gets its worker killed
+    on every try is an error row after worker_retries + 1 tries alone, and the job completes.
+    The clip that shared its batch is retried alone and lands in the shards."""
+    # ~1-3 s of decoding per try: long enough for the killer to see it open.
+    victim = write_video(tmp_path / "victim.mp4", face_frames(400, 320, 240, face=False))
+    good = ["face_mp4", "face2_mp4", "vfr_mp4", "noface_mp4", "one_frame_mp4", "frames_jpg", "one_frame_dir"]
+    clips = [{"clip_id": k, "path": str(media[k]), "label": "anger", "split": "train"} for k in good]
+    clips.insert(3, {"clip_id": "victim", "path": str(victim), "label": "fear", "split": "train"})
+    # 8 clips, 1 worker: batches of 2, so the victim shares its first batch with vfr_mp4.
+    prep = PreprocessConfig(detect_every=4, crop_size=48, num_workers=1, worker_retries=1)
+    stop, kills = threading.Event(), []
+    killer = threading.Thread(target=_kill_readers, args=(str(victim), stop, kills), daemon=True)
+    killer.start()
+    lines: list[str] = []
+    try:
+        manifest = run_preprocess(
+            str(tmp_path / "store"), DatasetConfig(name="demo"), prep, clips=clips, log=lines.append
+        )
+    finally:
+        stop.set()
+        killer.join()
+    storage = Storage(tmp_path / "store")
+    errors = {r["clip_id"]: r["reason"] for r in sh.read_errors(storage, "shards/demo").to_pylist()}
+    assert list(errors) == ["victim"] and manifest["num_errors"] == 1
+    assert errors["victim"].startswith(f"{victim}: the preprocess worker process died on this clip 2 time(s)")
+    assert sorted(sh.finished_clips(storage, "shards/demo")[0]) == sorted(good)
+    assert len(kills) == 4  # its batch: 2 tries; then alone: 2 tries
+    assert any("trying each of them alone" in line for line in lines)
+
+
+def test_a_worker_that_cannot_write_its_shard_returns_the_failure_for_the_driver(media, tmp_path):
+    """Ray Data skips batches that raise (that is how a dead worker's batch is let go), so a
+    storage failure comes back as a row the driver stops on, not as an exception."""
+    import pyarrow as pa
+
+    from pipeline.preprocess import ClipWorker
+    from pipeline.typed import to_dict
+
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "demo").write_text("a file where the shard folder should be")
+    worker = ClipWorker(str(tmp_path), "shards/demo", to_dict(PreprocessConfig(crop_size=32)), "hash", 1)
+    clip = {"clip_id": "c", "source": str(media["face_mp4"]), "label": 0, "label_name": "happiness"}
+    rows = worker(pa.Table.from_pylist([{**clip, "splits": ["1:train"], "dataset": "demo"}])).to_pylist()
+    assert len(rows) == 1 and not rows[0]["ok"] and rows[0]["clip_id"] == "c" and rows[0]["fatal"]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import weakref
+
 import cv2
 import numpy as np
 import pytest
 
 from pipeline.data.faces import ClipCropper, HaarDetector, build_detector, square_crop, uniform_indices
-from pipeline.data.video import UnreadableClip, list_frame_files, natural_key, open_frames
+from pipeline.data.video import ClipLimits, ClipOverCap, UnreadableClip, list_frame_files, natural_key, open_frames
 from pipeline.errors import UserError
 
 
@@ -105,3 +107,75 @@ def test_build_detector_errors(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"not onnx")
     with pytest.raises(UserError, match="cannot load"):
         build_detector("yunet", str(tmp_path / "bad.onnx"))
+
+
+def test_caps_raise_errors_naming_the_clip_and_the_key(media):
+    face = media["face_mp4"]  # 320x240, 24 frames at 25 fps: the last at 0.92 s
+    # The frame size is known from the probe: refused before any frame is decoded.
+    with pytest.raises(ClipOverCap, match=r"max_pixels = 76799\b") as exc:
+        open_frames(face, limits=ClipLimits(max_pixels=320 * 240 - 1))
+    assert str(face) in str(exc.value) and "320x240" in str(exc.value) and exc.value.key == "max_pixels"
+    with pytest.raises(ClipOverCap, match="more than 23 frames, over preprocess.max_clip_frames = 23") as exc:
+        list(open_frames(face, limits=ClipLimits(max_frames=23)).frames)
+    assert str(face) in str(exc.value)
+    with pytest.raises(ClipOverCap, match=r"a frame at 0\.52 s\), over preprocess.max_clip_seconds = 0.5") as exc:
+        list(open_frames(face, limits=ClipLimits(max_seconds=0.5)).frames)
+    assert str(face) in str(exc.value)
+    # At the caps exactly: accepted.
+    assert len(list(open_frames(face, limits=ClipLimits(320 * 240, 24, 0.92)).frames)) == 24
+    # Frame folders: the number of files before any image is read, the size of each image.
+    with pytest.raises(ClipOverCap, match="max_clip_frames = 11") as exc:
+        open_frames(media["frames_jpg"], limits=ClipLimits(max_frames=11))
+    assert str(media["frames_jpg"]) in str(exc.value)
+    with pytest.raises(ClipOverCap, match=r"223x171 frames .* preprocess\.max_pixels = 1000 \("):
+        list(open_frames(media["frames_gray_png_odd"], limits=ClipLimits(max_pixels=1000)).frames)
+    # Through the cropper, as preprocess and predict read a clip.
+    cropper = ClipCropper(HaarDetector(), limits=ClipLimits(max_frames=10))
+    with pytest.raises(ClipOverCap, match="max_clip_frames"):
+        cropper.run_source(face)
+    assert issubclass(ClipOverCap, UnreadableClip)  # an error row like any unreadable clip
+
+
+def _tracked(frames, alive: list):
+    """Yields copies of ``frames``; before each, records how many earlier ones are still alive."""
+    refs = []
+    for f in frames:
+        alive.append(sum(r() is not None for r in refs))
+        img = f.copy()
+        refs.append(weakref.ref(img))
+        yield img
+        del img
+
+
+def test_waiting_frames_are_bounded_and_crops_unchanged(media):
+    """A clip with no face held every frame (the whole video) until its end; now at most
+    ``buffer_bytes`` of frames wait, and the crops are the same bytes as with no bound."""
+    frames = list(open_frames(media["noface_mp4"]).frames) * 3  # 30 frames of 320x240, no face
+    nbytes = frames[0].nbytes
+    unbounded = ClipCropper(HaarDetector(), detect_every=4, crop_size=64, buffer_bytes=1 << 40)
+    alive: list[int] = []
+    ref = unbounded.run(_tracked(frames, alive))
+    assert max(alive) == len(frames) - 1  # everything waits: the old behaviour's memory
+    bounded = ClipCropper(HaarDetector(), detect_every=4, crop_size=64, buffer_bytes=3 * nbytes)
+    alive = []
+    got = bounded.run(_tracked(frames, alive))
+    assert max(alive) <= 3 and got.redecoded == 0  # no face came: one decode was enough
+    assert got.face_fallback and got.frames == ref.frames and got.boxes == ref.boxes
+    # With max_frames, only the crops kept are stored — as JPEG, made as the frames come.
+    few = ClipCropper(HaarDetector(), detect_every=4, crop_size=64, max_frames=5, buffer_bytes=3 * nbytes)
+    assert few.run(iter(frames)).frames == [ref.frames[i] for i in uniform_indices(30, 5)]
+
+
+def test_a_face_after_a_long_wait_takes_a_second_decode(media):
+    path = media["late_face_mp4"]  # 12 frames without a face, then 14 with one
+    kw = dict(detect_every=4, crop_size=64)
+    ref = ClipCropper(HaarDetector(), **kw).run_source(path)
+    assert not ref.face_fallback and ref.redecoded == 0 and ref.fps == pytest.approx(25)
+    small = ClipCropper(HaarDetector(), buffer_bytes=2 * 320 * 240 * 3, **kw)
+    got = small.run_source(path)  # the waiting frames' boxes come from the first face: decoded again
+    assert 0 < got.redecoded <= 26 and got.num_decoded == 26
+    assert got.frames == ref.frames and got.boxes == ref.boxes
+    # A one-shot iterator cannot be read twice: said plainly rather than cropped wrong.
+    with pytest.raises(ValueError, match="reopen"):
+        small.run(open_frames(path).frames)
+    assert small.run(list(open_frames(path).frames)).frames == ref.frames  # a list can

@@ -296,3 +296,20 @@ def test_cli_crops_as_the_checkpoint_records_unless_told_otherwise(ckpt, inputs,
         atol=1e-5,
     )
     assert np.abs(cli_probs() - _eval_path_probs(model, path, PreprocessConfig())).max() > 1e-3
+
+
+def test_clips_over_a_cap_get_an_error_naming_it(ckpt, inputs, tmp_path, capsys):
+    """predict reads clips as preprocess does: the same per-clip caps, the error names clip and key."""
+    video = inputs["video_files"][0]  # 160x128, 12 frames
+    preds = predict_paths(ckpt, [video, inputs["frames"]], max_clip_frames=11)
+    assert not preds[0].ok and preds[0].error.startswith(f"{video}: more than 11 frames")
+    assert "over preprocess.max_clip_frames = 11" in preds[0].error
+    assert preds[1].ok  # a folder of 10 frames is within the cap
+    # A config's caps reach predict (crop_options carries them, as --config does on the command line).
+    prep = PreprocessConfig(max_pixels=10_000)
+    assert crop_options(prep)["max_pixels"] == 10_000
+    config = tmp_path / "caps.yaml"
+    config.write_text("preprocess:\n  max_pixels: 10000\n")
+    assert cli(["--checkpoint", str(ckpt), "--json", "--config", str(config), str(video)]) == 1
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert not row["ok"] and "160x128 frames" in row["error"] and "preprocess.max_pixels = 10000" in row["error"]
