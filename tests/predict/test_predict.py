@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pipeline.config import ModelConfig, PreprocessConfig
+from pipeline.config import PreprocessConfig
 from pipeline.data.faces import ClipCropper, build_detector
 from pipeline.data.video import open_frames
 from pipeline.datasets import CLASSES_7
@@ -22,18 +22,9 @@ from pipeline.preprocess import process_clip
 from pipeline.synth import render_clip, write_video
 from pipeline.train.transforms import ClipTransform, SelectFrames, model_layout
 from stages.predict import cli
+from tests.micro import micro_model
 
-MICRO = ModelConfig(
-    clip_model="dferclip-micro",
-    pretrained=None,
-    num_frames=8,
-    temporal_heads=2,
-    temporal_head_dim=32,
-    temporal_mlp_dim=128,
-    n_ctx=4,
-    text_source="class_names",
-    logit_scale=100.0,
-)
+MICRO = micro_model(text_source="class_names", logit_scale=100.0)
 LABELS = ["happiness", "sadness", "surprise"]
 
 
