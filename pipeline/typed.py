@@ -116,6 +116,9 @@ def _build(cls: type, data: dict, path: str, errors: list[str]) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
     prefix = f"{path}." if path else ""
+    # Only this section's own problems stop it from being built: ``errors`` is shared by every
+    # section, and testing it as a whole would skip the checks of each section after a bad one.
+    known_before = len(errors)
     for key in data:
         if key not in known:
             options = ", ".join(sorted(known))
@@ -125,7 +128,7 @@ def _build(cls: type, data: dict, path: str, errors: list[str]) -> Any:
             kwargs[name] = _convert(hints[name], data[name], prefix + name, errors)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             errors.append(f"{prefix}{name}: missing required value ({_type_name(hints[name])})")
-    if errors:
+    if len(errors) > known_before:
         return None
     try:
         obj = cls(**kwargs)
