@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.cli import COMMANDS, main
 
 
@@ -17,11 +19,24 @@ def test_help_lists_every_stage(capsys):
 
 
 def test_unknown_command_fails(capsys):
-    try:
+    with pytest.raises(SystemExit) as exc:
         main(["frobnicate"])
-    except SystemExit as exc:
-        assert exc.code == 2
-    assert "unknown command" in capsys.readouterr().err
+    assert exc.value.code == 2  # argparse's usage-error status
+    err = capsys.readouterr().err
+    assert "unknown command 'frobnicate'; choose from describe" in err
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+    assert main(["-v", "--help"]) == 0
+
+
+def test_the_console_script_exits_2_for_an_unknown_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "frobnicate"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2 and "unknown command 'frobnicate'" in out.stderr
 
 
 def test_models_subcommand_lists_tiny_configs(capsys):
