@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+# Mutation testing (docs/testing.md): slow, not part of `test` or CI. MODULES= picks some of
+# mutation/modules.toml; the per-module score table is also written to build/mutation/report.md.
+MODULES ?=
+mutation: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[mutation]'
+	$(PY) tools/mutation.py $(MODULES)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

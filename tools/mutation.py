@@ -1,0 +1,198 @@
+"""`make mutation`: mutmut over the modules of mutation/modules.toml, one module at a time, and a
+per-module score table (docs/testing.md).
+
+For each module the project's sources and tests are copied to build/mutation/<module>/ (the
+checkout itself is never mutated, so other work can go on in it), the copy's ``[tool.mutmut]``
+is narrowed to that module and its own fast test files, and ``mutmut run`` runs there. The table
+is read from mutmut's result files (``mutants/<module>.meta``):
+
+    score = killed / (killed + survived)
+
+where a timeout counts as killed (the mutant was detected), a mutant no selected test reaches
+("no tests") counts as survived, and the mutants listed in mutation/equivalent.txt are left out of
+both and counted on their own: they change nothing a caller can observe.
+
+    python tools/mutation.py                       # every module, then the table
+    python tools/mutation.py pipeline/metrics.py   # some modules
+    python tools/mutation.py --report              # the table from the last runs only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES_FILE = ROOT / "mutation" / "modules.toml"
+EQUIVALENT_FILE = ROOT / "mutation" / "equivalent.txt"
+WORK = ROOT / "build" / "mutation"
+# What the tests need from the project: the package, the stage entry points, the shipped prompts
+# and configs, the tests and pyproject.toml (pytest's and mutmut's settings).
+COPY = ("pipeline", "stages", "prompts", "configs", "tests", "pyproject.toml")
+TARGET = 0.85
+
+# mutmut's exit-code meanings (mutmut/stats.py, 3.8.1), folded into what the score needs.
+KILLED_CODES = {1, 3}
+SURVIVED_CODES = {0}
+NO_TESTS_CODES = {5, 33}
+TIMEOUT_CODES = {36, 24, -24, 152, 255}
+
+
+def load_modules() -> dict[str, list[str]]:
+    with MODULES_FILE.open("rb") as f:
+        modules = tomllib.load(f)["modules"]
+    for module, tests in modules.items():
+        for path in [module, *tests]:
+            if not (ROOT / path).is_file():
+                raise SystemExit(f"{MODULES_FILE.relative_to(ROOT)}: {path} does not exist")
+    return modules
+
+
+def load_equivalent() -> dict[str, str]:
+    """Mutant name -> the one-line reason it is equivalent (``name  reason``; # starts a comment)."""
+    out: dict[str, str] = {}
+    for n, line in enumerate(EQUIVALENT_FILE.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, _, reason = line.partition(" ")
+        if not reason.strip():
+            raise SystemExit(f"{EQUIVALENT_FILE.relative_to(ROOT)}, line {n}: {name} needs a one-line reason")
+        out[name] = reason.strip()
+    return out
+
+
+def work_dir(module: str) -> Path:
+    return WORK / module.removesuffix(".py").replace("/", ".")
+
+
+def _toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+def prepare(module: str, tests: list[str]) -> Path:
+    """A fresh copy of the project whose [tool.mutmut] mutates ``module`` against ``tests`` only."""
+    dest = work_dir(module)
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    for name in COPY:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=ignore)
+        else:
+            shutil.copy2(src, dest / name)
+    pyproject = (dest / "pyproject.toml").read_text()
+    narrowed = {
+        "only_mutate": _toml_list([module]),
+        "pytest_add_cli_args_test_selection": _toml_list(tests),
+    }
+    for key, value in narrowed.items():
+        # the keys' values in [tool.mutmut] may span lines: replace up to the closing bracket
+        pyproject, n = re.subn(rf"(?ms)^{key} = \[.*?\]$", f"{key} = {value}", pyproject, count=1)
+        if n != 1:
+            raise SystemExit(f"pyproject.toml: [tool.mutmut] has no {key} list to narrow")
+    (dest / "pyproject.toml").write_text(pyproject)
+    return dest
+
+
+def run_module(module: str, tests: list[str]) -> int:
+    dest = prepare(module, tests)
+    print(f"== {module}: mutmut run against {', '.join(tests)} (log: {dest.relative_to(ROOT)}/mutmut.log)", flush=True)
+    env = {**os.environ, "PYTHONPATH": ""}  # the copy's own package, not the checkout's
+    with (dest / "mutmut.log").open("w") as log:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mutmut", "run"], cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    if proc.returncode:
+        print(f"   mutmut exited {proc.returncode}; the last lines of its log:", file=sys.stderr)
+        print("\n".join((dest / "mutmut.log").read_text(errors="replace").splitlines()[-15:]), file=sys.stderr)
+    return proc.returncode
+
+
+def results(module: str) -> dict[str, int | None] | None:
+    meta = work_dir(module) / "mutants" / (module + ".meta")
+    if not meta.is_file():
+        return None
+    return json.loads(meta.read_text())["exit_code_by_key"]
+
+
+def score_table(modules: list[str], equivalent: dict[str, str]) -> tuple[str, list[str], bool]:
+    """The Markdown table, the surviving mutants' names, and whether every module met the target."""
+    header = "| module | mutants | killed | timeout | survived | no tests | equivalent | other | score |"
+    rows = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    survivors: list[str] = []
+    ok = True
+    for module in modules:
+        codes = results(module)
+        if codes is None:
+            rows.append(f"| {module} | not run | | | | | | | |")
+            ok = False
+            continue
+        count = dict.fromkeys(("killed", "timeout", "survived", "no tests", "equivalent", "other"), 0)
+        for name, code in sorted(codes.items()):
+            if name in equivalent:
+                count["equivalent"] += 1
+            elif code in KILLED_CODES:
+                count["killed"] += 1
+            elif code in TIMEOUT_CODES:
+                count["timeout"] += 1
+            elif code in SURVIVED_CODES:
+                count["survived"] += 1
+                survivors.append(name)
+            elif code in NO_TESTS_CODES:
+                count["no tests"] += 1
+                survivors.append(name)
+            else:  # not checked, interrupted, segfault: neither a kill nor a survival
+                count["other"] += 1
+        detected = count["killed"] + count["timeout"]
+        undetected = count["survived"] + count["no tests"]
+        score = detected / (detected + undetected) if detected + undetected else float("nan")
+        ok = ok and score >= TARGET and count["other"] == 0
+        rows.append(
+            f"| {module} | {len(codes)} | {count['killed']} | {count['timeout']} | {count['survived']} | "
+            f"{count['no tests']} | {count['equivalent']} | {count['other']} | {score:.1%} |"
+        )
+    return "\n".join(rows), survivors, ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("modules", nargs="*", help="module paths from mutation/modules.toml (default: all)")
+    parser.add_argument("--report", action="store_true", help="print the table of the last runs, run nothing")
+    args = parser.parse_args(argv)
+    table = load_modules()
+    unknown = [m for m in args.modules if m not in table]
+    if unknown:
+        parser.error(f"not in mutation/modules.toml: {', '.join(unknown)} (known: {', '.join(table)})")
+    modules = args.modules or list(table)
+    equivalent = load_equivalent()
+    if not args.report:
+        for module in modules:
+            run_module(module, table[module])
+    text, survivors, ok = score_table(modules, equivalent)
+    report = [
+        text,
+        "",
+        f"score = (killed + timeout) / (killed + timeout + survived + no tests); target {TARGET:.0%}.",
+        f"Equivalent mutants ({EQUIVALENT_FILE.relative_to(ROOT)}) are left out of the score.",
+    ]
+    if survivors:
+        report += ["", "Surviving mutants (see one with `cd build/mutation/<module> && mutmut show NAME`):"]
+        report += [f"  {name}" for name in survivors]
+    WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / "report.md").write_text("\n".join(report) + "\n")
+    print("\n".join(report))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
