@@ -18,6 +18,7 @@ import pytest
 from pipeline.config import DescribeConfig
 from pipeline.llm import InvalidAnswer, load_template, parse_answer
 from pipeline.llm.runner import _plan, request_params
+from pipeline.llm.validation import excerpt
 
 
 def _answer(*descriptions: str) -> str:
@@ -122,3 +123,55 @@ def test_the_rendered_messages_are_in_the_key():
 )
 def test_what_does_not_shape_an_answer_leaves_the_key(change):
     assert _key(**change) == _key()
+
+
+# --- how an answer is found in the text ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # prose with a brace first, then the fenced JSON: the fence is read
+        'Sure {here it is}:\n```json\n{"descriptions": ["raised cheeks", "wide smile"]}\n```',
+        # a fence without a language tag
+        '```\n["raised cheeks", "wide smile"]\n```',
+        # a bare list after prose, followed by an unrelated object: the first JSON value wins
+        'The list: ["raised cheeks", "wide smile"] and {"note": 1}',
+        # an object after prose
+        'Answer: {"descriptions": ["raised cheeks", "wide smile"]} -- done',
+    ],
+)
+def test_the_first_json_value_in_the_text_is_read(text):
+    assert parse_answer(text, 2, min_words=1, max_words=3) == ["raised cheeks", "wide smile"]
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "the answer is empty"),
+        ("  \n ", "the answer is empty"),
+        ("no json here", "the answer is not JSON"),
+        ('{"descriptions": 3}', '"descriptions" must be a list, got int'),
+        ('{"n": 2}', 'expected a JSON object with a "descriptions" list'),
+        ('{"descriptions": ["raised cheeks", null]}', "description 1 is not a string: None"),
+    ],
+)
+def test_unusable_answers_have_exact_reasons(text, message):
+    with pytest.raises(InvalidAnswer) as err:
+        parse_answer(text, 2, min_words=1, max_words=3)
+    assert str(err.value) == message
+
+
+def test_a_cut_off_answer_is_refused_even_when_it_parses():
+    with pytest.raises(InvalidAnswer) as err:
+        parse_answer(_answer("wide smile"), 1, min_words=1, max_words=3, finish_reason="length")
+    assert str(err.value) == ("the answer was cut off at max_tokens (finish_reason=length); raise describe.max_tokens")
+    assert parse_answer(_answer("wide smile"), 1, min_words=1, max_words=3, finish_reason="stop") == ["wide smile"]
+
+
+def test_excerpt_is_one_line_and_bounded():
+    assert excerpt(None) == "''"
+    assert excerpt(" a\n b\t c ") == "'a b c'"
+    assert excerpt("x" * 240) == repr("x" * 240)  # at the limit: whole
+    assert excerpt("x" * 241) == repr("x" * 237 + "...")  # past it: cut to the limit
+    assert excerpt("abcdef", limit=5) == repr("ab...")
