@@ -46,19 +46,22 @@ class PromptLearner(nn.Module):
         self.ctx = nn.Parameter(ctx)
 
         placeholder = " ".join(["X"] * n_ctx)
-        text_lens = []
-        for c, text in rows:
-            n_tok = len(tokenizer.encode(text)) if hasattr(tokenizer, "encode") else 0
-            if 1 + n_ctx + n_tok + 1 > context_length:
-                name = class_names[c] if class_names else str(c)
-                logger.warning(
-                    f"class {name!r}: text of {n_tok} tokens + {n_ctx} context tokens exceeds CLIP's "
-                    f"{context_length}-token context and is truncated: {text[:60]!r}..."
-                )
-            text_lens.append(min(n_tok, context_length - 2 - n_ctx))
+        if hasattr(tokenizer, "encode"):  # open_clip's SimpleTokenizer; its HF/SigLIP ones have none
+            for c, text in rows:
+                n_tok = len(tokenizer.encode(text))
+                if 1 + n_ctx + n_tok + 1 > context_length:
+                    name = class_names[c] if class_names else str(c)
+                    logger.warning(
+                        f"class {name!r}: text of {n_tok} tokens + {n_ctx} context tokens exceeds CLIP's "
+                        f"{context_length}-token context and is truncated: {text[:60]!r}..."
+                    )
         tokens = tokenizer([f"{placeholder} {text}" for _, text in rows])  # (R, 77) token ids
         eot = tokens.argmax(dim=-1)  # EOT has the largest id in CLIP's vocabulary
         length = int(eot.max()) + 1
+        # Text tokens per row as tokenized (after truncation): between the context and the EOT.
+        # Read from the ids, not from encode(), so "middle"/"front" place the text right with any
+        # tokenizer (one without encode() used to get 0 here, i.e. the "end" layout).
+        text_lens = [int(e) - 1 - n_ctx for e in eot]
         # Token ids, not embeddings, are kept: the embeddings are looked up at forward time from
         # the (frozen) token embedding, so loading a checkpoint's weights can never leave stale
         # copies behind. Not saved: rebuilt from the texts a checkpoint stores.

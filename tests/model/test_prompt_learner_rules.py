@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from pipeline.model import build_model
-from pipeline.model.prompts import PromptLearner
+from pipeline.model.prompts import PromptLearner, TextEncoder
 from tests.micro import micro_model
 
 TOKENIZER = open_clip.get_tokenizer("ViT-B-32")
@@ -74,6 +74,34 @@ class _SeqFirst(nn.Module):
 
     def forward(self, x, attn_mask=None):
         return self.inner(x.permute(1, 0, 2), attn_mask=attn_mask).permute(1, 0, 2)
+
+
+class _NoFlag(nn.Module):
+    """A batch-first transformer that does not say so (no ``batch_first`` attribute)."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x, attn_mask=None):
+        return self.inner(x, attn_mask=attn_mask)
+
+
+def test_the_layout_is_read_from_the_transformer_and_defaults_to_batch_first():
+    torch.manual_seed(0)
+    model = build_model(micro_model(text_source="class_names"), ["happiness", "sadness", "anger"])
+    clip, pl = model.text_encoder, model.prompt_learner
+    assert "text_encoder.attn_mask" not in model.state_dict()  # CLIP's causal mask is rebuilt, not saved
+    with torch.no_grad():
+        prompts = pl(clip.token_embedding)
+        reference = clip(prompts, pl.eot_index)
+        inner = clip.transformer
+        for wrapper, batch_first in ((_SeqFirst(inner), False), (_NoFlag(inner), True)):
+            clip.transformer = wrapper
+            enc = TextEncoder(clip)  # reads the layout from clip.transformer
+            assert enc.batch_first is batch_first
+            torch.testing.assert_close(enc(prompts, pl.eot_index), reference)
+            assert "attn_mask" not in enc.state_dict()
 
 
 def test_sequence_first_transformers_and_linear_projections_give_the_same_features():

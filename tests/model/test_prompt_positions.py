@@ -39,10 +39,10 @@ def _label_context(learner: PromptLearner) -> None:
     with torch.no_grad():
         if learner.ctx.dim() == 3:
             for c in range(learner.ctx.shape[0]):
-                for k in range(M):
+                for k in range(learner.n_ctx):
                     learner.ctx[c, k] = torch.tensor([-1.0, 100 * c + k + 1])
         else:
-            for k in range(M):
+            for k in range(learner.n_ctx):
                 learner.ctx[k] = torch.tensor([-1.0, k + 1])
 
 
@@ -58,12 +58,12 @@ def _read_back(row: torch.Tensor) -> list:
     return out
 
 
-def _expected(position: str, cls: int, words: list[int], length: int, specific: bool) -> list:
-    ctx = [("ctx", cls if specific else 0, k) for k in range(M)]
+def _expected(position: str, cls: int, words: list[int], length: int, specific: bool, m: int = M) -> list:
+    ctx = [("ctx", cls if specific else 0, k) for k in range(m)]
     if position == "end":
         body = ctx + words
     elif position == "middle":
-        body = ctx[: M // 2] + words + ctx[M // 2 :]
+        body = ctx[: m // 2] + words + ctx[m // 2 :]
     else:  # front
         body = words + ctx
     row = [SOS, *body, EOT]
@@ -98,3 +98,36 @@ def test_text_longer_than_the_context_is_cut_to_fit():
     assert len(row) == 77 and row[0] == SOS and row[-1] == EOT
     assert row[1 : 1 + n_words] == TOKENIZER.encode(long_text)[:n_words]
     assert row[1 + n_words : 1 + n_words + M] == [("ctx", 0, k) for k in range(M)]
+
+
+class _CallOnly:
+    """A tokenizer with only ``__call__`` (no ``encode()``), as open_clip's HF and SigLIP ones."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, texts):
+        return self.inner(texts)
+
+
+@pytest.mark.parametrize("position", ["middle", "front"])
+def test_positions_do_not_depend_on_the_tokenizer_having_encode(position):
+    learner = PromptLearner(TEXTS, _CallOnly(TOKENIZER), width=2, n_ctx=M, position=position)
+    _label_context(learner)
+    prompts = learner(_id_embedding())
+    rows = [(c, TOKENIZER.encode(text)) for c, texts in enumerate(TEXTS) for text in texts]
+    length = max(1 + M + len(words) + 1 for _, words in rows)
+    for i, (c, words) in enumerate(rows):
+        assert _read_back(prompts[i]) == _expected(position, c, words, length, True), (position, i)
+
+
+@pytest.mark.parametrize("m", [1, 2, 4, 5])
+def test_middle_splits_the_context_at_m_div_2(m):
+    # CoOp's half_n_ctx = n_ctx // 2 for other lengths than the odd M above: 0|1, 1|1, 2|2, 2|3
+    learner = PromptLearner(TEXTS, TOKENIZER, width=2, n_ctx=m, position="middle")
+    _label_context(learner)
+    prompts = learner(_id_embedding())
+    rows = [(c, TOKENIZER.encode(text)) for c, texts in enumerate(TEXTS) for text in texts]
+    length = max(1 + m + len(words) + 1 for _, words in rows)
+    for i, (c, words) in enumerate(rows):
+        assert _read_back(prompts[i]) == _expected("middle", c, words, length, True, m), (m, i)
