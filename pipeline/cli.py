@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-data": ("stages.demo_data", "generate the synthetic drawn-face expression dataset"),
     "demo": ("stages.demo", "the embedded default: the whole pipeline on generated data, then a report"),
     "models": ("pipeline.model.backbone", "list the CLIP architectures this project can build"),
+    "pretrain": ("stages.pretrain", "contrastive pretraining of a small CLIP on captioned synthetic faces"),
 }
 
 
