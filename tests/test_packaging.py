@@ -51,6 +51,9 @@ def _expected(src: Path) -> set[str]:
     """What the wheel must hold: every module, the model configs, and prompts/ as pipeline/_prompts/."""
     files = {p.relative_to(src).as_posix() for d in ("pipeline", "stages") for p in (src / d).rglob("*.py")}
     files |= {p.relative_to(src).as_posix() for p in (src / "pipeline" / "model" / "model_configs").glob("*.json")}
+    # The shipped pretrained weights with their manifests, and pretraining's description set.
+    weights = [p for p in (src / "pipeline" / "model" / "weights").glob("*") if p.suffix in (".pt", ".json")]
+    files |= {p.relative_to(src).as_posix() for p in weights + list((src / "pipeline" / "pretrain").glob("*.yaml"))}
     prompts = [p for p in (src / "prompts").rglob("*") if p.is_file()]
     files |= {"pipeline/_prompts/" + p.relative_to(src / "prompts").as_posix() for p in prompts}
     return files
@@ -60,9 +63,13 @@ def test_the_wheel_holds_every_module_and_the_prompts(built):
     _root, src, wheel = built
     names = set(zipfile.ZipFile(wheel).namelist())
     expected = _expected(src)
-    assert {"pipeline/_prompts/templates/visual_features.yaml", "pipeline/_prompts/descriptions/default-7.yaml"} <= (
-        expected
-    )
+    assert {
+        "pipeline/_prompts/templates/visual_features.yaml",
+        "pipeline/_prompts/descriptions/default-7.yaml",
+        "pipeline/model/weights/dferclip-rn-micro-synth.pt",
+        "pipeline/model/weights/dferclip-rn-micro-synth.json",
+        "pipeline/pretrain/independent-7.yaml",
+    } <= expected
     assert expected - names == set()
 
 

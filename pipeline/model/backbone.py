@@ -2,8 +2,8 @@
 
 Architectures are open_clip model configs; this project adds small ones in ``model_configs/``
 (``dferclip-tiny`` for the demo, ``dferclip-micro`` for unit tests), registered on first use.
-Weights: an open_clip pretrained tag (the paper: ``ViT-B-32`` + ``openai``), a local file, or
-none (random init). OpenAI's CLIP weights were trained with QuickGELU; open_clip only *warns*
+Weights: an open_clip pretrained tag (the paper: ``ViT-B-32`` + ``openai``; this project's own
+``dferclip-rn-micro`` + ``synth``, shipped in ``weights/``), a local file, or none (random init). OpenAI's CLIP weights were trained with QuickGELU; open_clip only *warns*
 when the architecture does not match, which silently degrades every feature — so the
 activation is taken from the tag's own metadata unless the user says otherwise.
 """
@@ -11,6 +11,7 @@ activation is taken from the tag's own metadata unless the user says otherwise.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -20,12 +21,47 @@ import torch
 
 from pipeline.errors import UserError
 
-__all__ = ["Backbone", "load_clip", "list_architectures", "cli"]
+__all__ = ["Backbone", "load_clip", "list_architectures", "shipped_weights", "WEIGHTS_DIR", "cli"]
 
 logger = logging.getLogger(__name__)
 
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
+# Weights this project ships (``dferclip pretrain``): ``<file>.pt`` + its manifest ``<file>.json``.
+WEIGHTS_DIR = Path(__file__).parent / "weights"
 _registered = False
+
+
+def shipped_weights() -> list[dict]:
+    """The manifests of the shipped weights, each with ``path`` (the weights file) added."""
+    out = []
+    for manifest in sorted(WEIGHTS_DIR.glob("*.json")):
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        out.append({**data, "path": str(manifest.with_name(data["file"]))})
+    return out
+
+
+def _register_shipped_weights() -> None:
+    """Make every shipped weights file an open_clip pretrained tag of its architecture.
+
+    open_clip has no public call for adding a tag, but a tag's entry in its registry may name a
+    local ``file`` instead of a URL (``open_clip.pretrained.download_pretrained`` returns it as
+    is), so ``create_model("dferclip-rn-micro", pretrained="synth")`` — and ``model.pretrained``,
+    ``dferclip models --tags`` — treat it like any downloadable tag, and it never touches the
+    network. The weights were trained with CLIP's mean/std and GELU (not QuickGELU).
+    """
+    import open_clip
+    from open_clip import pretrained as registry
+
+    for entry in shipped_weights():
+        tags = registry._PRETRAINED.setdefault(entry["architecture"], {})
+        tags[entry["tag"]] = {
+            "file": entry["path"],
+            "mean": open_clip.OPENAI_DATASET_MEAN,
+            "std": open_clip.OPENAI_DATASET_STD,
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+            "quick_gelu": False,
+        }
 
 
 def _register_configs() -> None:
@@ -34,6 +70,7 @@ def _register_configs() -> None:
         import open_clip
 
         open_clip.add_model_config(_CONFIG_DIR)
+        _register_shipped_weights()
         _registered = True
 
 
