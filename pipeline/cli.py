@@ -101,8 +101,12 @@ def stage_parser(prog: str, description: str | None, config_required: bool = Tru
     return parser
 
 
-def run_cli(fn: Callable[[], int | None]) -> int:
-    """Run a stage's CLI body, turning user errors into a clear message and exit code 2.
+INTERRUPTED = "interrupted; finished work is kept and a re-run resumes from it"
+
+
+def run_cli(fn: Callable[[], int | None], interrupted: str = INTERRUPTED) -> int:
+    """Run a stage's CLI body, turning user errors into a clear message and exit code 2, and
+    Ctrl-C into ``interrupted`` (what the user keeps) and exit code 130.
 
     Sets up logging first unless the command's parser did (a plain argparse parser).
     """
@@ -115,7 +119,7 @@ def run_cli(fn: Callable[[], int | None]) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished work is kept and a re-run resumes from it", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
     finally:
         _parsed_verbosity = False

@@ -35,7 +35,7 @@ def cli(argv=None) -> int:
 
         main(load_pretrain_config(args.config, args.overrides), command_line(argv))
 
-    return run_cli(body)
+    return run_cli(body, interrupted="interrupted; pretraining does not resume: a re-run starts over")
 
 
 if __name__ == "__main__":
