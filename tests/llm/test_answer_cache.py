@@ -16,7 +16,10 @@ def test_a_record_is_one_json_file_named_by_its_key(tmp_path):
     assert CACHE_DIR == "llm_cache"
     cache.put(KEY, {"content": "wide smile", "descriptions": ["wide smile"]})
     path = tmp_path / "llm_cache" / f"{KEY}.json"
-    assert json.loads(path.read_text()) == {"key": KEY, "content": "wide smile", "descriptions": ["wide smile"]}
+    # indented one space per level, the key first: a record people can read
+    assert path.read_text() == (
+        f'{{\n "key": "{KEY}",\n "content": "wide smile",\n "descriptions": [\n  "wide smile"\n ]\n}}'
+    )
     assert cache.get(KEY) == {"key": KEY, "content": "wide smile", "descriptions": ["wide smile"]}
     assert cache.keys() == [KEY]
 

@@ -17,6 +17,7 @@ import pytest
 
 from pipeline.config import DescribeConfig
 from pipeline.llm import InvalidAnswer, load_template, parse_answer
+from pipeline.llm.cache import cache_key
 from pipeline.llm.runner import _plan, request_params
 from pipeline.llm.validation import excerpt
 
@@ -66,6 +67,13 @@ TEMPLATE = load_template("visual_features")
 def _key(**changes) -> str:
     jobs = _plan(dataclasses.replace(DescribeConfig(samples=1), **changes), ["anger"], TEMPLATE)
     return jobs[0].key  # sample 0 of the one class
+
+
+def test_non_ascii_messages_are_hashed_as_utf8_text():
+    # ensure_ascii=False: "é" is hashed as its UTF-8 bytes, not as the escape "\\u00e9"
+    msgs = [{"role": "user", "content": "sourcils froncés"}]
+    blob = '{"messages":[{"content":"sourcils froncés","role":"user"}],"model":"m","params":{},"sample":0,"v":1}'
+    assert cache_key("m", msgs, {}, 0) == hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def test_the_key_is_the_sha256_of_the_documented_material():
@@ -157,6 +165,24 @@ def test_the_first_json_value_in_the_text_is_read(text):
     ],
 )
 def test_unusable_answers_have_exact_reasons(text, message):
+    with pytest.raises(InvalidAnswer) as err:
+        parse_answer(text, 2, min_words=1, max_words=3)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        # the first JSON value decides, even when it is the wrong kind
+        ("42", '"descriptions" must be a list, got int'),
+        ('Answer: {"descriptions": "raised cheeks"} {"other": 1}', '"descriptions" must be a list, got str'),
+        (
+            'Answer: ["raised cheeks", "wide smile", "wrinkled eyes"] and [1]',
+            "asked for exactly 2 description(s), got 3",
+        ),
+    ],
+)
+def test_the_first_json_value_decides(text, message):
     with pytest.raises(InvalidAnswer) as err:
         parse_answer(text, 2, min_words=1, max_words=3)
     assert str(err.value) == message
