@@ -24,7 +24,9 @@ folders are listed once each, not probed clip by clip.
   compound task: they are skipped (and counted) unless the configured classes list them.
   Sources: ``data/clips/<name>`` (or ``clips/<name>``, ``<name>``).
 - The published DFER-CLIP annotation lists (``dataset.annotations`` = their folder, or one
-  file): lines ``<path> <num_frames> <label>`` with 1-indexed labels in the paper's class order;
+  file): lines ``<path> <num_frames> <label>`` with 0-indexed labels in the paper's class order
+  (0 = happiness ... 6 = fear, then MAFW's 7..10; the authors made DFEW's from its 1..7 CSV
+  labels minus one);
   ``..._set_<k>_{train,test}.txt`` names give the fold. Their absolute paths are from the
   authors' machine, so a path that does not exist is looked up below ``dataset.root`` by its
   trailing components.
@@ -323,7 +325,8 @@ def _read_published_lists(dataset: DatasetConfig, classes: list[str]) -> ClipTab
     else:  # one list: read it as the folder's only file
         names, ann = [posixpath.basename(ann.fs_path())], ann.parent()
     root = _root(dataset) if dataset.root else None
-    # The lists index the paper's class order (1 = happiness ... 7 = fear, then MAFW's four).
+    # The lists index the paper's class order from 0 (0 = happiness ... 6 = fear, then MAFW's
+    # four): the published files hold labels 0..6 (FERV39K's Happy clips are 0), not DFEW's 1..7.
     order = CLASSES_11 if dataset.name == "mafw" else CLASSES_7
     prefix = dataset.name.lower()
     names = [n for n in names if n.lower().startswith(prefix)] or names
@@ -348,10 +351,10 @@ def _read_published_lists(dataset: DatasetConfig, classes: list[str]) -> ClipTab
             if len(parts) < 3 or not parts[-1].lstrip("-").isdigit():
                 raise UserError(f"{where}: expected '<path> <num_frames> <label>', got {line!r}")
             path, label = " ".join(parts[:-2]), int(parts[-1])
-            if not 1 <= label <= len(order):
-                raise UserError(f"{where}: label must be 1..{len(order)}, got {label}")
+            if not 0 <= label < len(order):
+                raise UserError(f"{where}: label must be 0..{len(order) - 1} (0-indexed, paper order), got {label}")
             source = _resolve_published(path, root)
-            col.add(_published_id(path), source, order[label - 1], split, where)
+            col.add(_published_id(path), source, order[label], split, where)
     if not col.files:
         raise UserError(f"dataset.annotations: no .txt lists in {ann.location()}")
     return col.table()

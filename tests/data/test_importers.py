@@ -112,9 +112,10 @@ def test_published_lists(tmp_path):
     ann = tmp_path / "annotation"
     ann.mkdir()
     (tmp_path / "DFEW_Frame_Face" / "02522").mkdir(parents=True)
-    (ann / "DFEW_set_1_train.txt").write_text("/data/x/DFEW_Frame_Face/02522 66 5\n")
-    (ann / "DFEW_set_1_test.txt").write_text("/data/x/DFEW_Frame_Face/00007 30 1\n")
-    (ann / "MAFW_set_1_train.txt").write_text("/data/x/MAFW/00001 30 11\n")
+    # The published lists' shape: absolute paths from the authors' machine, 0-indexed labels.
+    (ann / "DFEW_set_1_train.txt").write_text("/data/x/DFEW_Frame_Face/02522 66 4\n")
+    (ann / "DFEW_set_1_test.txt").write_text("/data/x/DFEW_Frame_Face/00007 30 0\n")
+    (ann / "MAFW_set_1_train.txt").write_text("/data/x/MAFW/00001 30 10\n")
     t = load_clip_table(DatasetConfig(name="dfew", root=str(tmp_path), annotations=str(ann)))
     clips = by_id(t)
     assert clips["02522"].label_name == "surprise" and clips["02522"].splits == ("1:train",)
@@ -122,8 +123,8 @@ def test_published_lists(tmp_path):
     assert clips["00007"].label_name == "happiness" and clips["00007"].splits == ("1:test",)
     m = load_clip_table(DatasetConfig(name="mafw", annotations=str(ann / "MAFW_set_1_train.txt")))
     assert m.clips[0].label_name == "disappointment"
-    (ann / "DFEW_set_1_test.txt").write_text("/data/x/DFEW_Frame_Face/00007 30 8\n")
-    with pytest.raises(UserError, match=r"DFEW_set_1_test\.txt, line 1: label must be 1\.\.7"):
+    (ann / "DFEW_set_1_test.txt").write_text("/data/x/DFEW_Frame_Face/00007 30 7\n")
+    with pytest.raises(UserError, match=r"DFEW_set_1_test\.txt, line 1: label must be 0\.\.6"):
         load_clip_table(DatasetConfig(name="dfew", annotations=str(ann)))
 
 
@@ -234,7 +235,7 @@ def test_csv_and_published_lists_as_uris(tmp_path):
     ann = tmp_path / "annotation"
     ann.mkdir()
     (tmp_path / "DFEW_Frame_Face" / "02522").mkdir(parents=True)
-    (ann / "DFEW_set_1_train.txt").write_text("/data/x/DFEW_Frame_Face/02522 66 5\n")
+    (ann / "DFEW_set_1_train.txt").write_text("/data/x/DFEW_Frame_Face/02522 66 4\n")
     t = load_clip_table(DatasetConfig(name="dfew", root=tmp_path.as_uri(), annotations=ann.as_uri()))
     assert by_id(t)["02522"].source == f"{tmp_path.as_uri()}/DFEW_Frame_Face/02522"
     one = load_clip_table(DatasetConfig(name="dfew", annotations=(ann / "DFEW_set_1_train.txt").as_uri()))

@@ -3,9 +3,11 @@ documentation, and the fold of every published list file name.
 
 - DFEW's EmoLabel_DataSplit CSVs: 1 Happy, 2 Sad, 3 Neutral, 4 Angry, 5 Surprise, 6 Disgust,
   7 Fear (the DFEW release's README).
-- The published DFER-CLIP annotation lists (``<path> <num_frames> <label>``): the same numbering,
-  1-based, in the paper's class order; MAFW's lists continue 8 Contempt, 9 Anxiety,
-  10 Helplessness, 11 Disappointment. The fold and split come from ``..._set_<k>_<split>.txt``.
+- The published DFER-CLIP annotation lists (``<path> <num_frames> <label>``): 0-based, in the
+  paper's class order: 0 happiness, 1 sadness, 2 neutral, 3 anger, 4 surprise, 5 disgust, 6 fear
+  (the authors wrote DFEW's lists from its CSV labels minus one; FERV39K's list labels its
+  Happy clips 0); MAFW's lists continue 7 contempt, 8 anxiety, 9 helplessness, 10
+  disappointment. The fold and split come from ``..._set_<k>_<split>.txt``.
 """
 
 from __future__ import annotations
@@ -27,12 +29,21 @@ DFEW_BY_NUMBER = {
     6: "disgust",
     7: "fear",
 }
-MAFW_BY_NUMBER = {
-    **DFEW_BY_NUMBER,
-    8: "contempt",
-    9: "anxiety",
-    10: "helplessness",
-    11: "disappointment",
+PUBLISHED_7 = {
+    0: "happiness",
+    1: "sadness",
+    2: "neutral",
+    3: "anger",
+    4: "surprise",
+    5: "disgust",
+    6: "fear",
+}
+PUBLISHED_11 = {
+    **PUBLISHED_7,
+    7: "contempt",
+    8: "anxiety",
+    9: "helplessness",
+    10: "disappointment",
 }
 
 
@@ -72,7 +83,7 @@ def _write_lists(folder: Path, prefix: str, labels: dict[int, str]) -> None:
             (folder / f"{prefix}_set_{fold}_{split}.txt").write_text("\n".join(lines) + "\n")
 
 
-@pytest.mark.parametrize("dataset, labels", [("dfew", DFEW_BY_NUMBER), ("mafw", MAFW_BY_NUMBER)])
+@pytest.mark.parametrize("dataset, labels", [("dfew", PUBLISHED_7), ("mafw", PUBLISHED_11)])
 def test_published_lists_map_every_label_and_fold(tmp_path, dataset, labels):
     ann = tmp_path / "annotation"
     _write_lists(ann, dataset.upper(), labels)
@@ -86,21 +97,23 @@ def test_published_lists_map_every_label_and_fold(tmp_path, dataset, labels):
         assert clip.splits == expected, n
 
 
-@pytest.mark.parametrize("label", [0, 8])
-def test_published_dfew_labels_outside_1_to_7_are_refused(tmp_path, label):
+@pytest.mark.parametrize("label", [-1, 7])
+def test_published_dfew_labels_outside_0_to_6_are_refused(tmp_path, label):
     ann = tmp_path / "annotation"
     ann.mkdir()
-    (ann / "DFEW_set_2_train.txt").write_text(f"/data/DFEW/00001 16 1\n/data/DFEW/00002 16 {label}\n")
+    (ann / "DFEW_set_2_train.txt").write_text(f"/data/DFEW/00001 16 0\n/data/DFEW/00002 16 {label}\n")
     with pytest.raises(UserError) as err:
         load_clip_table(DatasetConfig(name="dfew", annotations=str(ann)))
-    assert str(err.value) == f"{ann / 'DFEW_set_2_train.txt'}, line 2: label must be 1..7, got {label}"
+    assert str(err.value) == (
+        f"{ann / 'DFEW_set_2_train.txt'}, line 2: label must be 0..6 (0-indexed, paper order), got {label}"
+    )
 
 
 def test_a_list_named_by_split_only_is_fold_1(tmp_path):
     ann = tmp_path / "annotation"
     ann.mkdir()
-    (ann / "dfew_train.txt").write_text("/data/DFEW/00001 16 7\n")
-    (ann / "dfew_test.txt").write_text("/data/DFEW/00002 16 4\n")
+    (ann / "dfew_train.txt").write_text("/data/DFEW/00001 16 6\n")
+    (ann / "dfew_test.txt").write_text("/data/DFEW/00002 16 3\n")
     clips = _by_id(load_clip_table(DatasetConfig(name="dfew", annotations=str(ann))))
     assert (clips["00001"].label_name, clips["00001"].splits) == ("fear", ("1:train",))
     assert (clips["00002"].label_name, clips["00002"].splits) == ("anger", ("1:test",))
