@@ -31,7 +31,6 @@ import logging
 import platform
 import shlex
 import sys
-import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,7 +105,7 @@ def _fit(cfg: PretrainConfig, images: np.ndarray, tokens: np.ndarray) -> tuple[d
 
     from pipeline.logs import progress
     from pipeline.raycluster import check_resources
-    from pipeline.train.driver import _progress_callback
+    from pipeline.train.driver import fit_streaming, report_callback
 
     check_resources(
         "pretraining worker", cpus=cfg.cpus_per_worker, count=cfg.num_workers, key="num_workers / cpus_per_worker"
@@ -125,40 +124,25 @@ def _fit(cfg: PretrainConfig, images: np.ndarray, tokens: np.ndarray) -> tuple[d
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=False, resources_per_worker={"CPU": cfg.cpus_per_worker}
         ),
-        run_config=RunConfig(name=run_name, storage_path=str(storage), callbacks=[_progress_callback(queue)]),
+        run_config=RunConfig(name=run_name, storage_path=str(storage), callbacks=[report_callback(queue)]),
     )
-    outcome: dict = {}
-
-    def fit() -> None:
-        try:
-            outcome["result"] = trainer.fit()
-        except BaseException as exc:  # noqa: BLE001 — re-raised in the caller's thread
-            outcome["error"] = exc
-
     rows: list[dict] = []
     started = time.monotonic()
-    thread = threading.Thread(target=fit, name=run_name, daemon=True)
-    thread.start()
     try:
         with progress(cfg.steps, "pretrain", unit="step", logger=logger) as bar:
-            while thread.is_alive() or not queue.empty():
-                try:
-                    row = queue.get(timeout=0.5)
-                except Exception:  # noqa: BLE001 — ray.util.queue.Empty
-                    continue
+
+            def show(row: dict) -> None:
                 rows.append(row)
                 bar.update(
                     int(row["step"]) - bar.done,
                     postfix=f"loss {row['loss']:.3f}, retrieval {row['retrieval_acc']:.3f}",
                 )
                 logger.debug("pretrain step %d: %s", row["step"], row)
-        thread.join()
+
+            result = fit_streaming(trainer, queue, show, run_name)
     finally:
         queue.shutdown()
-    if "error" in outcome:
-        raise outcome["error"]
     seconds = time.monotonic() - started
-    result = outcome["result"]
     if result.checkpoint is None:
         raise RuntimeError(f"pretraining run {run_name} ended without a checkpoint ({result.error})")
     with result.checkpoint.as_directory() as folder:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,7 +31,7 @@ from pipeline.train.recipe import RunSpec
 from pipeline.train.transforms import AugmentSpec, EpochClock
 from pipeline.train.worker import train_loop_per_worker
 
-__all__ = ["TrainJob", "fit", "loop_config", "new_run_name", "augment_spec"]
+__all__ = ["TrainJob", "fit", "fit_streaming", "report_callback", "loop_config", "new_run_name", "augment_spec"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ def _image_size(model: ModelConfig) -> int:
     return int(size if isinstance(size, int) else size[0])
 
 
-def _progress_callback(queue):
+def report_callback(queue):
     """A Ray Train callback (it runs in Train's controller) that hands each epoch's row to ``queue``."""
     from ray.train import UserCallback
 
@@ -92,12 +93,10 @@ def _progress_callback(queue):
     return EpochRows()
 
 
-def _fit_with_progress(trainer, queue, spec: RunSpec):
-    """Run ``trainer.fit()`` in a thread and show one progress bar fed by the epochs' rows."""
-    from pipeline.logs import progress
-    from pipeline.train.recipe import progress_line
-
-    t = spec.train
+def fit_streaming(trainer, queue, on_row: Callable[[dict], None], name: str):
+    """Run ``trainer.fit()`` in a thread and hand each row the :func:`report_callback` puts on
+    ``queue`` to ``on_row`` in this thread (a progress bar), until the run ends and the queue is
+    drained; returns the ``ray.train.Result`` or re-raises the run's error here."""
     outcome: dict = {}
 
     def run() -> None:
@@ -106,15 +105,30 @@ def _fit_with_progress(trainer, queue, spec: RunSpec):
         except BaseException as exc:  # noqa: BLE001 — re-raised in the caller's thread
             outcome["error"] = exc
 
-    thread = threading.Thread(target=run, name=f"fit-{spec.run_name}", daemon=True)
+    thread = threading.Thread(target=run, name=f"fit-{name}", daemon=True)
     thread.start()
+    while thread.is_alive() or not queue.empty():
+        try:
+            row = queue.get(timeout=0.5)
+        except Exception:  # noqa: BLE001 — ray.util.queue.Empty: nothing reported yet
+            continue
+        on_row(row)
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _fit_with_progress(trainer, queue, spec: RunSpec):
+    """Run ``trainer.fit()`` with one progress bar fed by the epochs' rows."""
+    from pipeline.logs import progress
+    from pipeline.train.recipe import progress_line
+
+    t = spec.train
     split, metric = spec.selection_split, t.best_metric
     with progress(t.epochs, f"train fold {spec.fold}", unit="epoch", logger=logger) as bar:
-        while thread.is_alive() or not queue.empty():
-            try:
-                row = queue.get(timeout=0.5)
-            except Exception:  # noqa: BLE001 — ray.util.queue.Empty: nothing reported yet
-                continue
+
+        def show(row: dict) -> None:
             # A restarted worker group reports epochs again from its checkpoint: count each once.
             bar.update(
                 max(0, int(row["epoch"]) - bar.done),
@@ -122,10 +136,8 @@ def _fit_with_progress(trainer, queue, spec: RunSpec):
                 f"best {metric} {row.get(f'best_{metric}') or float('nan'):.3f} @ {row.get('best_epoch')}",
             )
             logger.debug(progress_line(spec.run_name, row, t.epochs, split, metric))
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+
+        return fit_streaming(trainer, queue, show, spec.run_name)
 
 
 def fit(job: TrainJob, *, callbacks: list | None = None, progress: bool = True):
@@ -209,7 +221,7 @@ def fit(job: TrainJob, *, callbacks: list | None = None, progress: bool = True):
             storage_path=job.runs.uri(),
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
-            callbacks=[*(callbacks or []), *([_progress_callback(queue)] if queue is not None else [])] or None,
+            callbacks=[*(callbacks or []), *([report_callback(queue)] if queue is not None else [])] or None,
         ),
         datasets=datasets,
         dataset_config=ShardedDataConfig(),

@@ -9,20 +9,10 @@ import sys
 import pytest
 import torch
 
-from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.model import build_model, list_architectures, load_checkpoint, load_clip, save_checkpoint
 from pipeline.model.backbone import _resolve_quick_gelu
-
-MICRO = dict(
-    clip_model="dferclip-micro",
-    pretrained=None,
-    num_frames=8,
-    temporal_heads=2,
-    temporal_head_dim=32,
-    temporal_mlp_dim=128,
-    n_ctx=4,
-)
+from tests.micro import micro_model
 
 
 def test_tiny_architectures_are_registered():
@@ -78,7 +68,7 @@ def test_offline_pretrained_download_fails_with_a_clear_message():
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
     torch.manual_seed(0)
     descriptions = {"happiness": ["a broad smile"], "fear": ["eyes wide, brows up and together"]}
-    model = build_model(ModelConfig(**MICRO), ["happiness", "fear"], descriptions).eval()
+    model = build_model(micro_model(), ["happiness", "fear"], descriptions).eval()
     with torch.no_grad():
         model.prompt_learner.ctx.normal_()  # not the initial values
     path = save_checkpoint(model, tmp_path / "ckpt" / "model.pt", extra={"epoch": 3, "uar": 0.5})
@@ -93,7 +83,7 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path):
 
 
 def test_mismatched_or_foreign_checkpoint_is_rejected(tmp_path):
-    model = build_model(ModelConfig(**{**MICRO, "text_source": "class_names"}), ["a", "b"])
+    model = build_model(micro_model(text_source="class_names"), ["a", "b"])
     path = save_checkpoint(model, tmp_path / "m.pt")
     payload = torch.load(path, weights_only=True)
     payload["state_dict"]["temporal.pos_embedding"] = torch.zeros(1, 3, 64)
