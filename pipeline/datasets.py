@@ -25,6 +25,11 @@ class DatasetSpec:
     # jitter 0.5, FERV39k rotation of 4 degrees; MAFW follows DFEW in the published scripts.
     extra_augmentation: Literal["brightness", "rotation", "none"]
     summary: str
+    # How many trailing components of a clip's path name it. FERV39k's ids restart in every
+    # <Scene>/<Emotion> folder (0009 is both a sad and a happy clip), so its clip id is
+    # "<Scene>/<Emotion>/<id>": the same id whether its official CSVs or the published
+    # DFER-CLIP lists were read. The others' file names are unique on their own.
+    clip_id_parts: int = 1
 
     @property
     def num_classes(self) -> int:
@@ -38,7 +43,12 @@ _REGISTRY: dict[str, DatasetSpec] = {
             "dfew", CLASSES_7, (1, 2, 3, 4, 5), "brightness", "DFEW: 16,372 clips, 7 classes, 5 official folds"
         ),
         DatasetSpec(
-            "ferv39k", CLASSES_7, (1,), "rotation", "FERV39k: 38,935 clips, 7 classes, one official train/test split"
+            "ferv39k",
+            CLASSES_7,
+            (1,),
+            "rotation",
+            "FERV39k: 38,935 clips, 7 classes, one official train/test split",
+            clip_id_parts=3,
         ),
         DatasetSpec(
             "mafw",

@@ -29,7 +29,9 @@ folders are listed once each, not probed clip by clip.
   labels minus one);
   ``..._set_<k>_{train,test}.txt`` names give the fold. Their absolute paths are from the
   authors' machine, so a path that does not exist is looked up below ``dataset.root`` by its
-  trailing components.
+  trailing components. A clip's id is the one its dataset's importer above gives it: the
+  folder name (DFEW, MAFW), or ``<Scene>/<Emotion>/<id>`` for FERV39k, whose ids repeat across
+  folders (``DatasetSpec.clip_id_parts``).
 - ``csv`` / ``demo``: a CSV with header ``path,label[,split]`` (``dataset.annotations``, or
   ``<root>/labels.csv``); labels are class names; relative paths are relative to the CSV's
   folder; ``split`` is ``train`` or ``test`` (fold 1). Without a split column (or with an empty
@@ -53,7 +55,7 @@ from pathlib import Path
 from pipeline.config import DatasetConfig
 from pipeline.data.schema import membership
 from pipeline.data.sources import DataRoot, FileType, read_location
-from pipeline.datasets import CLASSES_7, CLASSES_11
+from pipeline.datasets import CLASSES_7, CLASSES_11, get_dataset
 from pipeline.errors import UserError
 from pipeline.storage import is_uri
 
@@ -329,6 +331,7 @@ def _read_published_lists(dataset: DatasetConfig, classes: list[str]) -> ClipTab
     # four): the published files hold labels 0..6 (FERV39K's Happy clips are 0), not DFEW's 1..7.
     order = CLASSES_11 if dataset.name == "mafw" else CLASSES_7
     prefix = dataset.name.lower()
+    id_parts = get_dataset(dataset.name).clip_id_parts
     names = [n for n in names if n.lower().startswith(prefix)] or names
     col = _Collector(dataset.name, classes, strict=False)
     for name in names:
@@ -354,15 +357,18 @@ def _read_published_lists(dataset: DatasetConfig, classes: list[str]) -> ClipTab
             if not 0 <= label < len(order):
                 raise UserError(f"{where}: label must be 0..{len(order) - 1} (0-indexed, paper order), got {label}")
             source = _resolve_published(path, root)
-            col.add(_published_id(path), source, order[label], split, where)
+            col.add(_published_id(path, id_parts, where), source, order[label], split, where)
     if not col.files:
         raise UserError(f"dataset.annotations: no .txt lists in {ann.location()}")
     return col.table()
 
 
-def _published_id(path: str) -> str:
+def _published_id(path: str, id_parts: int, where: str) -> str:
+    """The clip id the dataset's own importer gives the clip at ``path`` (its trailing components)."""
     parts = [p for p in path.replace("\\", "/").split("/") if p]
-    return parts[-1] if parts else path
+    if len(parts) < id_parts:
+        raise UserError(f"{where}: the clip id is the path's last {id_parts} components, got {path!r}")
+    return "/".join(parts[-id_parts:])
 
 
 def _resolve_published(path: str, root: DataRoot | None) -> str:
