@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("stages.demo", "the embedded default: the whole pipeline on generated data, then a report"),
     "models": ("pipeline.model.backbone", "list the CLIP architectures this project can build"),
     "pretrain": ("stages.pretrain", "contrastive pretraining of a small CLIP on captioned synthetic faces"),
+    "import-official": ("stages.import_official", "convert a checkpoint of the published DFER-CLIP code to this format"),
 }
 
 

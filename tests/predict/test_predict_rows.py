@@ -1,0 +1,140 @@
+"""What ``dferclip predict`` prints: the table's header and rows and the JSON lines, written out by
+hand character by character (docs/predict.md), and predict_command's column width, exit status
+and failure count on a real micro checkpoint."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from pipeline.datasets import CLASSES_7
+from pipeline.model import build_model, save_checkpoint
+from pipeline.predict import Prediction
+from pipeline.predict_output import json_row, predict_command, table_header, table_row
+from tests.micro import micro_model
+
+OK = Prediction(
+    path="a.mp4",
+    label="sad",
+    probability=0.75,
+    probabilities={"happiness": 0.125, "sad": 0.75, "anger": 0.125 / 2, "fear": 0.0625},
+    frames=12,
+)
+CLASSES = ["happiness", "sad", "anger", "fear"]
+
+
+def test_header_pads_every_column():
+    # path to the given width, label to 14, prob right-aligned in 6, face to 4, then each class
+    # right-aligned in max(len(name), 6).
+    assert table_header(8, CLASSES, None) == (
+        "path" + " " * 4 + "  " + "label" + " " * 9 + " " + "  prob" + "  " + "face" + "  "
+        "happiness" + " " + "   sad" + " " + " anger" + " " + "  fear"
+    )
+    assert table_header(5, CLASSES, 3) == "path " + "  " + "label" + " " * 9 + " " + "  prob" + "  face" + "  top 3"
+
+
+def test_rows_of_a_prediction():
+    # probability 0.75 -> " 0.750" (6 wide, 3 decimals); a face was found -> "ok  ".
+    assert table_row(OK, 8, CLASSES, None) == (
+        "a.mp4" + " " * 3 + "  " + "sad" + " " * 11 + " " + " 0.750" + "  " + "ok  " + "  "
+        "    0.125" + " " + " 0.750" + " " + " 0.062" + " " + " 0.062"  # 0.0625 rounds half to even
+    )
+    # top 2, most probable first; no face found -> "none"
+    no_face = Prediction(**{**OK.__dict__, "face_fallback": True})
+    assert table_row(no_face, 6, CLASSES, 2) == (
+        "a.mp4 " + "  " + "sad" + " " * 11 + " " + " 0.750" + "  " + "none" + "  " + "sad 0.750, happiness 0.125"
+    )
+    failed = Prediction(path="b.mp4", error="file not found")
+    assert table_row(failed, 7, CLASSES, None) == "b.mp4    ERROR: file not found"
+    assert table_row(failed, 7, CLASSES, 2) == "b.mp4    ERROR: file not found"
+
+
+def test_json_rows():
+    plain = json.loads(json_row(OK, None))
+    assert plain == {
+        "path": "a.mp4",
+        "ok": True,
+        "label": "sad",
+        "probability": 0.75,
+        "probabilities": {"happiness": 0.125, "sad": 0.75, "anger": 0.0625, "fear": 0.0625},
+        "face_fallback": False,
+        "frames": 12,
+        "error": None,
+    }
+    assert json.loads(json_row(OK, 2))["top"] == [
+        {"label": "sad", "probability": 0.75},
+        {"label": "happiness", "probability": 0.125},
+    ]
+    assert {k: v for k, v in json.loads(json_row(OK, 2)).items() if k != "top"} == plain
+    failed = json.loads(json_row(Prediction(path="b.mp4", error="file not found"), 2))
+    assert "top" not in failed and failed["ok"] is False and failed["error"] == "file not found"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(micro_model(num_frames=4, n_ctx=2, text_source="class_names"), list(CLASSES_7))
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+def _frames(folder):
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for t in range(4):
+        cv2.imwrite(str(folder / f"{t}.png"), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    return folder
+
+
+def test_short_paths_get_the_four_wide_path_column_and_exit_0(ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _frames(tmp_path / "f")
+    buf = io.StringIO()
+    assert predict_command(str(ckpt), ["f"], crop_overrides={"detector": "none"}, out=buf, workers=1) == 0
+    header, row = buf.getvalue().splitlines()
+    assert header == "path" + "  " + "label" + " " * 9 + " " + "  prob" + "  " + "face" + "  " + (
+        "happiness sadness neutral  anger surprise disgust   fear"
+    )
+    assert row.startswith("f     ") and row.split()[1] in CLASSES_7
+    probs = [float(v) for v in row.split()[4:]]
+    assert len(probs) == 7 and sum(probs) == pytest.approx(1.0, abs=4e-3)  # 7 values rounded to 3 decimals
+
+
+def test_failures_make_exit_1_and_are_counted(ckpt, tmp_path, caplog):
+    frames = str(_frames(tmp_path / ("x" * 70)))  # longer than the 60-character column cap
+    missing = str(tmp_path / "missing.mp4")
+    buf = io.StringIO()
+    with caplog.at_level(logging.WARNING, logger="pipeline.predict_output"):
+        rc = predict_command(str(ckpt), [frames, missing], crop_overrides={"detector": "none"}, out=buf, workers=1)
+    assert rc == 1
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("path" + " " * 56 + "  label")  # the column is capped at 60
+    assert lines[2] == f"{missing:<60}  ERROR: file not found"
+    assert [r.getMessage() for r in caplog.records] == [
+        "predict: 1 of 2 input(s) could not be read (see the ERROR rows above)"
+    ]
+    caplog.clear()
+    buf = io.StringIO()
+    with caplog.at_level(logging.WARNING, logger="pipeline.predict_output"):
+        rc = predict_command(str(ckpt), [missing], json_lines=True, top=1, out=buf, workers=1)
+    assert rc == 1
+    assert [json.loads(line) for line in buf.getvalue().splitlines()] == [
+        {
+            "path": missing,
+            "ok": False,
+            "label": None,
+            "probability": None,
+            "probabilities": {},
+            "face_fallback": False,
+            "frames": 0,
+            "error": "file not found",
+        }
+    ]
+    assert [r.getMessage() for r in caplog.records] == [
+        "predict: 1 of 1 input(s) could not be read (see the error fields above)"
+    ]
