@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "jobs": ("pipeline.jobs", "status / logs / stop of submitted Ray jobs"),
     "predict": ("stages.predict", "predict expressions of your own videos with a checkpoint"),
     "demo-data": ("stages.demo_data", "generate the synthetic drawn-face expression dataset"),
+    "batch-predict": ("stages.batch_predict", "predict a video collection on Ray Data -> Parquet results (resumable)"),
     "demo": ("stages.demo", "the embedded default: the whole pipeline on generated data, then a report"),
     "models": ("pipeline.model.backbone", "list the CLIP architectures this project can build"),
     "pretrain": ("stages.pretrain", "contrastive pretraining of a small CLIP on captioned synthetic faces"),

@@ -37,6 +37,8 @@ __all__ = [
     "PreprocessConfig",
     "TrainConfig",
     "TuneConfig",
+    "TimelineConfig",
+    "BatchPredictConfig",
     "load_config",
     "dump_config",
     "config_hash",
@@ -296,6 +298,74 @@ class PreprocessConfig:
             problems.append(f"cpus_per_worker: must be > 0, got {self.cpus_per_worker}")
         if self.detector == "yunet" and not self.yunet_model:
             problems.append("yunet_model: detector 'yunet' needs the path of the YuNet ONNX file")
+        return problems
+
+
+@dataclass
+class TimelineConfig:
+    """Long videos as timelines (docs/predict.md#timelines): windows of the model's T frames over
+    ``window_s`` seconds every ``stride_s`` seconds, per face track."""
+
+    # auto: a timeline for videos longer than auto_after_s (DFER clips, 1-8 s, keep one label as
+    # before); on: every video; off: never (the whole video is one clip, the largest face).
+    mode: Literal["auto", "on", "off"] = "auto"
+    window_s: float = 2.0
+    stride_s: float = 1.0
+    auto_after_s: float = 10.0
+    # Faces followed at once (the most seen first); each costs one forward pass per window.
+    max_tracks: int = 3
+    # A track is scored on a window when it spans at least this share of the window's frames.
+    min_coverage: float = 0.5
+    # The video's label from its windows: mean probability, majority of window labels, or the
+    # single most confident window.
+    aggregate: Literal["mean", "majority", "max"] = "mean"
+    # Frame folders carry no frame rate: their windows and times use this one.
+    folder_fps: float = 25.0
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("window_s", "stride_s", "auto_after_s", "folder_fps"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
+        if self.max_tracks < 1:
+            problems.append(f"max_tracks: must be >= 1, got {self.max_tracks}")
+        if not 0.0 < self.min_coverage <= 1.0:
+            problems.append(f"min_coverage: must be in (0, 1], got {self.min_coverage}")
+        return problems
+
+
+@dataclass
+class BatchPredictConfig:
+    """Sizing of ``dferclip batch-predict`` (docs/predict.md#batch-prediction-on-ray-data)."""
+
+    # CPU actors that decode, detect and crop, and the CPUs each holds.
+    loaders: int = 2
+    cpus_per_loader: float = 1.0
+    # Model actors running the batched forward passes: one GPU each when the cluster has GPUs
+    # (device auto), else CPUs.
+    models: int = 1
+    cpus_per_model: float = 1.0
+    gpus_per_model: float = 1.0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Clips per forward pass (= per result shard), and per loader task.
+    batch_size: int = 16
+    loader_batch: int = 4
+    # After its actor process dies, a batch is tried this many more times; then its inputs are
+    # error rows (a re-run with --retry-errors tries them again).
+    worker_retries: int = 1
+
+    def validate(self) -> list[str]:
+        problems = []
+        for name in ("loaders", "models", "batch_size", "loader_batch"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        for name in ("cpus_per_loader", "cpus_per_model"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
+        if not self.gpus_per_model > 0:
+            problems.append(f"gpus_per_model: must be > 0, got {self.gpus_per_model}")
+        if not 0 <= self.worker_retries <= 10:
+            problems.append(f"worker_retries: must be in 0..10, got {self.worker_retries}")
         return problems
 
 
@@ -744,6 +814,8 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    timeline: TimelineConfig = field(default_factory=TimelineConfig)
+    batch_predict: BatchPredictConfig = field(default_factory=BatchPredictConfig)
 
     def validate(self) -> list[str]:
         problems = []

@@ -52,6 +52,8 @@ __all__ = [
     "predict_paths",
     "iter_predictions",
     "resolve_device",
+    "forward_probabilities",
+    "make_prediction",
 ]
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
@@ -77,6 +79,8 @@ class Prediction:
     face_fallback: bool = False
     frames: int = 0
     error: str | None = None
+    # A long video's windows per face track (pipeline.timeline.timeline_result), else None.
+    timeline: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -88,7 +92,7 @@ class Prediction:
         return ranked if k is None else ranked[:k]
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "path": self.path,
             "ok": self.ok,
             "label": self.label,
@@ -98,6 +102,9 @@ class Prediction:
             "frames": self.frames,
             "error": self.error,
         }
+        if self.timeline is not None:  # only for a video scored as a timeline: the fields above stay as they were
+            out["timeline"] = self.timeline
+        return out
 
 
 def recorded_preprocess(extra: dict, source: str = "<checkpoint>") -> PreprocessConfig | None:
@@ -221,6 +228,19 @@ class ClipLoader:
             self._local.cropper = cropper
         return cropper
 
+    def detector(self):
+        """This thread's face detector (None for detector "none"), as the crops use it."""
+        return self._cropper().detector
+
+    def load_input(self, path: str | os.PathLike, timeline=None):
+        """:meth:`load`, or :func:`pipeline.timeline.load_timeline` for a video that ``timeline``
+        (a TimelineConfig, None: never) scores as a timeline."""
+        from pipeline.timeline import load_timeline, wants_timeline
+
+        if wants_timeline(path, timeline):
+            return load_timeline(path, self, timeline)
+        return self.load(path)
+
     def load(self, path: str | os.PathLike) -> LoadedClip:
         """Raises :class:`~pipeline.data.video.UnreadableClip` (or another error) when it cannot;
         :class:`~pipeline.data.video.ClipOverCap` for a clip over a cap (the message names it).
@@ -257,6 +277,41 @@ def resolve_device(device: str | None):
     return dev
 
 
+def forward_probabilities(model, videos: np.ndarray, device, batch_size: int, temperature: float = 1.0) -> np.ndarray:
+    """Softmax probabilities (N, C) of ``videos`` (N, T, S, S, 3) uint8 (logits divided by
+    ``temperature``), ``batch_size`` clips per forward pass (a long video's windows come in one array)."""
+    import torch
+
+    out = [np.zeros((0, len(model.class_names)), np.float32)]
+    for i in range(0, len(videos), batch_size):
+        video = torch.from_numpy(np.ascontiguousarray(videos[i : i + batch_size]))  # (B, T, S, S, 3) uint8
+        video = video.permute(0, 1, 4, 2, 3).to(device, non_blocking=True)  # (B, T, 3, S, S)
+        with torch.no_grad():
+            out.append((model(video).float() / temperature).softmax(dim=1).cpu().numpy())  # (B, C)
+    return np.concatenate(out)
+
+
+def make_prediction(path: str, clip, probs: np.ndarray, names: list[str]) -> Prediction:
+    """The :class:`Prediction` of a loaded clip (``probs`` (1, C)) or timeline (``probs`` (K, C):
+    one row per window, see :func:`pipeline.timeline.timeline_result`)."""
+    if isinstance(clip, LoadedClip):
+        p, timeline = probs[0], None
+        k = int(p.argmax())
+    else:
+        from pipeline.timeline import timeline_result
+
+        k, p, timeline = timeline_result(clip, probs, names)
+    return Prediction(
+        path,
+        names[k],
+        float(p[k]),
+        {n: float(v) for n, v in zip(names, p)},
+        clip.face_fallback,
+        clip.frames,
+        timeline=timeline,
+    )
+
+
 def _reason(exc: Exception) -> str:
     from pipeline.data.video import UnreadableClip
 
@@ -283,11 +338,11 @@ def iter_predictions(
     device: str = "cpu",
     workers: int = 2,
     expand: bool = True,
+    timeline=None,
+    timeline_png: str | os.PathLike | None = None,
 ) -> Iterator[Prediction]:
     """Like :func:`predict_paths`, but yields each :class:`Prediction` (in input order) as soon
     as its batch is done, so a caller can print results while later clips are still running."""
-    import torch
-
     from pipeline.model.checkpoint import load_checkpoint
 
     if batch_size < 1:
@@ -320,28 +375,28 @@ def iter_predictions(
 
     def load(path: str) -> LoadedClip | str:
         try:
-            return loader.load(path)
+            return loader.load_input(path, timeline)
         except Exception as exc:  # noqa: BLE001 — one bad input must not stop the others
             return _reason(exc)
 
     def run(group: list[tuple[str, LoadedClip | str]]) -> Iterator[Prediction]:
-        ok = [clip for _, clip in group if isinstance(clip, LoadedClip)]
-        probs = np.zeros((0, len(names)), np.float32)
-        if ok:
-            video = torch.from_numpy(np.stack([c.video for c in ok]))  # (B, T, S, S, 3) uint8
-            video = video.permute(0, 1, 4, 2, 3).to(dev, non_blocking=True)  # (B, T, 3, S, S)
-            with torch.no_grad():
-                probs = model(video).float().softmax(dim=1).cpu().numpy()  # (B, C)
-        rows = iter(probs)
+        ok = [clip for _, clip in group if not isinstance(clip, str)]
+        # One row per clip, one per window of a timeline (LoadedTimeline.videos).
+        videos = [c.video[None] if isinstance(c, LoadedClip) else c.videos for c in ok]
+        probs = forward_probabilities(model, np.concatenate(videos), dev, batch_size) if ok else None
+        start = 0
         for path, clip in group:
-            if not isinstance(clip, LoadedClip):
+            if isinstance(clip, str):
                 yield Prediction(path, error=clip)
                 continue
-            p = next(rows)
-            k = int(p.argmax())
-            yield Prediction(
-                path, names[k], float(p[k]), {n: float(v) for n, v in zip(names, p)}, clip.face_fallback, clip.frames
-            )
+            n = 1 if isinstance(clip, LoadedClip) else len(clip.videos)
+            pred = make_prediction(path, clip, probs[start : start + n], names)
+            start += n
+            if pred.timeline is not None and timeline_png is not None:
+                from pipeline.timeline import write_timeline_png
+
+                write_timeline_png(pred, timeline_png, names)
+            yield pred
 
     # Decode ahead by about two batches: enough to keep the model busy, bounded memory.
     ahead = 2 * batch_size + workers
@@ -365,7 +420,7 @@ def iter_predictions(
             refill()
             clip = job if isinstance(job, str) else job.result()
             group.append((path, clip))
-            loaded += isinstance(clip, LoadedClip)
+            loaded += not isinstance(clip, str)
             if loaded == batch_size:
                 yield from run(group)
                 group, loaded = [], 0
@@ -386,7 +441,10 @@ def predict_paths(checkpoint_or_model, paths: Sequence[str | os.PathLike], **opt
       ``max_clip_frames``, ``max_clip_seconds`` (a clip over one gets an error naming it)
       (``**crop_options(cfg.preprocess)`` passes a config's);
     - ``batch_size`` (8) clips per forward pass, ``device`` ("cpu", "cuda", "auto"),
-      ``workers`` (2) decode/crop threads.
+      ``workers`` (2) decode/crop threads;
+    - ``timeline``: a :class:`~pipeline.config.TimelineConfig` (None: never) — a long video is
+      scored per face track and window (:mod:`pipeline.timeline`; ``Prediction.timeline``);
+      ``timeline_png``: a folder for one timeline PNG per such video.
 
     A bad setting (unknown detector, missing YuNet file, bad checkpoint) raises
     :class:`~pipeline.errors.UserError`; a bad input only sets its Prediction's ``error``.

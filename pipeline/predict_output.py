@@ -22,7 +22,7 @@ from typing import TextIO
 from pipeline.config import PreprocessConfig
 from pipeline.errors import UserError
 
-__all__ = ["predict_command", "table_header", "table_row", "json_row"]
+__all__ = ["predict_command", "table_header", "table_row", "track_row", "json_row"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,14 @@ def table_row(p, path_width: int, classes: list[str], top: int | None) -> str:
     if top is not None:
         return row + "  " + ", ".join(f"{c} {v:.3f}" for c, v in p.top(top))
     return row + "  " + " ".join(f"{p.probabilities[c]:>{max(len(c), 6)}.3f}" for c in classes)
+
+
+def track_row(track: dict, aggregate: str) -> str:
+    """One face track of a timeline (pipeline.timeline.timeline_result) as an indented table line."""
+    return (
+        f"  track {track['track']} [{track['first_s']:.1f}-{track['last_s']:.1f} s, {len(track['windows'])} windows]: "
+        f"{track['label']} {track['probability']:.3f} ({aggregate})"
+    )
 
 
 def json_row(p, top: int | None) -> str:
@@ -81,11 +89,15 @@ def predict_command(
     device: str = "auto",
     workers: int = 2,
     out: TextIO | None = None,
+    timeline=None,
+    timeline_png: str | None = None,
 ) -> int:
     """Predict every input with ``checkpoint`` and write the rows to ``out`` (stdout); returns the exit status.
 
     ``prep``: the crop settings; None takes the checkpoint's recorded ones, else the defaults.
-    ``crop_overrides``: single settings (from the flags) applied on top.
+    ``crop_overrides``: single settings (from the flags) applied on top. ``timeline``: a
+    TimelineConfig (None: none); a video scored as one gets its tracks as extra table lines (or
+    the ``timeline`` JSON field) and, with ``timeline_png``, a PNG in that folder.
     """
     from pipeline.model.checkpoint import load_checkpoint
     from pipeline.predict import crop_options, expand_inputs, iter_predictions
@@ -103,11 +115,21 @@ def predict_command(
     if not json_lines:
         print(table_header(path_width, classes, top), file=out, flush=True)
     for p in iter_predictions(
-        model, inputs, batch_size=batch_size, device=device, workers=workers, **crop_options(prep)
+        model,
+        inputs,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+        timeline=timeline,
+        timeline_png=timeline_png,
+        **crop_options(prep),
     ):
         failed += not p.ok
         line = json_row(p, top) if json_lines else table_row(p, path_width, classes, top)
         print(line, file=out, flush=True)
+        if p.timeline is not None and not json_lines:
+            for tr in p.timeline["tracks"]:
+                print(track_row(tr, p.timeline["aggregate"]), file=out, flush=True)
     if failed:
         logger.warning(
             "predict: %d of %d input(s) could not be read (see the %s above)",

@@ -20,7 +20,7 @@ predicted, 1 when any failed, 2 for a bad checkpoint or option.
 from __future__ import annotations
 
 from pipeline.cli import run_cli, stage_parser
-from pipeline.config import load_config
+from pipeline.config import TimelineConfig, load_config
 from pipeline.predict_output import predict_command
 
 __all__ = ["main", "cli"]
@@ -44,6 +44,17 @@ def _parser():
     parser.add_argument("--batch-size", type=int, default=8, help="clips per forward pass (default 8)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--workers", type=int, default=2, help="decode/crop threads (default 2)")
+    tl = parser.add_argument_group(
+        "long videos (default: --config's timeline section, else a timeline for videos over 10 s)"
+    )
+    mode = tl.add_mutually_exclusive_group()
+    mode.add_argument("--timeline", dest="timeline_mode", action="store_const", const="on", help="every video")
+    mode.add_argument("--no-timeline", dest="timeline_mode", action="store_const", const="off", help="no video")
+    tl.add_argument("--window-s", type=float, metavar="S", help="window length in seconds (default 2)")
+    tl.add_argument("--stride-s", type=float, metavar="S", help="window stride in seconds (default 1)")
+    tl.add_argument("--max-tracks", type=int, metavar="N", help="faces followed at once (default 3)")
+    tl.add_argument("--aggregate", choices=["mean", "majority", "max"], help="video label from its windows")
+    tl.add_argument("--timeline-png", metavar="DIR", help="write one timeline PNG per such video here")
     crop = parser.add_argument_group(
         "face crops (default: --config's preprocess section, else as recorded in the "
         "checkpoint, else the preprocess defaults)"
@@ -56,6 +67,24 @@ def _parser():
     return parser
 
 
+TIMELINE_FLAGS = {"timeline_mode": "mode", "window_s": "window_s", "stride_s": "stride_s"}
+TIMELINE_FLAGS |= {"max_tracks": "max_tracks", "aggregate": "aggregate"}
+
+
+def _timeline(base: TimelineConfig, args) -> TimelineConfig:
+    """The timeline settings: ``base`` with the flags given applied, checked like the config section."""
+    import dataclasses
+
+    from pipeline.errors import UserError
+
+    flags = {key: getattr(args, flag) for flag, key in TIMELINE_FLAGS.items() if getattr(args, flag) is not None}
+    tl = dataclasses.replace(base, **flags)
+    problems = tl.validate()
+    if problems:
+        raise UserError("predict: timeline " + "; ".join(problems))
+    return tl
+
+
 def cli(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -63,7 +92,9 @@ def cli(argv=None) -> int:
         parser.error("--set needs --config (predict reads only its preprocess section)")
 
     def body() -> int:
-        prep = load_config(args.config, args.overrides).preprocess if args.config else None
+        cfg = load_config(args.config, args.overrides) if args.config else None
+        prep = cfg.preprocess if cfg else None
+        timeline = _timeline(cfg.timeline if cfg else TimelineConfig(), args)
         flags = {name: getattr(args, name) for name in CROP_FLAGS if getattr(args, name) is not None}
         return main(
             args.checkpoint,
@@ -75,6 +106,8 @@ def cli(argv=None) -> int:
             device=args.device,
             workers=args.workers,
             crop_overrides=flags,
+            timeline=timeline,
+            timeline_png=args.timeline_png,
         )
 
     return run_cli(body)

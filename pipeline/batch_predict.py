@@ -1,0 +1,511 @@
+"""Batch prediction on Ray Data: a listing of videos -> Parquet result shards, resumable.
+
+    run_batch_predict(checkpoint, listing, out, cfg: BatchPredictConfig, prep: PreprocessConfig, *,
+                      timeline: TimelineConfig | None = None, retry_errors=False, overwrite=False,
+                      log=None) -> dict   # the summary, also written as <out>/manifest.json
+
+``listing`` (:func:`list_inputs`): a folder tree (every video file below it, and every folder of
+frame images, each one clip), a CSV or a Parquet file with a ``path`` column (relative paths are
+relative to the listing's folder); local or a pyarrow.fs URI (``s3://``, ``gs://``, ``file://``).
+
+How it runs (one Ray Data pipeline, data never funnels through the driver):
+
+1. ``ray.data.from_items(paths)``;
+2. ``map_batches(LoadActor)``: ``cfg.loaders`` CPU actors that decode, detect and crop with
+   :class:`pipeline.predict.ClipLoader` — the preprocess stage's own code, as ``dferclip
+   predict`` runs it — and a long video into its timeline windows (:mod:`pipeline.timeline`);
+   an input that cannot be read becomes a row carrying its reason;
+3. ``map_batches(ModelActor)``: ``cfg.models`` actors holding the checkpoint's model (from the
+   object store: the driver loads it once), on a GPU when the cluster has one (``device: auto``),
+   running ``cfg.batch_size`` clips per forward pass (:func:`pipeline.predict.forward_probabilities`)
+   and writing each batch's results as one Parquet shard the moment it is done
+   (``part-<hash of its paths>.parquet``, atomically), plus a timeline PNG per long video;
+4. the driver reads one small summary row per input and moves the progress bar.
+
+So every result equals ``dferclip predict``'s for the same input and settings. Each row is
+:data:`RESULT_SCHEMA`: ``path, ok, label, probability, error, face_fallback, frames`` and
+``prediction``, the exact ``predict --json`` object (with ``timeline`` for a long video).
+
+Resumable: a re-run skips inputs already in the shards (errors too, unless ``retry_errors``;
+:func:`read_results` then keeps an input's successful row). A run with another checkpoint,
+crop or timeline setting than the results were made with is refused unless ``overwrite``
+(which clears the folder). Killed actors: Ray restarts an actor process that dies and tries
+its batch ``cfg.worker_retries`` more times; inputs whose batch died on every try are error
+rows naming that, and the job completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+import posixpath
+import time
+import warnings
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.config import BatchPredictConfig, PreprocessConfig, TimelineConfig
+from pipeline.errors import UserError
+from pipeline.logs import progress
+from pipeline.storage import Storage, is_uri
+from pipeline.typed import from_dict, to_dict
+
+__all__ = ["run_batch_predict", "list_inputs", "read_results", "RESULT_SCHEMA", "LoadActor", "ModelActor"]
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TIMELINES = "timelines"
+RESULT_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("ok", pa.bool_()),
+        ("label", pa.string()),
+        ("probability", pa.float64()),
+        ("error", pa.string()),
+        ("face_fallback", pa.bool_()),
+        ("frames", pa.int64()),
+        ("prediction", pa.string()),  # the predict --json object of this input
+    ]
+)
+_SUMMARY_SCHEMA = pa.schema([("path", pa.string()), ("ok", pa.bool_()), ("error", pa.string()), ("fatal", pa.string())])
+_LOADED_SCHEMA = pa.schema([("path", pa.string()), ("error", pa.string()), ("loaded", pa.large_binary())])
+_ERRORS_SHOWN = 5
+
+
+# --- the listing ------------------------------------------------------------------------------
+
+
+def _fs_of(location: str):
+    import pyarrow.fs as pafs
+
+    if is_uri(location):
+        try:
+            return pafs.FileSystem.from_uri(location)
+        except (pa.ArrowInvalid, ValueError, OSError) as exc:
+            raise UserError(f"{location}: cannot open ({exc})") from None
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
+
+
+def _joined(location: str, fs_path: str, rel: str) -> str:
+    """A listed path as the loaders open it: URIs keep their scheme, local paths become absolute."""
+    if is_uri(rel) or posixpath.isabs(rel):
+        return rel
+    if is_uri(location):
+        scheme = location.split("://", 1)[0]
+        return f"{scheme}://{posixpath.normpath(posixpath.join(posixpath.dirname(fs_path), rel))}"
+    return os.path.normpath(os.path.join(os.path.dirname(fs_path), rel))
+
+
+def list_inputs(listing: str) -> list[str]:
+    """The inputs of a listing (module doc), in listing order (a folder tree: sorted naturally).
+    A missing listing, a table without a ``path`` column or an empty listing is a UserError."""
+    import pyarrow.fs as pafs
+
+    from pipeline.data.video import FRAME_EXTENSIONS, natural_key
+    from pipeline.predict import VIDEO_EXTENSIONS
+
+    fs, path = _fs_of(listing)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise UserError(f"batch-predict: listing not found: {listing}")
+    if info.type == pafs.FileType.Directory:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        videos = [i.path for i in infos if i.is_file and posixpath.splitext(i.base_name)[1].lower() in VIDEO_EXTENSIONS]
+        frame_dirs = {
+            posixpath.dirname(i.path)
+            for i in infos
+            if i.is_file and posixpath.splitext(i.base_name)[1].lower() in FRAME_EXTENSIONS
+        }
+        found = sorted(videos + sorted(frame_dirs), key=natural_key)
+        if is_uri(listing):
+            scheme = listing.split("://", 1)[0]
+            found = [f"{scheme}://{p}" for p in found]
+        if not found:
+            raise UserError(f"batch-predict: {listing} holds no videos and no frame folders")
+        return found
+    ext = posixpath.splitext(path)[1].lower()
+    try:
+        if ext == ".csv":
+            import pyarrow.csv as pacsv
+
+            with fs.open_input_stream(path) as f:
+                table = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(column_types={"path": pa.string()}))
+        elif ext in (".parquet", ".pq"):
+            table = pq.read_table(path, filesystem=fs, columns=None)
+        else:
+            raise UserError(f"batch-predict: {listing}: a listing is a folder, a .csv or a .parquet file")
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"batch-predict: cannot read the listing {listing}: {exc}") from None
+    if "path" not in table.column_names:
+        raise UserError(f"batch-predict: {listing} has no 'path' column (it has {', '.join(table.column_names)})")
+    paths = table.column("path").to_pylist()
+    bad = [i for i, p in enumerate(paths) if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise UserError(f"batch-predict: {listing}: row {bad[0] + 1} has an empty path")
+    if not paths:
+        raise UserError(f"batch-predict: {listing} lists no inputs")
+    return [_joined(listing, path, p.strip()) for p in paths]
+
+
+# --- the results folder -----------------------------------------------------------------------
+
+
+def _shards(storage: Storage) -> list[str]:
+    return [n for n in storage.list(suffix=".parquet") if n.startswith("part-")]
+
+
+def read_results(out: str | Storage) -> pa.Table:
+    """Every input's result row (RESULT_SCHEMA), one per input: an input tried again after an
+    error keeps its successful row."""
+    storage = out if isinstance(out, Storage) else Storage(out)
+    tables = [pq.read_table(storage.path(n), filesystem=storage.fs, schema=RESULT_SCHEMA) for n in _shards(storage)]
+    if not tables:
+        return RESULT_SCHEMA.empty_table()
+    rows: dict[str, dict] = {}
+    for row in pa.concat_tables(tables).to_pylist():
+        if row["path"] not in rows or (row["ok"] and not rows[row["path"]]["ok"]):
+            rows[row["path"]] = row
+    return pa.Table.from_pylist(list(rows.values()), schema=RESULT_SCHEMA)
+
+
+def _shard_name(paths: list[str]) -> str:
+    # Named by its inputs: a retried batch rewrites its own shard instead of adding a copy.
+    return f"part-{hashlib.sha1(chr(0).join(paths).encode()).hexdigest()[:16]}.parquet"
+
+
+def _write_shard(storage: Storage, rows: list[dict]) -> str:
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=RESULT_SCHEMA), buf)
+    name = _shard_name([r["path"] for r in rows])
+    storage.write_bytes(buf.getvalue(), name)
+    return name
+
+
+def _result_row(pred) -> dict:
+    return {
+        "path": pred.path,
+        "ok": pred.ok,
+        "label": pred.label,
+        "probability": pred.probability,
+        "error": pred.error,
+        "face_fallback": pred.face_fallback,
+        "frames": pred.frames,
+        "prediction": json.dumps(pred.to_dict()),
+    }
+
+
+def _checkpoint_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _stored_temperature(extra: dict, source: str) -> float:
+    """The calibration temperature stored in the checkpoint, as ``predict`` applies it (1.0 on a
+    checkout without ``dferclip calibrate``)."""
+    from pipeline.model import checkpoint
+
+    read = getattr(checkpoint, "calibration_temperature", None)
+    return 1.0 if read is None else float(read(extra, source))
+
+
+# --- the actors -------------------------------------------------------------------------------
+
+
+class LoadActor:
+    """Ray Data actor: decode, detect, crop (and cut a long video into windows) — ClipLoader's work."""
+
+    def __init__(self, num_frames: int, image_size: int, prep: dict, timeline: dict | None):
+        import cv2
+
+        from pipeline.predict import ClipLoader
+
+        self.prep = from_dict(PreprocessConfig, prep, "preprocess")
+        cv2.setNumThreads(1)  # one actor = its CPUs; OpenCV's own pool would oversubscribe them
+        self.loader = ClipLoader(num_frames, image_size, self.prep)
+        self.timeline = None if timeline is None else from_dict(TimelineConfig, timeline, "timeline")
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from pipeline.predict import _reason
+
+        out = []
+        for path in batch.column("path").to_pylist():
+            try:
+                loaded = self.loader.load_input(path, self.timeline)
+            except Exception as exc:  # noqa: BLE001 — one bad input is an error row, the rest go on
+                out.append({"path": path, "error": _reason(exc), "loaded": None})
+                continue
+            out.append({"path": path, "error": None, "loaded": pickle.dumps(loaded, protocol=5)})
+        return pa.Table.from_pylist(out, schema=_LOADED_SCHEMA)
+
+
+class ModelActor:
+    """Ray Data actor: batched forward passes, one result shard per batch, written as it finishes."""
+
+    def __init__(self, model_ref: list, device: str, batch_size: int, temperature: float, out: str, pngs: bool):
+        import ray
+
+        from pipeline.predict import resolve_device
+
+        self.device = resolve_device(device)
+        self.model = ray.get(model_ref[0]).eval().to(self.device)
+        self.names = list(self.model.class_names)
+        self.batch_size, self.temperature = batch_size, temperature
+        self.storage, self.pngs = Storage(out), pngs
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        try:
+            return self._process(batch)
+        except Exception as exc:  # noqa: BLE001 — a storage failure goes to the driver, which stops
+            import traceback
+
+            paths = batch.column("path").to_pylist()
+            fatal = "".join(traceback.format_exception_only(exc)).strip()
+            return pa.Table.from_pylist(
+                [{"path": p, "ok": False, "error": "", "fatal": fatal} for p in paths], schema=_SUMMARY_SCHEMA
+            )
+
+    def _process(self, batch: pa.Table) -> pa.Table:
+        import numpy as np
+
+        from pipeline.predict import LoadedClip, Prediction, forward_probabilities, make_prediction
+        from pipeline.timeline import write_timeline_png
+
+        rows = batch.to_pylist()
+        loaded = [None if r["loaded"] is None else pickle.loads(r["loaded"]) for r in rows]
+        ok = [c for c in loaded if c is not None]
+        videos = [c.video[None] if isinstance(c, LoadedClip) else c.videos for c in ok]
+        probs = (
+            forward_probabilities(self.model, np.concatenate(videos), self.device, self.batch_size, self.temperature)
+            if ok
+            else None
+        )
+        preds, start = [], 0
+        for r, clip in zip(rows, loaded):
+            if clip is None:
+                preds.append(Prediction(r["path"], error=r["error"]))
+                continue
+            n = 1 if isinstance(clip, LoadedClip) else len(clip.videos)
+            pred = make_prediction(r["path"], clip, probs[start : start + n], self.names)
+            start += n
+            if pred.timeline is not None and self.pngs:
+                write_timeline_png(pred, self.storage.uri(TIMELINES), self.names)
+            preds.append(pred)
+        _write_shard(self.storage, [_result_row(p) for p in preds])
+        return pa.Table.from_pylist(
+            [{"path": p.path, "ok": p.ok, "error": p.error, "fatal": None} for p in preds], schema=_SUMMARY_SCHEMA
+        )
+
+
+# --- the driver -------------------------------------------------------------------------------
+
+
+def _settings(digest: str, prep: PreprocessConfig, timeline: TimelineConfig | None) -> dict:
+    return {
+        "checkpoint_sha256": digest,
+        "crop": {k: getattr(prep, k) for k in PreprocessConfig.OUTPUT_FIELDS},
+        "timeline": None if timeline is None else to_dict(timeline),
+    }
+
+
+def _resolve_gpus(cfg: BatchPredictConfig) -> float:
+    """GPUs per model actor: ``device`` cuda asks for them, auto takes them when the cluster has them."""
+    import ray
+
+    if cfg.device == "cpu":
+        return 0.0
+    have = ray.cluster_resources().get("GPU", 0.0)
+    if cfg.device == "cuda" or have >= cfg.gpus_per_model:
+        return cfg.gpus_per_model
+    return 0.0
+
+
+def check_sizing(cfg: BatchPredictConfig, gpus: float) -> None:
+    """Fail before any work when the actors can never all be placed (they would wait forever)."""
+    from pipeline.raycluster import check_resources
+
+    check_resources(
+        "batch-predict model actor",
+        cpus=cfg.cpus_per_model,
+        gpus=gpus,
+        count=cfg.models,
+        key="batch_predict.models / cpus_per_model / gpus_per_model",
+    )
+    check_resources(
+        "batch-predict loader",
+        cpus=cfg.cpus_per_loader,
+        count=cfg.loaders,
+        key="batch_predict.loaders / cpus_per_loader",
+        spare_cpus=cfg.models * cfg.cpus_per_model,
+        spare_for="the model actors",
+    )
+
+
+def run_batch_predict(
+    checkpoint: str,
+    listing: str,
+    out: str,
+    cfg: BatchPredictConfig,
+    prep: PreprocessConfig,
+    *,
+    timeline: TimelineConfig | None = None,
+    retry_errors: bool = False,
+    overwrite: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Predict every listed input not yet in ``out``'s results; returns the summary (module doc)."""
+    from pipeline.locks import folder_lock
+    from pipeline.model.checkpoint import load_checkpoint
+
+    emit = logger.log if log is None else (lambda _level, message: log(message))
+    problems = cfg.validate() + prep.validate() + ([] if timeline is None else timeline.validate())
+    if problems:
+        raise UserError("batch-predict: " + "; ".join(problems))
+    model, extra = load_checkpoint(checkpoint)
+    temperature = _stored_temperature(extra, str(checkpoint))
+    inputs = list(dict.fromkeys(list_inputs(listing)))  # each input once, in listing order
+    root = Storage(out)
+    # One writer per results folder (its lock file sits next to it, as a shard folder's does).
+    parent, base = posixpath.split(root.uri().rstrip("/"))
+    with folder_lock(Storage(parent), base, what="batch-predict"):
+        settings = _settings(_checkpoint_digest(checkpoint), prep, timeline)
+        if overwrite:
+            for name in _shards(root) + [MANIFEST]:
+                root.delete(name)
+            root.delete(TIMELINES)
+        if _shards(root) and root.exists(MANIFEST):
+            before = json.loads(root.read_text(MANIFEST)).get("settings")
+            if before != settings:
+                raise UserError(
+                    f"{root.uri()} holds results made with another checkpoint or other crop/timeline "
+                    "settings; re-run with --overwrite (or another --out) to predict them again"
+                )
+        results = read_results(root).to_pylist()
+        done = {r["path"] for r in results if r["ok"]}
+        failed = {r["path"] for r in results if not r["ok"]}
+        todo = [p for p in inputs if p not in done and (retry_errors or p not in failed)]
+        emit(
+            logging.INFO,
+            f"batch-predict: {len(inputs)} inputs, {len(done & set(inputs))} already predicted, "
+            f"{len(failed & set(inputs) - done)} failed before{'' if retry_errors else ' (retry with --retry-errors)'}, "
+            f"{len(todo)} to do -> {root.uri()}",
+        )
+        root.write_text(json.dumps({"settings": settings, "classes": list(model.class_names)}, indent=2), MANIFEST)
+        started = time.perf_counter()
+        errors = 0
+        if todo:
+            errors = _run_ray(model, root, todo, cfg, prep, timeline, temperature, emit)
+        elapsed = time.perf_counter() - started
+        table = read_results(root)
+        summary = {
+            "settings": settings,
+            "classes": list(model.class_names),
+            "inputs": len(inputs),
+            "predicted": sum(1 for r in table.to_pylist() if r["ok"] and r["path"] in set(inputs)),
+            "errors": sum(1 for r in table.to_pylist() if not r["ok"] and r["path"] in set(inputs)),
+            "last_run": {"inputs": len(todo), "new_errors": errors, "seconds": round(elapsed, 3)},
+        }
+        root.write_text(json.dumps(summary, indent=2), MANIFEST)
+    rate = f" ({len(todo) / elapsed:.2f} inputs/s)" if todo and elapsed > 0 else ""
+    emit(
+        logging.WARNING if summary["errors"] else logging.INFO,
+        f"batch-predict: {summary['predicted']} of {len(inputs)} predicted, {summary['errors']} errors{rate} "
+        f"-> {root.uri()}",
+    )
+    return summary
+
+
+def _run_ray(model, root, todo, cfg, prep, timeline, temperature, emit) -> int:
+    import ray
+
+    from pipeline.raycluster import ensure_ray
+
+    ensure_ray()
+    gpus = _resolve_gpus(cfg)
+    check_sizing(cfg, gpus)
+    model_ref = ray.put(model.cpu())
+    blocks = max(1, -(-len(todo) // cfg.loader_batch))
+    ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
+    # As in preprocess: finite task retries after an actor dies, unlimited restarts (in Ray Data
+    # 2.60 an actor past a finite max_restarts stays dead in its pool and the job stalls); Ray
+    # 2.60 takes both only as ray_remote_args, which it marks deprecated.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ds.map_batches(
+            LoadActor,
+            fn_constructor_kwargs=dict(
+                num_frames=model.num_frames,
+                image_size=model.image_size,
+                prep=to_dict(prep),
+                timeline=None if timeline is None else to_dict(timeline),
+            ),
+            batch_size=cfg.loader_batch,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=min(cfg.loaders, blocks)),
+            num_cpus=cfg.cpus_per_loader,
+            max_restarts=-1,
+            max_task_retries=cfg.worker_retries,
+        )
+        ds = ds.map_batches(
+            ModelActor,
+            fn_constructor_kwargs=dict(
+                model_ref=[model_ref],
+                device="cuda" if gpus else "cpu",
+                batch_size=cfg.batch_size,
+                temperature=temperature,
+                out=root.uri(),
+                pngs=True,
+            ),
+            batch_size=cfg.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=cfg.models),
+            num_cpus=cfg.cpus_per_model,
+            num_gpus=gpus,
+            max_restarts=-1,
+            max_task_retries=cfg.worker_retries,
+        )
+    # A batch whose actor died on every try is skipped instead of failing the job; its inputs
+    # come back as error rows below. (Actors return every other failure as a row.)
+    ds.context.max_errored_blocks = -1
+    answered: set[str] = set()
+    errors = 0
+    with progress(len(todo), "batch-predict", unit="clip", logger=logger) as bar:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            rows = batch.to_pylist()
+            fatal = next((r for r in rows if r["fatal"]), None)
+            if fatal is not None:
+                raise RuntimeError(f"batch-predict: a model actor could not write its results: {fatal['fatal']}")
+            for r in rows:
+                answered.add(r["path"])
+                if not r["ok"]:
+                    errors += 1
+                    level = logging.WARNING if errors <= _ERRORS_SHOWN else logging.DEBUG
+                    emit(level, f"batch-predict: {r['path']} failed: {r['error']}")
+            bar.update(len(rows), postfix=f"{errors} errors" if errors else None)
+        lost = [p for p in todo if p not in answered]
+        if lost:
+            tries = cfg.worker_retries + 1
+            reason = (
+                f"the batch-predict actor process died on this input's batch {tries} time(s) (killed, e.g. for "
+                "memory, or crashed; see the Ray worker logs); re-run with --retry-errors to try it again"
+            )
+            _write_shard(root, [_result_row_error(p, reason) for p in lost])
+            errors += len(lost)
+            bar.update(len(lost))
+            emit(logging.WARNING, f"batch-predict: {len(lost)} input(s) lost with their actor: {reason}")
+    return errors
+
+
+def _result_row_error(path: str, reason: str) -> dict:
+    from pipeline.predict import Prediction
+
+    return _result_row(Prediction(path, error=reason))
