@@ -45,6 +45,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("stages.demo", "the embedded default: the whole pipeline on generated data, then a report"),
     "models": ("pipeline.model.backbone", "list the CLIP architectures this project can build"),
     "pretrain": ("stages.pretrain", "contrastive pretraining of a small CLIP on captioned synthetic faces"),
+    "export": ("stages.export", "export a checkpoint to ONNX (checked against PyTorch with onnxruntime)"),
     "import-official": ("stages.import_official", "convert a checkpoint of the published DFER-CLIP code to this format"),
 }
 
