@@ -1,0 +1,168 @@
+"""The `dferclip` entry point's contract, each value worked out by hand from docs/cli.md:
+-v/-q before and after the command and what verbosity results, the exit statuses (0, 2 for a
+user error or usage, 3 for a stage not built, 130 for Ctrl-C, a stage's own status passed on),
+and the shared stage parser's --config/--set."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+import pipeline.cli as cli
+from pipeline import logs
+from pipeline.errors import UserError
+from pipeline.typed import ConfigError
+
+
+@pytest.fixture(autouse=True)
+def _normal_logging():
+    yield
+    logs.setup_logging(logs.NORMAL)
+    cli._base_verbosity, cli._parsed_verbosity = logs.NORMAL, False
+
+
+# ---- run_cli: errors become messages and exit statuses --------------------------------------
+
+
+def test_run_cli_statuses(capsys):
+    assert cli.run_cli(lambda: None) == 0
+    assert cli.run_cli(lambda: 3) == 3
+    capsys.readouterr()
+
+    def config_error():
+        raise ConfigError(["train.epochs: must be >= 1, got 0"], "exp.yaml")
+
+    assert cli.run_cli(config_error) == 2
+    assert capsys.readouterr().err == (
+        "error: invalid configuration in exp.yaml:\n  - train.epochs: must be >= 1, got 0\n"
+    )
+
+    def user_error():
+        raise UserError("no such checkpoint: x.pt")
+
+    assert cli.run_cli(user_error) == 2
+    assert capsys.readouterr().err == "error: no such checkpoint: x.pt\n"
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    assert cli.run_cli(ctrl_c) == 130
+    assert capsys.readouterr().err == "interrupted; finished work is kept and a re-run resumes from it\n"
+    assert cli.run_cli(ctrl_c, "interrupted; a re-run starts over") == 130
+    assert capsys.readouterr().err == "interrupted; a re-run starts over\n"
+
+
+def test_run_cli_lets_a_bug_through():
+    def bug():
+        raise ValueError("a bug, not a user error")
+
+    with pytest.raises(ValueError, match="a bug, not a user error"):
+        cli.run_cli(bug)
+    assert cli._parsed_verbosity is False
+
+
+def test_run_cli_sets_up_logging_unless_a_parser_did():
+    logs.setup_logging(logs.DEBUG)
+    assert cli.run_cli(logs.verbosity) == logs.NORMAL  # nothing parsed: the base verbosity
+    parser = cli.command_parser("dferclip x")
+    parser.parse_args(["-v"])
+    assert cli._parsed_verbosity is True
+    assert cli.run_cli(logs.verbosity) == logs.VERBOSE  # the parser's -v stays
+    assert cli._parsed_verbosity is False  # and is forgotten after the command
+    assert cli.run_cli(logs.verbosity) == logs.NORMAL
+
+
+# ---- the parsers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, verbosity",
+    [([], logs.NORMAL), (["-q"], logs.QUIET), (["-v"], 1), (["-vv"], 2), (["--verbose"], 1), (["--quiet"], -1)],
+)
+def test_command_parser_sets_the_verbosity_it_parses(argv, verbosity):
+    args = cli.command_parser("dferclip x").parse_args(argv)
+    assert logs.verbosity() == verbosity
+    assert args.quiet == ("-q" in argv or "--quiet" in argv)
+
+
+def test_verbose_and_quiet_together_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.command_parser("dferclip x").parse_args(["-v", "-q"])
+    assert exc.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_command_parser_keeps_descriptions_as_written():
+    parser = cli.command_parser("dferclip x", "line one\n  indented")
+    assert parser.formatter_class is argparse.RawDescriptionHelpFormatter
+    assert "line one\n  indented" in parser.format_help()
+    assert parser.prog == "dferclip x"
+    other = cli.command_parser("dferclip y", formatter_class=argparse.HelpFormatter)
+    assert other.formatter_class is argparse.HelpFormatter
+
+
+def test_stage_parser_config_and_set(capsys):
+    parser = cli.stage_parser("dferclip train", "fit")
+    args = parser.parse_args(["--config", "exp.yaml", "--set", "train.epochs=2", "--set", "model.n_ctx=4"])
+    assert (args.config, args.overrides) == ("exp.yaml", ["train.epochs=2", "model.n_ctx=4"])
+    assert parser.parse_args(["--config", "exp.yaml"]).overrides == []
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args([])
+    assert exc.value.code == 2 and "--config" in capsys.readouterr().err
+    assert cli.stage_parser("dferclip evaluate", None, config_required=False).parse_args([]).config is None
+
+
+# ---- main: flags before the command, dispatch, statuses ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, verbosity",
+    [
+        (["models", "--filter", "zzz"], logs.NORMAL),
+        (["-q", "models", "--filter", "zzz"], logs.QUIET),
+        (["--quiet", "models", "--filter", "zzz"], logs.QUIET),
+        (["-vv", "models", "--filter", "zzz"], 2),
+        (["--verbose", "models", "--filter", "zzz"], 1),
+        (["-v", "-v", "models", "--filter", "zzz"], 2),  # 1, then max(1, 0) + 1
+        (["-q", "-v", "models", "--filter", "zzz"], 1),  # the later flag: max(-1, 0) + 1
+        (["-v", "models", "-v", "--filter", "zzz"], 2),  # the command's own -v adds to the base
+        (["-vv", "models", "-q", "--filter", "zzz"], logs.QUIET),  # the command's -q wins
+    ],
+)
+def test_flags_before_and_after_the_command(argv, verbosity, capsys):
+    assert cli.main(argv) == 0
+    assert logs.verbosity() == verbosity
+    assert capsys.readouterr().out == ""  # no architecture matches zzz
+    assert (cli._base_verbosity, cli._parsed_verbosity) == (logs.NORMAL, False)  # reset after the command
+
+
+def test_help_and_no_command(capsys):
+    assert cli.main(["-h"]) == 0
+    assert capsys.readouterr().out.startswith("usage: dferclip")
+    assert cli.main(["-q"]) == 2  # flags but no command: help, and a usage status
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_a_stages_status_is_passed_on(tmp_path, capsys):
+    assert cli.main(["models", "--filter", "dferclip-micro"]) == 0
+    assert "dferclip-micro" in capsys.readouterr().out
+    missing = tmp_path / "no.pt"
+    assert cli.main(["predict", "--checkpoint", str(missing), str(tmp_path / "clip.mp4")]) == 2
+    assert str(missing) in capsys.readouterr().err
+
+
+def test_commands_served_by_one_module_get_their_name(capsys):
+    # pipeline.jobs serves submit and jobs: it reads the command name first (without it: usage, 2).
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["jobs", "--help"])
+    assert exc.value.code == 0
+    assert "usage: dferclip jobs" in capsys.readouterr().out
+
+
+def test_a_stage_that_is_not_built_exits_3(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "ghost", ("stages.no_such_stage", "not built"))
+    assert cli.main(["ghost", "--x"]) == 3
+    assert capsys.readouterr().err == (
+        "dferclip ghost: this stage is not built yet (stages.no_such_stage does not exist).\n"
+    )
