@@ -18,7 +18,7 @@ import logging
 
 from pipeline.cli import command_parser, run_cli
 from pipeline.datasets import get_dataset, list_datasets
-from pipeline.model.official import PUBLISHED_TEMPORAL_HEADS, expected_texts, import_official
+from pipeline.model.official import PUBLISHED_TEMPORAL_HEADS, import_official
 
 __all__ = ["main", "cli"]
 
@@ -82,16 +82,11 @@ def cli(argv=None) -> int:
             classes = [c.strip() for c in args.classes.split(",") if c.strip()]
         elif args.dataset:
             classes = list(get_dataset(args.dataset).classes)
-        texts = None
-        if args.texts:
-            from pipeline.datasets import CLASSES_7
-
-            texts = expected_texts(args.texts, classes or list(CLASSES_7))
         main(
             args.checkpoint,
             args.out,
             classes=classes,
-            texts=texts,
+            texts=args.texts,
             clip_model=args.clip_model,
             class_token_position=args.class_token_position,
             temporal_heads=args.temporal_heads,

@@ -317,7 +317,7 @@ def convert_official(
     official: OfficialCheckpoint,
     *,
     classes: list[str] | None = None,
-    texts: list[str] | None = None,
+    texts: list[str] | str | None = None,
     clip_model: str | None = None,
     class_token_position: str = "end",
     temporal_heads: int = PUBLISHED_TEMPORAL_HEADS,
@@ -325,8 +325,9 @@ def convert_official(
     """The project model computing the published forward with the checkpoint's weights.
 
     ``classes`` names the classes in the checkpoint's output order (default: the paper's 7 or
-    11 by their number); ``texts``, when given, must tokenize to the recovered class texts, and
-    are then kept verbatim (else the texts are decoded from their token ids).
+    11 by their number); ``texts`` (a list in class order, or a spec for :func:`expected_texts`),
+    when given, must tokenize to the recovered class texts, and are then kept verbatim (else the
+    texts are decoded from their token ids).
     """
     import open_clip
 
@@ -336,6 +337,8 @@ def convert_official(
     ctx = state["prompt_learner.ctx"]
     n_cls = state["prompt_learner.token_prefix"].shape[0]
     names = _class_names(n_cls, classes)
+    if isinstance(texts, str):
+        texts = expected_texts(texts, names)
     qkv = state.get("temporal_net.temporal_transformer.layers.0.0.fn.fn.to_qkv.weight")
     inner = qkv.shape[0] // 3 if qkv is not None else 64 * temporal_heads
     if inner % temporal_heads:

@@ -25,7 +25,7 @@ from pipeline.datasets import CLASSES_7
 from pipeline.errors import UserError
 from pipeline.model.backbone import load_clip
 from pipeline.model.checkpoint import load_checkpoint
-from pipeline.model.official import convert_official, read_official
+from pipeline.model.official import convert_official, expected_texts, read_official
 
 N_CTX = 4
 # Own descriptions, in the published descriptor format (one sentence per class, ending in a period).
@@ -249,7 +249,9 @@ def test_cli_writes_a_project_checkpoint_with_the_texts_named(tmp_path, monkeypa
         want = published(clip_tensor)
     ckpt, out = tmp_path / "FER39K-model_best.pth", tmp_path / "imported" / "model.pt"
     save_published(published, ckpt, monkeypatch)
-    assert cli([str(ckpt), "--out", str(out), "--texts", "class-names", "--dataset", "ferv39k"]) == 0
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(CLASS_NAME_TEXTS) + "\n")
+    assert cli([str(ckpt), "--out", str(out), "--texts", str(texts), "--dataset", "ferv39k"]) == 0
     model, extra = load_checkpoint(out)  # as evaluate and predict load it
     with torch.no_grad():
         got = model(clip_tensor)
@@ -259,9 +261,20 @@ def test_cli_writes_a_project_checkpoint_with_the_texts_named(tmp_path, monkeypa
 
     # Texts that are not the checkpoint's are refused, naming the class and what was found.
     with pytest.raises(UserError, match=r"class 'happiness' expects 'an expression of happiness\.'.*'happiness \.'"):
-        convert_official(read_official(ckpt), texts=[f"an expression of {c}." for c in CLASSES_7])
+        convert_official(read_official(ckpt), texts="expression-of")
+    assert expected_texts("class-names", list(CLASSES_7)) == CLASS_NAME_TEXTS
     with pytest.raises(UserError, match=r"--classes: 2 names given, the checkpoint has 7 classes"):
         convert_official(read_official(ckpt), classes=["a", "b"])
+    with pytest.raises(UserError, match=r"fit no candidate architecture: dferclip-rn-micro"):
+        convert_official(read_official(ckpt), clip_model="dferclip-rn-micro")
+
+
+class TemporalOnly(nn.Module):
+    """Enough of a model for save_published (the refusal comes before the weights are read)."""
+
+    def __init__(self):
+        super().__init__()
+        self.temporal_net = TemporalCls(num_patches=2, dim=8, depth=1, heads=1, mlp_dim=8, dim_head=8)
 
 
 class _Payload:
@@ -275,9 +288,8 @@ class _Payload:
 
 
 def test_a_pickled_callable_is_refused_and_does_not_run(tmp_path, monkeypatch):
-    published = GenerateModel(CLASS_NAME_TEXTS, False, seed=5)
     ckpt, marker = tmp_path / "evil.pth", tmp_path / "ran"
-    save_published(published, ckpt, monkeypatch, recorder=_Payload(marker))
+    save_published(TemporalOnly(), ckpt, monkeypatch, recorder=_Payload(marker))
     with pytest.raises(UserError, match=r"evil\.pth: refused to load .*io\.open.*no pickled code runs"):
         read_official(ckpt)
     assert not marker.exists()
