@@ -45,6 +45,7 @@ from pipeline.datasets import CLASSES_7, CLASSES_11
 from pipeline.errors import UserError
 from pipeline.model.build import build_model
 from pipeline.model.dferclip import PAPER_LOGIT_SCALE, DferClip
+from pipeline.names import to_name
 
 __all__ = ["OfficialCheckpoint", "read_official", "convert_official", "expected_texts", "PUBLISHED_TEMPORAL_HEADS"]
 
@@ -429,12 +430,14 @@ def import_official(
     official = read_official(checkpoint)
     model = convert_official(official, **options)
     extra = {
+        # evaluate names its output folder after the run: here the output file's name.
+        "run_name": to_name(Path(out).stem, "imported"),
         "imported": {
             "from": "published DFER-CLIP training script (github.com/zengqunzhao/DFER-CLIP)",
             "source": str(checkpoint),
             "sha256": official.sha256,
             "epoch": official.epoch,
             "best_acc": official.best_acc,
-        }
+        },
     }
     return model, save_checkpoint(model, out, extra)

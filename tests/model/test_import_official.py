@@ -258,6 +258,7 @@ def test_cli_writes_a_project_checkpoint_with_the_texts_named(tmp_path, monkeypa
     assert torch.linalg.norm(got - want) / torch.linalg.norm(want) <= 1e-5
     assert model.spec["descriptions"]["happiness"] == ["happiness."]  # the named texts, verbatim
     assert extra["imported"]["epoch"] == 7 and len(extra["imported"]["sha256"]) == 64
+    assert extra["run_name"] == "model"  # evaluate's output folder is named after it
 
     # Texts that are not the checkpoint's are refused, naming the class and what was found.
     with pytest.raises(UserError, match=r"class 'happiness' expects 'an expression of happiness\.'.*'happiness \.'"):
