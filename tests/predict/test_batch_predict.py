@@ -1,0 +1,217 @@
+"""dferclip batch-predict: a real Ray Data job over generated videos, corrupt ones among them;
+results against in-process predict, resume, retries, a killed actor, sizing, listings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.batch_predict import list_inputs, read_results, run_batch_predict
+from pipeline.config import BatchPredictConfig, PreprocessConfig, TimelineConfig
+from pipeline.datasets import CLASSES_7
+from pipeline.errors import UserError
+from pipeline.model import build_model, save_checkpoint
+from pipeline.predict import predict_paths
+from pipeline.synth import render_clip, write_video
+from stages.batch_predict import cli
+from tests.micro import micro_model
+from tests.predict.test_timeline import two_faces
+
+PREP = PreprocessConfig(crop_size=48, detect_every=4)
+# One loader and one model actor: each is a process that imports torch, the main cost of a run here.
+SIZING = BatchPredictConfig(loaders=1, cpus_per_loader=1.0, models=1, cpus_per_model=1.0, batch_size=4, loader_batch=2)
+TIMELINE = TimelineConfig(mode="auto", auto_after_s=3.0)  # the 5 s two-face video only
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model(micro_model(text_source="class_names", logit_scale=100.0), list(CLASSES_7))
+    with torch.no_grad():  # spread the probabilities out (as test_predict does)
+        for p in model.temporal.parameters():
+            p.mul_(0.2)
+    return save_checkpoint(model, tmp_path_factory.mktemp("ckpt") / "model.pt")
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch")
+    videos = root / "videos"
+    (videos / "sub").mkdir(parents=True)
+    for name, label, seed in (("a.mp4", "happiness", 1), ("b.mp4", "sadness", 2), ("sub/c.mp4", "surprise", 3)):
+        write_video(videos / name, render_clip(label, np.random.default_rng(seed), num_frames=12, size=(160, 128)), 12)
+    write_video(videos / "sub" / "two.mp4", two_faces()[0], 12)
+    (videos / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 20)
+    (videos / "empty.mp4").write_bytes(b"")
+    extra = root / "extra.mp4"
+    write_video(extra, render_clip("anger", np.random.default_rng(4), num_frames=12, size=(160, 128)), 12)
+    return {"root": root, "videos": videos, "extra": extra}
+
+
+@pytest.fixture(scope="module")
+def first_run(ckpt, media, ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("results") / "preds"
+    lines: list[str] = []
+    summary = run_batch_predict(
+        str(ckpt), str(media["videos"]), str(out), SIZING, PREP, timeline=TIMELINE, log=lines.append
+    )
+    return {
+        "out": out,
+        "summary": summary,
+        "lines": lines,
+        "rows": {r["path"]: r for r in read_results(out).to_pylist()},
+    }
+
+
+def test_folder_listing_is_recursive_and_natural(media):
+    v = media["videos"]
+    assert list_inputs(str(v)) == [
+        str(v / n) for n in ("a.mp4", "b.mp4", "corrupt.mp4", "empty.mp4", "sub/c.mp4", "sub/two.mp4")
+    ]
+
+
+@pytest.mark.slow
+def test_errors_are_rows_and_the_rest_equals_in_process_predict(first_run, ckpt, media):
+    v, rows = media["videos"], first_run["rows"]
+    assert first_run["summary"]["inputs"] == 6
+    assert (first_run["summary"]["predicted"], first_run["summary"]["errors"]) == (4, 2)
+    assert rows[str(v / "corrupt.mp4")]["error"].startswith("not a readable video:")
+    assert rows[str(v / "empty.mp4")]["error"] == "empty file (0 bytes)"
+    assert any("corrupt.mp4 failed: not a readable video" in line for line in first_run["lines"])
+    good = [v / "a.mp4", v / "b.mp4", v / "sub" / "c.mp4", v / "sub" / "two.mp4"]
+    expected = predict_paths(ckpt, good, timeline=TIMELINE, **{"crop_size": 48, "detect_every": 4})
+    for p in expected:
+        row = rows[p.path]
+        got = json.loads(row["prediction"])
+        assert row["ok"] and row["label"] == p.label == got["label"] and row["frames"] == p.frames
+        np.testing.assert_allclose(
+            [got["probabilities"][c] for c in CLASSES_7], [p.probabilities[c] for c in CLASSES_7], atol=5e-5
+        )
+        assert ("timeline" in got) == (p.timeline is not None) == p.path.endswith("two.mp4")
+    two = json.loads(rows[str(v / "sub" / "two.mp4")]["prediction"])["timeline"]
+    assert len(two["tracks"]) == 2 and [len(t["windows"]) for t in two["tracks"]] == [4, 4]
+    assert Path(two["png"]).parent == first_run["out"] / "timelines" and Path(two["png"]).is_file()
+    # Shards are plain Parquet: one per model batch, all with the result schema.
+    shards = sorted(first_run["out"].glob("part-*.parquet"))
+    assert shards and sum(pq.read_metadata(s).num_rows for s in shards) == 6
+    assert pq.read_schema(shards[0]).names == [
+        "path",
+        "ok",
+        "label",
+        "probability",
+        "error",
+        "face_fallback",
+        "frames",
+        "prediction",
+    ]
+
+
+@pytest.mark.slow
+def test_resume_skips_done_inputs_and_retries_errors_on_request(first_run, ckpt, media, tmp_path):
+    v, out = media["videos"], first_run["out"]
+    # A CSV listing of the same videos (relative to the CSV) plus one new one.
+    csv = v / "list.csv"
+    names = ["a.mp4", "b.mp4", "corrupt.mp4", "empty.mp4", "sub/c.mp4", "sub/two.mp4", str(media["extra"])]
+    csv.write_text("path,note\n" + "".join(f"{n},x\n" for n in names))
+    try:
+        # The new input and, asked to, the two that failed: the four predicted ones are skipped.
+        retry = run_batch_predict(
+            str(ckpt), str(csv), str(out), SIZING, PREP, timeline=TIMELINE, retry_errors=True, log=lambda _: None
+        )
+    finally:
+        csv.unlink()
+    assert retry["last_run"]["inputs"] == 3 and (retry["predicted"], retry["errors"]) == (5, 2)
+    table = read_results(out)
+    assert table.num_rows == 7 and sorted(table.column("path").to_pylist()) == sorted(
+        str(v / n) if not n.startswith("/") else n for n in names
+    )
+    # Other crop settings than the results were made with: refused, nothing run.
+    with pytest.raises(UserError, match="another checkpoint or other crop/timeline settings; re-run with --overwrite"):
+        run_batch_predict(str(ckpt), str(v), str(out), SIZING, PreprocessConfig(crop_size=64), timeline=TIMELINE)
+
+
+def test_sizing_is_checked_before_anything_runs(ckpt, media, ray_local, tmp_path):
+    big = BatchPredictConfig(loaders=8, cpus_per_loader=1.0)
+    with pytest.raises(UserError, match=r"8 x 1 CPUs for 8 batch-predict loaders.*lower batch_predict.loaders"):
+        run_batch_predict(str(ckpt), str(media["videos"]), str(tmp_path / "o"), big, PREP, log=lambda _: None)
+    assert not list((tmp_path / "o").glob("part-*"))
+    with pytest.raises(UserError, match="batch-predict: loaders: must be >= 1, got 0"):
+        run_batch_predict(str(ckpt), str(media["videos"]), str(tmp_path / "o"), BatchPredictConfig(loaders=0), PREP)
+
+
+def test_listing_errors_name_the_file(tmp_path):
+    with pytest.raises(UserError, match="listing not found: .*nope"):
+        list_inputs(str(tmp_path / "nope"))
+    pq.write_table(pa.table({"file": ["a.mp4"]}), tmp_path / "l.parquet")
+    with pytest.raises(UserError, match=r"l.parquet has no 'path' column \(it has file\)"):
+        list_inputs(str(tmp_path / "l.parquet"))
+    pq.write_table(pa.table({"path": ["a.mp4", "/x/b.mp4"]}), tmp_path / "ok.parquet")
+    assert list_inputs(str(tmp_path / "ok.parquet")) == [str(tmp_path / "a.mp4"), "/x/b.mp4"]
+    assert list_inputs(f"file://{tmp_path}/ok.parquet") == [f"file://{tmp_path}/a.mp4", "/x/b.mp4"]
+
+
+@pytest.mark.slow
+def test_cli_exit_status(first_run, ckpt, media, ray_local):
+    # Everything is done already (failures are not retried unasked): no work, exit 1 as two inputs failed.
+    code = cli(
+        ["--checkpoint", str(ckpt), "--out", str(first_run["out"]), str(media["videos"]), "--config", _cfg(media)]
+    )
+    assert code == 1
+    assert json.loads((first_run["out"] / "manifest.json").read_text())["last_run"]["inputs"] == 0
+    assert cli(["--checkpoint", str(ckpt), "--out", str(first_run["out"]), str(media["videos"] / "missing")]) == 2
+
+
+def _cfg(media) -> str:
+    path = media["root"] / "cfg.yaml"
+    path.write_text("preprocess:\n  crop_size: 48\n  detect_every: 4\ntimeline:\n  auto_after_s: 3.0\n")
+    return str(path)
+
+
+def _kill_once(path: str, stop: threading.Event, kills: list[int]) -> None:
+    """SIGKILL (what the OOM killer sends) the first Ray worker process seen with ``path`` open."""
+    me = os.getpid()
+    while not stop.is_set() and not kills:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == me:
+                continue
+            try:
+                if b"ray::" not in (proc / "cmdline").read_bytes():
+                    continue
+                if any(os.readlink(fd) == path for fd in (proc / "fd").iterdir()):
+                    os.kill(int(proc.name), signal.SIGKILL)
+                    kills.append(int(proc.name))
+                    return
+            except OSError:
+                continue
+        stop.wait(0.02)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the worker through /proc (Linux)")
+def test_a_killed_loader_actor_does_not_stop_the_job(ckpt, media, ray_local, tmp_path):
+    from tests.data.drawing import face_frames
+
+    victim = tmp_path / "victim.mp4"
+    write_video(victim, face_frames(200, 320, 240, face=False), 25)  # ~1 s of decoding: the killer sees it open
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"path\n{media['videos'] / 'a.mp4'}\n{victim}\n{media['videos'] / 'b.mp4'}\n")
+    stop, kills = threading.Event(), []
+    killer = threading.Thread(target=_kill_once, args=(str(victim), stop, kills), daemon=True)
+    killer.start()
+    try:
+        summary = run_batch_predict(str(ckpt), str(listing), str(tmp_path / "o"), SIZING, PREP, log=lambda _: None)
+    finally:
+        stop.set()
+        killer.join()
+    assert len(kills) == 1  # its actor died once; Ray restarted it and tried the batch again
+    assert (summary["predicted"], summary["errors"]) == (3, 0)
