@@ -523,8 +523,8 @@ class TuneConfig:
         ),
         (
             "describe.*",
-            "is read once for the whole sweep (the description set) or never reaches training "
-            "(the LLM settings), so a per-trial value would change nothing",
+            "never reaches training (the LLM settings), so a per-trial value would change nothing; "
+            "describe.description_set is the one describe field a sweep can range over",
         ),
         ("train.fold", "is the data split: trials are only comparable on the same test clips; run one sweep per fold"),
         ("train.selection", "decides which clips tune.metric is measured on; trials must be scored on the same ones"),
@@ -539,6 +539,9 @@ class TuneConfig:
             "the sweep's one train.epochs",
         ),
     )
+    # Paths inside a NOT_SWEPT section that a sweep may range over: each trial's class prompts use
+    # the description set its value names (pipeline.tune.space.TrialSets), in fast and full mode.
+    SWEPT_ANYWAY = ("describe.description_set",)
     # Frozen-encoder mode computes the frame embeddings once (pipeline/tune/embeddings.py keys the
     # cache by clip_model, pretrained/weights, quick_gelu, input_normalization, and the seed with
     # random weights) and never sees pixels.
@@ -608,7 +611,7 @@ class TuneConfig:
             return path == base or path.startswith(base + ".")
 
         for pattern, why in cls.NOT_SWEPT:
-            if match(pattern):
+            if match(pattern) and path not in cls.SWEPT_ANYWAY:
                 return f"may not be swept: {pattern} {why}"
         if is_section:
             fields = ", ".join(f"{path}.{f.name}" for f in dataclasses.fields(section) if f.init)

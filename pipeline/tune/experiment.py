@@ -12,7 +12,10 @@ stops poor trials early on ``tune.metric``. Two modes:
 
 The class prompts use the experiment's description set, the one training would use
 (:func:`pipeline.llm.selection.resolve_description_set`: with ``describe.enabled``, the describe
-stage's output); ``sweep.json`` records its id. Outputs in ``<storage.root>/tune/<name>/``:
+stage's output); ``sweep.json`` records its id. With ``describe.description_set`` in
+``tune.space`` each trial uses the set its value names (:class:`pipeline.tune.space.TrialSets`),
+``sweep.json`` records every set's id and the results a ``description_set`` column with the
+trial's. Outputs in ``<storage.root>/tune/<name>/``:
 results.parquet/.csv (one row per trial), heatmap.png, best_config.yaml (ready for ``dferclip
 train --config``). Running the same sweep again resumes it.
 """
@@ -41,7 +44,8 @@ class SweepOutcome:
     table: object  # pandas.DataFrame
     best: dict | None
     interrupted: bool
-    description_set: str | None = None  # the id of the set the class prompts used (None: class names)
+    description_set: str | None = None  # the id of the set the class prompts used (None: class names, or swept)
+    description_sets: dict | None = None  # swept value -> set id, when the sweep ranges over sets
 
 
 def validate_tune(cfg: ExperimentConfig) -> None:
@@ -111,7 +115,7 @@ def _trainable(
     cfg: ExperimentConfig,
     storage: Storage,
     name: str,
-    chosen,  # pipeline.llm.selection.ChosenSet | None
+    sets,  # pipeline.tune.space.TrialSets
     swept: tuple[str, ...],
     tracking: dict | None,
 ):
@@ -122,20 +126,11 @@ def _trainable(
     from pipeline.tune.sweep import sweep_rel
 
     t = cfg.tune
-    descriptions = chosen.descriptions if chosen else None
     if not t.frozen_encoder:
         from pipeline.tune.full import RUNS_DIR, FullSetup, full_trainable
 
         # The driver only waits on its Train workers; they hold the trial's real resources.
-        setup = FullSetup(
-            cfg,
-            descriptions,
-            storage,
-            storage.child(sweep_rel(name), RUNS_DIR),
-            swept,
-            tracking,
-            description_set=chosen.record() if chosen else None,
-        )
+        setup = FullSetup(cfg, sets, storage, storage.child(sweep_rel(name), RUNS_DIR), swept, tracking)
         return full_trainable(setup, driver_cpus=t.driver_cpus)
     from pipeline.tune.embeddings import ensure_embeddings, load_embeddings
     from pipeline.tune.fast import FastSetup, fast_trial
@@ -154,7 +149,7 @@ def _trainable(
         cpus=t.embed_cpus,
         gpus=t.embed_gpus,
     )
-    setup = FastSetup(cfg, descriptions, swept, storage.path(info.rel_dir), tracking)
+    setup = FastSetup(cfg, sets, swept, storage.path(info.rel_dir), tracking)
     return tune.with_resources(
         tune.with_parameters(fast_trial, data=load_embeddings(storage, info), setup=setup),
         {"cpu": t.cpus_per_trial, "gpu": t.gpus_per_trial},
@@ -179,10 +174,9 @@ def run_tune(cfg: ExperimentConfig, *, callbacks: list | None = None) -> SweepOu
 
 def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutcome:
     from pipeline.data.shards import shard_dir, shard_files
-    from pipeline.llm.selection import resolve_description_set
     from pipeline.raycluster import ensure_ray
     from pipeline.tune import results as res
-    from pipeline.tune.space import apply_params_to_dict, expected_trials, swept_keys
+    from pipeline.tune.space import DESCRIPTION_SET_KEY, TrialSets, apply_params_to_dict, expected_trials, swept_keys
     from pipeline.tune.sweep import run_sweep, sweep_rel
     from pipeline.typed import from_dict
 
@@ -190,9 +184,10 @@ def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutc
     validate_tune(cfg)
     t, storage = cfg.tune, Storage(cfg.storage.root)
     name = t.name or cfg.name
-    # The same set training would use: the describe stage's output with describe.enabled.
-    chosen = resolve_description_set(cfg, storage)
-    descriptions = chosen.descriptions if chosen else None
+    # The same set training would use (the describe stage's output with describe.enabled), or
+    # one per value of a describe.description_set dimension, each resolved now.
+    sets = TrialSets.resolve(cfg, storage)
+    chosen = sets.default
     swept = tuple(swept_keys(t))
     mode = "fast" if t.frozen_encoder else "full"
     search = {
@@ -205,7 +200,7 @@ def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutc
         "dataset": to_dict(cfg.dataset),
         "model": to_dict(cfg.model),
         "train": to_dict(cfg.train),
-        "descriptions": descriptions,
+        "descriptions": sets.signature(),
         "search": search,
     }
     if not shard_files(storage, shard_dir(storage, cfg.dataset.name)):
@@ -216,9 +211,17 @@ def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutc
     ensure_ray()
     rel = sweep_rel(name)
     tracking = _SweepRun(cfg, storage, rel, name)
-    trainable = _trainable(cfg, storage, name, chosen, swept, tracking.trial_settings)
+    trainable = _trainable(cfg, storage, name, sets, swept, tracking.trial_settings)
     if chosen is not None:
         logger.info("[tune] class prompts: description set %s (%s)", chosen.id, chosen.location)
+    for value, each in sets.by_value.items():
+        logger.info(
+            "[tune] class prompts with %s=%s: description set %s (%s)",
+            DESCRIPTION_SET_KEY,
+            value,
+            each.id,
+            each.location,
+        )
     # run
     logger.info(
         "[tune] %s sweep %r: %s search over %s; metric %s (%s); up to %d epochs per trial, %d at a time",
@@ -243,13 +246,20 @@ def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutc
                 signature=signature,
                 keep_checkpoints=cfg.train.keep_checkpoints,
                 callbacks=callbacks,
-                record={"description_set": chosen.record() if chosen else None},
+                record=sets.record(),
             )
         except BaseException:
             tracking.end("FAILED")
             raise
     # write
     table = res.results_table(results, list(swept), t.metric, t.mode, cfg.train.epochs, res.trial_statuses(results))
+    if sets.swept and len(table):  # each trial's set id beside the value it was given
+        ids = sets.ids()
+        table.insert(
+            table.columns.get_loc(DESCRIPTION_SET_KEY) + 1,
+            "description_set",
+            [ids.get(v) for v in table[DESCRIPTION_SET_KEY]],
+        )
     pq_path, csv_path = res.write_table(storage, rel, table)
     storage.write_bytes(
         res.heatmap_png(table, t.metric, t.mode, f"{name}: best {t.metric} ({mode} mode)"), rel, "heatmap.png"
@@ -269,6 +279,8 @@ def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutc
         ]
         if chosen is not None:
             header.append(f"Class prompts: description set {chosen.id} ({chosen.location})")
+        elif sets.swept:
+            header.append(f"Class prompts: description set {top['description_set']} (the best trial's)")
         if t.frozen_encoder:
             header.append(
                 "Found with a frozen image encoder and no augmentation; full training fine-tunes "
@@ -282,4 +294,4 @@ def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutc
         logger.warning("[tune] the sweep did not finish; run the same command again to resume it")
     elif best is not None:
         logger.info("[tune] best: %s -> %s", best, storage.path(rel, "best_config.yaml"))
-    return SweepOutcome(storage.path(rel), table, best, interrupted, chosen.id if chosen else None)
+    return SweepOutcome(storage.path(rel), table, best, interrupted, chosen.id if chosen else None, sets.ids() or None)

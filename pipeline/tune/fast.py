@@ -35,6 +35,7 @@ from pipeline.train.recipe import Recipe, RunSpec, build_run_model
 from pipeline.train.sampling import sample_indices
 from pipeline.train.transforms import clip_rng
 from pipeline.tune.embeddings import EmbeddingSet
+from pipeline.tune.space import TrialSets
 
 __all__ = ["FastSetup", "fast_trial", "build_frozen_model"]
 
@@ -46,7 +47,7 @@ class FastSetup:
     """What every trial of a frozen-encoder sweep shares (the swept values come per trial)."""
 
     experiment: ExperimentConfig
-    descriptions: dict[str, list[str]] | None
+    sets: TrialSets  # the description set of each trial (one for all unless the sweep ranges over sets)
     swept: tuple[str, ...]  # dotted config paths (``model.n_ctx`` ...)
     where: str = "<embeddings>"  # names the data in error messages
     tracking: dict | None = None  # MLflow settings (runs nest under the sweep's run)
@@ -94,8 +95,16 @@ def fast_trial(config: dict, *, data: EmbeddingSet, setup: FastSetup) -> None:
 
     from pipeline.tune.space import apply_params, trial_params
 
-    cfg = apply_params(setup.experiment, trial_params(config, list(setup.swept)))
-    spec = RunSpec.for_experiment(cfg, tune.get_context().get_trial_name(), setup.descriptions, setup.tracking)
+    params = trial_params(config, list(setup.swept))
+    cfg = apply_params(setup.experiment, params)
+    chosen = setup.sets.for_params(params)
+    spec = RunSpec.for_experiment(
+        cfg,
+        tune.get_context().get_trial_name(),
+        chosen.descriptions if chosen else None,
+        setup.tracking,
+        description_set=chosen.record() if chosen else None,
+    )
     t = spec.train
     plan = plan_splits(_index_table(data), spec.fold, t.selection, t.val_fraction, t.seed, setup.where)
     row_of = {cid: i for i, cid in enumerate(data.clip_ids)}

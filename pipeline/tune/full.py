@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from pipeline.config import ExperimentConfig
 from pipeline.storage import Storage
+from pipeline.tune.space import TrialSets
 
 __all__ = ["FullSetup", "full_trial", "full_trainable", "RUNS_DIR"]
 
@@ -30,12 +31,11 @@ RUNS_DIR = "runs"  # a sweep's full trials keep their Train runs in <sweep>/runs
 @dataclass(frozen=True)
 class FullSetup:
     experiment: ExperimentConfig  # the sweep's config; each trial fills in its swept values
-    descriptions: dict[str, list[str]] | None
+    sets: TrialSets  # the description set of each trial (one for all unless the sweep ranges over sets)
     storage: Storage  # the experiment's storage root (shards)
     runs: Storage  # Ray storage_path of the trials' Train runs
     swept: tuple[str, ...]  # dotted config paths
     tracking: dict | None = None  # MLflow settings (runs nest under the sweep's run)
-    description_set: dict | None = None  # the record of the set ``descriptions`` are (summary.json keeps it)
 
 
 def full_trial(config: dict, *, setup: FullSetup) -> None:
@@ -48,10 +48,18 @@ def full_trial(config: dict, *, setup: FullSetup) -> None:
     from pipeline.tune.space import apply_params, trial_params
     from pipeline.tune.stopping import TrainRunGuard
 
-    cfg = apply_params(setup.experiment, trial_params(config, list(setup.swept)))
+    params = trial_params(config, list(setup.swept))
+    cfg = apply_params(setup.experiment, params)
+    chosen = setup.sets.for_params(params)  # summary.json of the trial's run records its id
     name = tune.get_context().get_trial_name()
     job = TrainJob(
-        RunSpec.for_experiment(cfg, name, setup.descriptions, setup.tracking, description_set=setup.description_set),
+        RunSpec.for_experiment(
+            cfg,
+            name,
+            chosen.descriptions if chosen else None,
+            setup.tracking,
+            description_set=chosen.record() if chosen else None,
+        ),
         setup.storage,
         runs=setup.runs,
     )

@@ -17,10 +17,17 @@ the cached embeddings or acts on pixels).
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import ExperimentConfig, TuneConfig
+from pipeline.errors import UserError
 from pipeline.typed import ConfigError, to_dict
+
+if TYPE_CHECKING:
+    from pipeline.llm.selection import ChosenSet
+    from pipeline.storage import Storage
 
 __all__ = [
     "SEED_KEY",
@@ -30,10 +37,14 @@ __all__ = [
     "apply_params",
     "apply_params_to_dict",
     "trial_params",
+    "DESCRIPTION_SET_KEY",
+    "TrialSets",
 ]
 
 # The dimension grid search adds for its repeats (num_samples > 1), seeds train.seed + 0, 1, ...
 SEED_KEY = "train.seed"
+# The dimension that gives each trial its own description set (a shipped set's name, a path or URI).
+DESCRIPTION_SET_KEY = "describe.description_set"
 
 
 def _space(tune_cfg: TuneConfig) -> dict[str, list]:
@@ -124,3 +135,74 @@ def trial_params(trial_config: dict[str, Any], swept: list[str]) -> dict[str, An
             f"(it has {', '.join(map(str, trial_config)) or 'none'}): a sweep started with another space?"
         )
     return {key: trial_config[key] for key in swept}
+
+
+@dataclass(frozen=True)
+class TrialSets:
+    """The description set(s) a sweep's trials use for their class prompts.
+
+    Without a ``describe.description_set`` dimension every trial uses the experiment's set (the
+    one training would use, :func:`pipeline.llm.selection.resolve_description_set`). With one,
+    each value is resolved here, once, in the sweep's driver — a set that does not exist fails
+    before any trial starts, naming the value — and a trial uses the set its value names, so
+    "write descriptions with a new prompt, then compare them with the shipped ones" is one sweep.
+    """
+
+    default: ChosenSet | None = None  # every trial's set when the set is not swept (None: class names)
+    by_value: dict[Any, ChosenSet] = field(default_factory=dict)  # swept value -> its set
+
+    @classmethod
+    def resolve(cls, cfg: ExperimentConfig, storage: Storage | None = None) -> TrialSets:
+        from pipeline.llm.selection import resolve_description_set
+
+        values = (cfg.tune.space or {}).get(DESCRIPTION_SET_KEY)
+        if values is None:
+            return cls(resolve_description_set(cfg, storage))
+        if cfg.model.text_source != "descriptions":
+            raise UserError(
+                f"tune.space.{DESCRIPTION_SET_KEY}: the class prompts are model.text_source="
+                f"{cfg.model.text_source}, not descriptions, so no trial would use the sets; "
+                "set model.text_source: descriptions or drop the dimension"
+            )
+        by_value = {}
+        for i, value in enumerate(values):
+            trial_cfg = dataclasses.replace(cfg, describe=dataclasses.replace(cfg.describe, description_set=value))
+            try:
+                by_value[value] = resolve_description_set(trial_cfg, storage)
+            except UserError as exc:
+                raise UserError(f"tune.space.{DESCRIPTION_SET_KEY}[{i}]: {exc}") from exc
+        return cls(None, by_value)
+
+    @property
+    def swept(self) -> bool:
+        return bool(self.by_value)
+
+    def for_params(self, params: dict[str, Any]) -> ChosenSet | None:
+        """The set of the trial with parameters ``params`` (dotted path -> value)."""
+        if not self.by_value:
+            return self.default
+        value = params.get(DESCRIPTION_SET_KEY)
+        if value not in self.by_value:
+            raise ValueError(
+                f"{DESCRIPTION_SET_KEY}={value!r} is not one of the sweep's sets ({', '.join(map(repr, self.by_value))})"
+            )
+        return self.by_value[value]
+
+    def ids(self) -> dict[Any, str | None]:
+        """Swept value -> set id (``<name>@<digest>``); empty when the set is not swept."""
+        return {value: chosen.id for value, chosen in self.by_value.items()}
+
+    def signature(self) -> Any:
+        """What a resumed sweep must find unchanged: the descriptions (per value when swept)."""
+        if not self.by_value:
+            return self.default.descriptions if self.default else None
+        return {str(value): chosen.descriptions for value, chosen in self.by_value.items()}
+
+    def record(self) -> dict[str, Any]:
+        """What ``sweep.json`` keeps: the set every trial used, or each swept value's set."""
+        if not self.by_value:
+            return {"description_set": self.default.record() if self.default else None}
+        return {
+            "description_set": None,
+            "description_sets": {str(value): chosen.record() for value, chosen in self.by_value.items()},
+        }

@@ -78,6 +78,9 @@ def run_sweep(
     rel = sweep_rel(name)
     path = storage.path(rel)
     fs = None if storage.is_local else storage.fs
+    # Fast trials checkpoint every epoch (a few MB) and short epochs make that often: Tune's
+    # advice to checkpoint less asks nothing of the user, so it goes to the log file only.
+    logs.demote("Experiment state snapshotting has been triggered")
     if tune.Tuner.can_restore(path, storage_filesystem=fs):
         _check_same_sweep(storage, rel, signature)
         logger.info(f"[tune] resuming the interrupted sweep in {path}")

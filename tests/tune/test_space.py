@@ -211,7 +211,7 @@ def test_candidate_values_are_validated_like_set_overrides():
         ("dataset.root", "run one sweep per dataset"),
         ("tune.metric", "holds the sweep's own settings"),
         ("preprocess.crop_size", "every trial reads the same shards"),
-        ("describe.description_set", "is read once for the whole sweep"),
+        ("describe.model", "never reaches training (the LLM settings)"),
         ("train.fold", "run one sweep per fold"),
     ],
 )
