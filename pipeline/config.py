@@ -39,6 +39,7 @@ __all__ = [
     "TuneConfig",
     "TimelineConfig",
     "BatchPredictConfig",
+    "ServeConfig",
     "load_config",
     "dump_config",
     "config_hash",
@@ -807,6 +808,58 @@ class TrackingConfig:
 
 
 @dataclass
+class ServeConfig:
+    """``dferclip serve`` (docs/serve.md): where it listens, the limits per request, the sizing."""
+
+    host: str = "127.0.0.1"  # 0.0.0.0 to listen on every interface (a cluster's head)
+    port: int = 8000
+    # Per request: the body (a video, or a JSON list of frames), the video's length and frames
+    # (the preprocess caps max_clip_seconds / max_clip_frames for an upload), the time to answer.
+    max_upload_mb: float = 64.0
+    max_video_seconds: float = 60.0
+    max_video_frames: int = 1800
+    request_timeout_s: float = 60.0
+    # Back-pressure at the HTTP ingress (per replica): requests being answered at once, and
+    # requests waiting for one of those places; beyond both a request gets 503 at once.
+    max_ongoing_requests: int = 16
+    max_queued_requests: int = 32
+    # Decode + face crop replicas (CPU), each running `decoder_threads` uploads at once.
+    decoders: int = 1
+    decoder_threads: int = 2
+    cpus_per_decoder: float = 1.0
+    # Model replicas; each batches the waiting clips (@serve.batch): up to max_batch_size per
+    # forward pass, waiting at most batch_wait_s for a batch to fill.
+    models: int = 1
+    cpus_per_model: float = 1.0
+    gpus_per_model: float = 0.0  # > 0: the model replicas run on CUDA (device cuda)
+    max_batch_size: int = 8
+    batch_wait_s: float = 0.01
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.host.strip():
+            problems.append("host: must not be empty (127.0.0.1, 0.0.0.0, a host name)")
+        if not 1 <= self.port <= 65535:
+            problems.append(f"port: must be in 1..65535, got {self.port}")
+        for name in ("max_upload_mb", "max_video_seconds", "request_timeout_s", "cpus_per_decoder", "cpus_per_model"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name}: must be > 0, got {getattr(self, name)}")
+        for name in ("max_video_frames", "max_ongoing_requests", "decoders", "decoder_threads", "models"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
+        # Unbounded queues are what the limit is there to prevent (-1 is Ray Serve's "no limit").
+        if self.max_queued_requests < 1:
+            problems.append(f"max_queued_requests: must be >= 1 (a bounded queue), got {self.max_queued_requests}")
+        if self.gpus_per_model < 0:
+            problems.append(f"gpus_per_model: must be >= 0, got {self.gpus_per_model}")
+        if not 1 <= self.max_batch_size <= 256:
+            problems.append(f"max_batch_size: must be in 1..256, got {self.max_batch_size}")
+        if not 0 <= self.batch_wait_s <= 10:
+            problems.append(f"batch_wait_s: must be in [0, 10] seconds, got {self.batch_wait_s}")
+        return problems
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -819,6 +872,7 @@ class ExperimentConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     timeline: TimelineConfig = field(default_factory=TimelineConfig)
     batch_predict: BatchPredictConfig = field(default_factory=BatchPredictConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
 
     def validate(self) -> list[str]:
         problems = []

@@ -52,6 +52,7 @@ __all__ = [
     "read_metadata",
     "relative_diff",
     "sidecar_path",
+    "stored_temperature",
 ]
 
 logger = logging.getLogger(__name__)
@@ -155,8 +156,8 @@ def _metadata(model, extra: dict, checkpoint: str | None, temperature: float) ->
     }
 
 
-def _temperature(extra: dict, source: str) -> float:
-    # dferclip calibrate's temperature, when this checkout's checkpoint module has it.
+def stored_temperature(extra: dict, source: str) -> float:
+    """The temperature ``dferclip calibrate`` stored in a checkpoint's ``extra`` (1.0: none)."""
     from pipeline.model import checkpoint as ckpt
 
     read = getattr(ckpt, "calibration_temperature", None)
@@ -197,7 +198,7 @@ def export_onnx(
         model = getattr(checkpoint_or_model, "module", checkpoint_or_model)
     extra = extra or {}
     model = model.eval().cpu()
-    meta = _metadata(model, extra, checkpoint, _temperature(extra, checkpoint or "<model>"))
+    meta = _metadata(model, extra, checkpoint, stored_temperature(extra, checkpoint or "<model>"))
     graph = exportable(model)
     t, s = model.num_frames, model.image_size
     gen = torch.Generator().manual_seed(seed)

@@ -1,0 +1,88 @@
+"""Serve a checkpoint over HTTP with Ray Serve: predict's JSON for each posted video (docs/serve.md).
+
+    dferclip serve --checkpoint runs/train/<run>/final/model.pt            # http://127.0.0.1:8000
+    dferclip serve --onnx model.onnx --host 0.0.0.0 --port 8000           # the ONNX export, onnxruntime
+    dferclip serve --config configs/dfew.yaml --checkpoint model.pt      # serve/preprocess/timeline sections
+
+    curl --data-binary @clip.mp4 'http://127.0.0.1:8000/predict?name=clip.mp4&top=3'
+    curl -F video=@clip.mp4 http://127.0.0.1:8000/predict
+    curl -H 'Content-Type: application/json' -d '{"frames": ["<base64 JPEG>", ...]}' .../predict
+    curl http://127.0.0.1:8000/healthz
+
+Each answer is the JSON object ``dferclip predict --json`` prints for the same clip. The config's
+``serve`` section sets the limits (upload size, video length, request time), back-pressure
+(503 beyond max_ongoing_requests + max_queued_requests) and sizing; crops as predict makes them
+(the config's preprocess section, else the checkpoint's recorded settings). Joins the Ray
+cluster at RAY_ADDRESS when set, else starts a local one; runs until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from pipeline.cli import run_cli, stage_parser
+
+__all__ = ["main", "cli"]
+
+logger = logging.getLogger(__name__)
+
+
+def main(settings, *, wait: bool = True) -> str:
+    """Start the app (:func:`pipeline.serve.app.start`) on Ray; with ``wait``, serve until Ctrl-C."""
+    from ray import serve
+
+    from pipeline.raycluster import ensure_ray
+    from pipeline.serve.app import start
+
+    ensure_ray()
+    url = start(settings)
+    info = settings.info
+    logger.info(
+        "serve: %s (%s, %d classes) at %s/predict; health: %s/healthz",
+        info.source,
+        info.backend,
+        len(info.class_names),
+        url,
+        url,
+    )
+    if not wait:
+        return url
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
+
+
+def cli(argv=None) -> int:
+    parser = stage_parser("dferclip serve", __doc__, config_required=False)
+    parser.add_argument("--checkpoint", help="a project checkpoint (e.g. <run>/final/model.pt)")
+    parser.add_argument("--onnx", help="serve this `dferclip export` file with onnxruntime instead")
+    parser.add_argument("--host", help="listen address (default: serve.host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default: serve.port, 8000)")
+    parser.add_argument(
+        "--device", default="auto", help="model device: cpu, cuda (default: cuda when serve.gpus_per_model > 0)"
+    )
+    args = parser.parse_args(argv)
+    if args.overrides and not args.config:
+        parser.error("--set needs --config")
+    if not args.checkpoint and not args.onnx:
+        parser.error("give --checkpoint, or --onnx with an exported model")
+
+    def body() -> None:
+        from pipeline.serve.app import settings_from
+
+        overrides = list(args.overrides)
+        if args.host is not None:
+            overrides.append(f"serve.host={args.host}")
+        if args.port is not None:
+            overrides.append(f"serve.port={args.port}")
+        settings = settings_from(args.checkpoint, args.onnx, args.config, overrides, args.device)
+        main(settings)
+
+    return run_cli(body, interrupted="serve: stopped")
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
