@@ -239,11 +239,13 @@ def _project_state(state: dict) -> dict[str, torch.Tensor]:
 def _token_ids(rows: torch.Tensor, table: torch.Tensor, what: str) -> torch.Tensor:
     """(N, W) rows that are copies of token embeddings -> (N,) their token ids (exact matches)."""
     table_sq = table.pow(2).sum(dim=1)  # (V,)
-    ids = torch.empty(rows.shape[0], dtype=torch.long)
-    for start in range(0, rows.shape[0], 256):  # 256 x vocab distances at a time
-        chunk = rows[start : start + 256]
+    # Most rows are the padding after EOT (token 0): equal to table row 0, no search needed.
+    ids = torch.zeros(rows.shape[0], dtype=torch.long)
+    todo = (rows != table[0]).any(dim=1).nonzero().flatten()
+    for start in range(0, len(todo), 256):  # 256 x vocab distances at a time
+        which = todo[start : start + 256]
         # Nearest row by squared distance (one matmul), then checked to be a copy of it.
-        ids[start : start + len(chunk)] = (table_sq - 2 * chunk @ table.t()).argmin(dim=1)
+        ids[which] = (table_sq - 2 * rows[which] @ table.t()).argmin(dim=1)
     off = (table[ids] - rows).abs().amax(dim=1)
     bad = (off > 1e-6 * (1.0 + rows.abs().amax(dim=1))).nonzero().flatten()
     if len(bad):

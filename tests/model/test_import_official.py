@@ -264,6 +264,10 @@ def test_cli_writes_a_project_checkpoint_with_the_texts_named(tmp_path, monkeypa
     with pytest.raises(UserError, match=r"class 'happiness' expects 'an expression of happiness\.'.*'happiness \.'"):
         convert_official(read_official(ckpt), texts="expression-of")
     assert expected_texts("class-names", list(CLASSES_7)) == CLASS_NAME_TEXTS
+    broken = read_official(ckpt)
+    broken.state_dict["prompt_learner.token_suffix"][2, 1] += 1e-3  # class 2, its second text token
+    with pytest.raises(UserError, match=r"token_suffix row 145 is not a copy of any token embedding"):
+        convert_official(broken)
     with pytest.raises(UserError, match=r"--classes: 2 names given, the checkpoint has 7 classes"):
         convert_official(read_official(ckpt), classes=["a", "b"])
     with pytest.raises(UserError, match=r"fit no candidate architecture: dferclip-rn-micro"):
