@@ -277,13 +277,26 @@ def settings_from(
     return ServeSettings(info, cfg.serve, prep, cfg.timeline, device)
 
 
+APP_ARGS = ("checkpoint", "onnx", "config", "set", "device")
+
+
 def app_builder(args: dict):
     """For ``serve run pipeline.serve.app:app_builder checkpoint=... [onnx=...] [config=...]``
-    and Serve config files (cluster/serve.yaml): the same application as ``dferclip serve``."""
+    and Serve config files (cluster/serve.yaml; ``set``: a list of ``--set`` overrides): the
+    same application as ``dferclip serve``."""
+    from pipeline.errors import UserError
+
     args = dict(args or {})
-    return build_app(
-        settings_from(args.get("checkpoint"), args.get("onnx"), args.get("config"), device=args.get("device", "auto"))
+    unknown = sorted(set(args) - set(APP_ARGS))
+    if unknown:
+        raise UserError(f"serve: unknown application args {unknown}; known: {', '.join(APP_ARGS)}")
+    overrides = args.get("set") or []
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    settings = settings_from(
+        args.get("checkpoint"), args.get("onnx"), args.get("config"), list(overrides), args.get("device", "auto")
     )
+    return build_app(settings)
 
 
 APP_NAME = "dferclip"
