@@ -124,8 +124,9 @@ class TemporalCls(nn.Module):
 
 
 class PublishedPrompts(nn.Module):
-    def __init__(self, texts, clip, tokenizer, class_specific):
+    def __init__(self, texts, clip, tokenizer, class_specific, position):
         super().__init__()
+        self.position, self.name_lens = position, [len(tokenizer.encode(t)) for t in texts]
         width = clip.ln_final.weight.shape[0]
         shape = (len(texts), N_CTX, width) if class_specific else (N_CTX, width)
         self.ctx = nn.Parameter(torch.randn(shape) * 0.02)
@@ -137,7 +138,16 @@ class PublishedPrompts(nn.Module):
 
     def forward(self):
         ctx = self.ctx if self.ctx.dim() == 3 else self.ctx.unsqueeze(0).expand(self.token_prefix.shape[0], -1, -1)
-        return torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
+        if self.position == "end":
+            return torch.cat([self.token_prefix, ctx, self.token_suffix], dim=1)
+        rows = []
+        for i, n in enumerate(self.name_lens):  # the class text moved into / before the context
+            pre, text, rest, c = self.token_prefix[i], self.token_suffix[i, :n], self.token_suffix[i, n:], ctx[i]
+            if self.position == "middle":
+                rows.append(torch.cat([pre, c[: N_CTX // 2], text, c[N_CTX // 2 :], rest]))
+            else:
+                rows.append(torch.cat([pre, text, c, rest]))
+        return torch.stack(rows)
 
 
 class PublishedText(nn.Module):
@@ -156,12 +166,12 @@ class PublishedText(nn.Module):
 
 
 class GenerateModel(nn.Module):
-    def __init__(self, texts, class_specific, seed):
+    def __init__(self, texts, class_specific, seed, position="end"):
         super().__init__()
         torch.manual_seed(seed)
         backbone = load_clip("dferclip-micro", quick_gelu=True)
         clip = backbone.model
-        self.prompt_learner = PublishedPrompts(texts, clip, backbone.tokenizer, class_specific)
+        self.prompt_learner = PublishedPrompts(texts, clip, backbone.tokenizer, class_specific, position)
         self.tokenized_prompts = self.prompt_learner.tokenized_prompts
         self.text_encoder = PublishedText(clip)
         self.image_encoder = clip.visual
@@ -214,10 +224,21 @@ def clip_tensor():
     return torch.rand(2, 8, 3, 32, 32)  # frames in [0, 1], as the published loader gives them
 
 
-@pytest.mark.parametrize("class_specific", [True, False], ids=["class-specific", "shared"])
-@pytest.mark.parametrize("texts", [DESCRIPTIONS, CLASS_NAME_TEXTS], ids=["descriptions", "class-names"])
-def test_imported_model_reproduces_the_published_logits(tmp_path, monkeypatch, clip_tensor, texts, class_specific):
-    published = GenerateModel(texts, class_specific, seed=len(texts[0]) + class_specific).eval()
+CASES = {
+    "descriptions-class-specific": (DESCRIPTIONS, True, "end"),
+    "descriptions-shared": (DESCRIPTIONS, False, "end"),
+    "class-names-class-specific": (CLASS_NAME_TEXTS, True, "end"),
+    "class-names-shared": (CLASS_NAME_TEXTS, False, "end"),
+    "descriptions-class-specific-middle": (DESCRIPTIONS, True, "middle"),
+    "class-names-shared-front": (CLASS_NAME_TEXTS, False, "front"),
+}
+
+
+@pytest.mark.parametrize(("texts", "class_specific", "position"), CASES.values(), ids=CASES.keys())
+def test_imported_model_reproduces_the_published_logits(
+    tmp_path, monkeypatch, clip_tensor, texts, class_specific, position
+):
+    published = GenerateModel(texts, class_specific, seed=len(texts[0]) + class_specific, position=position).eval()
     with torch.no_grad():
         want = published(clip_tensor)
     ckpt = tmp_path / "DFEW-set1-model_best.pth"
@@ -226,7 +247,8 @@ def test_imported_model_reproduces_the_published_logits(tmp_path, monkeypatch, c
     official = read_official(ckpt)
     assert (official.epoch, round(official.best_acc, 2)) == (7, 71.25)
     assert not any(k.startswith("module.") for k in official.state_dict)
-    model = convert_official(official)  # no options: everything from the checkpoint itself
+    # No options for the scripts' "end" layout: everything from the checkpoint itself.
+    model = convert_official(official, **({} if position == "end" else {"class_token_position": position}))
     with torch.no_grad():
         got = model(clip_tensor)
     assert got.shape == (2, 7) and want.abs().max() > 1.0  # logits at the published scale, not ~0
