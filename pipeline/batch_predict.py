@@ -401,9 +401,9 @@ def run_batch_predict(
         )
         root.write_text(json.dumps({"settings": settings, "classes": list(model.class_names)}, indent=2), MANIFEST)
         started = time.perf_counter()
-        errors = 0
+        errors, first = 0, None
         if todo:
-            errors = _run_ray(model, root, todo, cfg, prep, timeline, temperature, emit)
+            errors, first = _run_ray(model, root, todo, cfg, prep, timeline, temperature, emit)
         elapsed = time.perf_counter() - started
         table = read_results(root)
         summary = {
@@ -412,7 +412,13 @@ def run_batch_predict(
             "inputs": len(inputs),
             "predicted": sum(1 for r in table.to_pylist() if r["ok"] and r["path"] in set(inputs)),
             "errors": sum(1 for r in table.to_pylist() if not r["ok"] and r["path"] in set(inputs)),
-            "last_run": {"inputs": len(todo), "new_errors": errors, "seconds": round(elapsed, 3)},
+            # first_result: (seconds, inputs) of the first batch back — the actors' start-up shows here.
+            "last_run": {
+                "inputs": len(todo),
+                "new_errors": errors,
+                "seconds": round(elapsed, 3),
+                "first_result": first,
+            },
         }
         root.write_text(json.dumps(summary, indent=2), MANIFEST)
     rate = f" ({len(todo) / elapsed:.2f} inputs/s)" if todo and elapsed > 0 else ""
@@ -424,7 +430,8 @@ def run_batch_predict(
     return summary
 
 
-def _run_ray(model, root, todo, cfg, prep, timeline, temperature, emit) -> int:
+def _run_ray(model, root, todo, cfg, prep, timeline, temperature, emit) -> tuple[int, list | None]:
+    """Run the pipeline over ``todo``; returns (new error rows, [seconds, inputs] of the first batch back)."""
     import ray
 
     from pipeline.raycluster import ensure_ray
@@ -478,9 +485,11 @@ def _run_ray(model, root, todo, cfg, prep, timeline, temperature, emit) -> int:
     ds.context.max_errored_blocks = -1
     answered: set[str] = set()
     errors = 0
+    started, first = time.perf_counter(), None
     with progress(len(todo), "batch-predict", unit="clip", logger=logger) as bar:
         for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
             rows = batch.to_pylist()
+            first = first or [round(time.perf_counter() - started, 3), len(rows)]
             fatal = next((r for r in rows if r["fatal"]), None)
             if fatal is not None:
                 raise RuntimeError(f"batch-predict: a model actor could not write its results: {fatal['fatal']}")
@@ -502,7 +511,7 @@ def _run_ray(model, root, todo, cfg, prep, timeline, temperature, emit) -> int:
             errors += len(lost)
             bar.update(len(lost))
             emit(logging.WARNING, f"batch-predict: {len(lost)} input(s) lost with their actor: {reason}")
-    return errors
+    return errors, first
 
 
 def _result_row_error(path: str, reason: str) -> dict:

@@ -12,9 +12,16 @@ Prints one table row per clip (path, label, probability, then every class's prob
 prints an error row naming it and the others go on; the exit status is 0 when every input was
 predicted, 1 when any failed, 2 for a bad checkpoint or option.
 
+A video longer than ``timeline.auto_after_s`` (10 s; ``--timeline`` for every video,
+``--no-timeline`` for none) is scored as a timeline: windows of ``--window-s`` seconds every
+``--stride-s`` per face track (up to ``--max-tracks``), each with its probabilities and time
+span; its label is the ``--aggregate`` of track 0's windows, its tracks are extra table lines
+(``timeline`` in the JSON), and ``--timeline-png DIR`` draws each (docs/predict.md#long-videos-timelines-and-face-tracks).
+
     dferclip predict --checkpoint runs/train/<run>/final/model.pt clip.mp4 frames_dir/ videos_dir/
     dferclip predict --checkpoint model.pt --json --top 3 videos_dir/ > predictions.jsonl
     dferclip predict --config configs/dfew.yaml --checkpoint model.pt clip.mp4   # crops as configured
+    dferclip predict --checkpoint model.pt --timeline --max-tracks 2 --timeline-png out/ interview.mp4
 """
 
 from __future__ import annotations
