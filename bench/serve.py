@@ -1,0 +1,143 @@
+"""dferclip serve under load: 8 concurrent HTTP clients vs one client sending one request at a time.
+
+Starts a local Ray, a micro DFER-CLIP checkpoint (random weights) and the Serve app of
+``dferclip serve`` on 127.0.0.1, then POSTs the same generated clip (pipeline.synth) as a raw
+video body: ``--requests`` one at a time from a single client, then the same number from
+``--clients`` threads at once; two rounds of each, alternating (sequential, concurrent,
+sequential, concurrent) so background load hits both alike. Prints each mode's throughput and
+p50/p99 latency, the throughput ratio, and the model replica's mean batch size (what
+``@serve.batch`` made of the concurrency). Every answer must be 200.
+
+    python bench/serve.py [--clients 8] [--requests 48] [--frames 8] [--size 160x128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import requests
+import torch
+
+from pipeline.datasets import CLASSES_7
+from pipeline.model import build_model, save_checkpoint
+from pipeline.synth import render_clip, write_video
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--requests", type=int, default=48, help="requests per round and mode")
+    ap.add_argument("--frames", type=int, default=16, help="frames of the posted clip")
+    ap.add_argument("--size", default="160x128", help="WxH of the posted clip")
+    args = ap.parse_args()
+
+    import ray
+    from ray import serve
+
+    from pipeline.config import ModelConfig
+    from pipeline.serve.app import settings_from, start
+
+    w, h = (int(v) for v in args.size.split("x"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        clip_model="dferclip-micro",
+        pretrained=None,
+        num_frames=8,
+        temporal_heads=2,
+        temporal_head_dim=32,
+        temporal_mlp_dim=128,
+        n_ctx=4,
+        text_source="class_names",
+    )
+    ckpt = save_checkpoint(build_model(cfg, list(CLASSES_7)), tmp / "model.pt")
+    write_video(
+        tmp / "clip.mp4", render_clip("happiness", np.random.default_rng(0), num_frames=args.frames, size=(w, h)), 12
+    )
+    data = (tmp / "clip.mp4").read_bytes()
+
+    ray.init(
+        num_cpus=4, include_dashboard=False, log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    )
+    sizing = [
+        f"serve.port={_free_port()}",
+        "serve.decoders=2",
+        "serve.decoder_threads=2",
+        "serve.cpus_per_decoder=1",
+        "serve.cpus_per_model=1",
+        f"serve.max_ongoing_requests={2 * args.clients}",
+        f"serve.max_queued_requests={4 * args.clients}",
+    ]
+    try:
+        url = start(settings_from(str(ckpt), None, None, sizing, "cpu")) + "/predict"
+        local = threading.local()
+
+        def post() -> float:
+            session = getattr(local, "session", None) or requests.Session()
+            local.session = session
+            t0 = time.perf_counter()
+            r = session.post(url, data=data, timeout=120)
+            if r.status_code != 200:
+                raise RuntimeError(f"{r.status_code}: {r.text[:200]}")
+            return time.perf_counter() - t0
+
+        for _ in range(2 * args.clients):  # warm-up: replicas, sessions, first batches
+            post()
+        lat: dict[str, list[float]] = {"sequential": [], "concurrent": []}
+        wall: dict[str, float] = {"sequential": 0.0, "concurrent": 0.0}
+        for _ in range(2):
+            t0 = time.perf_counter()
+            lat["sequential"] += [post() for _ in range(args.requests)]
+            wall["sequential"] += time.perf_counter() - t0
+            with ThreadPoolExecutor(args.clients) as pool:
+                t0 = time.perf_counter()
+                lat["concurrent"] += list(pool.map(lambda _: post(), range(args.requests)))
+                wall["concurrent"] += time.perf_counter() - t0
+        model = serve.get_deployment_handle("Model", app_name="dferclip")
+        stats = model.stats.remote().result()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    n = 2 * args.requests
+    print(
+        f"serve: micro DFER-CLIP (T=8, 32 px), a {args.frames}-frame {w}x{h} clip ({len(data) / 1e3:.0f} KB) per request; "
+        f"{os.cpu_count()} cores; 2 decoder replicas x 2 threads, 1 model replica"
+    )
+    for mode in ("sequential", "concurrent"):
+        who = "1 client, one at a time" if mode == "sequential" else f"{args.clients} concurrent clients"
+        print(
+            f"  {who:<26} {n / wall[mode]:6.1f} req/s   p50 {1000 * _pct(lat[mode], 50):6.0f} ms   "
+            f"p99 {1000 * _pct(lat[mode], 99):6.0f} ms   ({n} requests)"
+        )
+    ratio = (n / wall["concurrent"]) / (n / wall["sequential"])
+    print(f"  throughput ratio concurrent / sequential: {ratio:.2f}x")
+    mean_batch = stats["rows"] / max(1, stats["batches"])
+    print(f"  model replica: {stats['rows']} clips in {stats['batches']} forward passes (mean batch {mean_batch:.2f})")
+    print(
+        f"  median latency ratio concurrent / sequential: {statistics.median(lat['concurrent']) / statistics.median(lat['sequential']):.2f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
