@@ -71,7 +71,7 @@ def cli(argv=None) -> int:
         parser.error("give --checkpoint, or --onnx with an exported model")
 
     def body() -> None:
-        from pipeline.serve.app import settings_from
+        from pipeline.serve.settings import settings_from
 
         overrides = list(args.overrides)
         if args.host is not None:

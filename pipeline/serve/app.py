@@ -25,47 +25,23 @@ the same for ``serve run`` / ``serve deploy`` config files (cluster/serve.yaml).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from ray import serve
 
-from pipeline.config import PreprocessConfig, ServeConfig, TimelineConfig
-from pipeline.serve.backends import ModelInfo, load_backend
+from pipeline.serve.backends import load_backend
 from pipeline.serve.requests import BadRequest, materialise, parse_upload
+from pipeline.serve.settings import CAPS, ServeSettings, settings_from
 
-__all__ = ["ServeSettings", "build_app", "app_builder", "Api", "Decoder", "Model"]
+__all__ = ["ServeSettings", "settings_from", "build_app", "app_builder", "start", "Api", "Decoder", "Model"]
 
 logger = logging.getLogger(__name__)
-
-# The preprocess caps an upload is held to, and the serve keys that set them.
-_CAPS = {"max_clip_seconds": "max_video_seconds", "max_clip_frames": "max_video_frames"}
-
-
-@dataclass
-class ServeSettings:
-    """Everything the deployments need, as plain data (it travels to the replicas)."""
-
-    info: ModelInfo
-    serve: ServeConfig = field(default_factory=ServeConfig)
-    prep: PreprocessConfig = field(default_factory=PreprocessConfig)  # crop settings, caps from serve
-    timeline: TimelineConfig | None = field(default_factory=TimelineConfig)
-    device: str = "cpu"
-
-    def loader_prep(self) -> PreprocessConfig:
-        """The crop settings with the serve limits as the per-clip caps (the tighter of the two)."""
-        caps = {}
-        for cap, key in _CAPS.items():
-            ours, theirs = getattr(self.serve, key), getattr(self.prep, cap)
-            caps[cap] = ours if theirs is None else min(ours, theirs)
-        return dataclasses.replace(self.prep, **caps)
 
 
 def _json(status: int, body: Any, headers: dict | None = None):
@@ -98,7 +74,7 @@ class Decoder:
             try:
                 return self.loader.load_input(source, self.settings.timeline)
             except ClipOverCap as exc:
-                key = _CAPS.get(exc.key)
+                key = CAPS.get(exc.key)
                 # The caps' message names the temporary file and the preprocess key: name the
                 # upload and the key that set the cap here.
                 text = str(exc).replace(str(source), upload.name)
@@ -250,31 +226,6 @@ def build_app(settings: ServeSettings):
         max_ongoing_requests=s.max_ongoing_requests,
         max_queued_requests=s.max_queued_requests,
     ).bind(decoder, model, settings)
-
-
-def settings_from(
-    checkpoint: str | None = None,
-    onnx: str | None = None,
-    config: str | None = None,
-    overrides: list[str] | tuple[str, ...] = (),
-    device: str = "auto",
-) -> ServeSettings:
-    """Settings from the command line's pieces: the served model, and ``config``'s serve,
-    preprocess and timeline sections (else the defaults; crop settings: the config's preprocess
-    section, else the checkpoint's recorded ones, else the defaults, as predict)."""
-    from pipeline.config import load_config
-    from pipeline.errors import UserError
-    from pipeline.predict import recorded_preprocess
-    from pipeline.serve.backends import describe_source
-
-    cfg = load_config(config, overrides)
-    info = describe_source(checkpoint, onnx)
-    prep = cfg.preprocess if config else (recorded_preprocess(info.extra, info.source) or PreprocessConfig())
-    if device == "auto":
-        device = "cuda" if cfg.serve.gpus_per_model > 0 else "cpu"
-    if device.startswith("cuda") and info.backend == "onnx":
-        raise UserError("serve: the ONNX backend runs on onnxruntime's CPU provider; use --checkpoint for a GPU")
-    return ServeSettings(info, cfg.serve, prep, cfg.timeline, device)
 
 
 APP_ARGS = ("checkpoint", "onnx", "config", "set", "device")

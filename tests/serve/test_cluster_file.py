@@ -55,3 +55,17 @@ def test_unknown_builder_args_are_refused():
 
     with pytest.raises(UserError, match=r"unknown application args \['chekpoint'\]"):
         app_builder({"chekpoint": "model.pt"})
+
+
+def test_the_kuberay_rayservice_runs_the_same_application():
+    from tests.jobs.test_cluster_configs import _check_raycluster_spec
+
+    doc = yaml.safe_load((ROOT / "cluster" / "kuberay" / "rayservice.yaml").read_text())
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == "RayService" and doc["metadata"]["name"]
+    assert yaml.safe_load(doc["spec"]["serveConfigV2"])["applications"] == _doc()["applications"]
+    spec = doc["spec"]["rayClusterConfig"]
+    groups = _check_raycluster_spec(spec, "rayservice.yaml")  # the same rules as the other KubeRay files
+    serve = load_config(None, _doc()["applications"][0]["args"]["set"]).serve
+    assert max(gpus for _, gpus, _ in groups) >= serve.gpus_per_model
+    head_ports = spec["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]
+    assert {"containerPort": 8000, "name": "serve"} in head_ports
