@@ -98,7 +98,7 @@ class Model:
 
     def __init__(self, settings: ServeSettings, threads: int | None = None):
         s = settings.serve
-        self.backend = load_backend(settings.info, settings.device, threads)
+        self.backend = load_backend(settings.info, settings.device, threads, s.max_batch_size)
         self.rows = 0
         self.batches = 0
         self.probabilities.set_max_batch_size(s.max_batch_size)

@@ -71,7 +71,7 @@ def describe_source(checkpoint: str | None, onnx: str | None) -> ModelInfo:
 
 
 class _Torch:
-    def __init__(self, info: ModelInfo, device: str, threads: int | None):
+    def __init__(self, info: ModelInfo, device: str, threads: int | None, chunk: int):
         import torch
 
         from pipeline.model.checkpoint import load_checkpoint
@@ -82,25 +82,29 @@ class _Torch:
         self.device = resolve_device(device)
         self.model, _ = load_checkpoint(info.source, map_location="cpu")
         self.model.eval().to(self.device)
-        self.temperature = info.temperature
+        self.temperature, self.chunk = info.temperature, chunk
 
     def probabilities(self, videos: np.ndarray) -> np.ndarray:
         from pipeline.predict import forward_probabilities
 
-        return forward_probabilities(self.model, videos, self.device, len(videos), self.temperature)
+        return forward_probabilities(self.model, videos, self.device, self.chunk, self.temperature)
 
 
 class _Onnx:
-    def __init__(self, info: ModelInfo, threads: int | None):
+    def __init__(self, info: ModelInfo, threads: int | None, chunk: int):
         from pipeline.export import OnnxModel
 
         self.model = OnnxModel(info.source, threads=threads)
-        self.temperature = info.temperature
+        self.temperature, self.chunk = info.temperature, chunk
 
     def probabilities(self, videos: np.ndarray) -> np.ndarray:
-        return _softmax(self.model.logits(videos), self.temperature)
+        logits = [self.model.logits(videos[i : i + self.chunk]) for i in range(0, len(videos), self.chunk)]
+        return _softmax(np.concatenate(logits), self.temperature)
 
 
-def load_backend(info: ModelInfo, device: str = "cpu", threads: int | None = None):
-    """An object with ``probabilities(videos) -> (N, C)`` for ``info``'s backend."""
-    return _Onnx(info, threads) if info.backend == "onnx" else _Torch(info, device, threads)
+def load_backend(info: ModelInfo, device: str = "cpu", threads: int | None = None, chunk: int = 8):
+    """An object with ``probabilities(videos) -> (N, C)`` for ``info``'s backend, running at most
+    ``chunk`` clips per forward pass (a batch of requests with long timelines stays bounded)."""
+    if chunk < 1:
+        raise UserError(f"serve: clips per forward pass must be >= 1, got {chunk}")
+    return _Onnx(info, threads, chunk) if info.backend == "onnx" else _Torch(info, device, threads, chunk)
