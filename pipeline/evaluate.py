@@ -8,8 +8,11 @@ the checkpoint (project format: it carries its model config, class names and des
 ``zero_shot=True`` evaluates the config's CLIP (``model.*``) with the experiment's description
 set (:func:`pipeline.llm.selection.resolve_description_set`) and no training. Writes
 ``<storage.root>/evaluate/<name>/``: metrics.json (loss, UAR, WAR, per-class recall, confusion,
-the description set's id), predictions.csv (per clip) and confusion.png; returns the metrics with
-``output_dir`` added.
+the description set's id, ECE), predictions.csv (per clip), confusion.png and reliability.png
+(the reliability diagram, :mod:`pipeline.calibration`); returns the metrics with ``output_dir``
+added. A checkpoint that ``dferclip calibrate`` gave a temperature is scored with its logits
+divided by it (UAR and WAR do not change; loss, ECE and confidences do), and metrics.json holds
+ECE and NLL both without and with it.
 """
 
 from __future__ import annotations
@@ -39,27 +42,32 @@ def _check(checkpoint: str | None, split: str, zero_shot: bool) -> None:
         raise UserError(f"--split: expected test, val or train, got {split!r}")
 
 
-def _load_model(cfg: ExperimentConfig, checkpoint: str | None, storage: Storage) -> tuple[object, str, dict | None]:
-    """The model to score, its label (the run name, or ``zeroshot-<clip model>``) and the record of
-    its description set (the experiment's for zero-shot; the one the checkpoint was trained with)."""
+def _load_model(
+    cfg: ExperimentConfig, checkpoint: str | None, storage: Storage
+) -> tuple[object, str, dict | None, dict]:
+    """The model to score, its label (the run name, or ``zeroshot-<clip model>``), the record of
+    its description set (the experiment's for zero-shot; the one the checkpoint was trained with)
+    and the checkpoint's ``extra`` (empty for zero-shot)."""
     if checkpoint is None:
         from pipeline.llm.selection import resolve_description_set
         from pipeline.train.zeroshot import ZeroShotClip
 
         chosen = resolve_description_set(cfg, storage)
         model = ZeroShotClip(cfg.model, cfg.dataset.class_names, chosen.descriptions if chosen else None)
-        return model, f"zeroshot-{cfg.model.clip_model}", chosen.record() if chosen else None
+        return model, f"zeroshot-{cfg.model.clip_model}", chosen.record() if chosen else None, {}
     from pipeline.model.checkpoint import load_checkpoint
 
     model, extra = load_checkpoint(checkpoint)
     run_name = extra.get("run_name")
     if run_name is not None:  # it names the output folder: a checkpoint may not place it elsewhere
         check_name(run_name, f"{checkpoint}: the checkpoint's run_name")
-    return model, run_name or to_name(Path(checkpoint).parent.name, "checkpoint"), extra.get("description_set")
+    label = run_name or to_name(Path(checkpoint).parent.name, "checkpoint")
+    return model, label, extra.get("description_set"), extra
 
 
-def _split_dataset(cfg: ExperimentConfig, storage: Storage, model, fold: int, split: str):
-    """The split's clip ids and its evaluation dataset (frames as the model takes them)."""
+def split_dataset(cfg: ExperimentConfig, storage: Storage, model, fold: int, split: str):
+    """The split's clip ids and its evaluation dataset (frames as the model takes them); also
+    used by ``dferclip calibrate``, which fits on the ``val`` split carved here."""
     from pipeline.train.data import eval_dataset, open_shards, plan_splits
 
     shards = open_shards(storage.uri(), cfg.dataset.name)
@@ -79,7 +87,9 @@ def _split_dataset(cfg: ExperimentConfig, storage: Storage, model, fold: int, sp
     return ids, eval_dataset(shards, ids, num_frames=model.num_frames, image_size=model.image_size, keep_ids=True)
 
 
-def _write(storage: Storage, out: tuple[str, str], metrics: dict, predictions: list[dict], cm) -> None:
+def _write(
+    storage: Storage, out: tuple[str, str], metrics: dict, predictions: list[dict], cm, reliability_png: bytes
+) -> None:
     import polars as pl
 
     from pipeline.reports import confusion_png
@@ -92,6 +102,34 @@ def _write(storage: Storage, out: tuple[str, str], metrics: dict, predictions: l
     storage.write_bytes(
         confusion_png(cm, class_names, f"{metrics['model']} — {metrics['split']}"), *out, "confusion.png"
     )
+    storage.write_bytes(reliability_png, *out, "reliability.png")
+
+
+def score(cfg: ExperimentConfig, model, dataset, num_classes: int):
+    """Run ``model`` over ``dataset`` in this process (CUDA when available): (confusion, loss_sum,
+    per-clip predictions, logits (N, C)) as :func:`pipeline.train.evaluation.evaluate_model`."""
+    import torch
+
+    from pipeline.train.evaluation import evaluate_model
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return evaluate_model(
+        model,
+        dataset,
+        num_classes,
+        batch_size=cfg.train.eval_batch_size,
+        device=device,
+        precision=cfg.train.precision,
+    )
+
+
+def _reliability_png(cal: dict, title: str) -> bytes:
+    from pipeline.calibration import Reliability, reliability_png
+
+    curves = {"uncalibrated (T = 1)": Reliability(**cal["reliability"]["uncalibrated"])}
+    if cal["reliability"]["calibrated"] is not None:
+        curves[f"calibrated (T = {cal['temperature']:.3g})"] = Reliability(**cal["reliability"]["calibrated"])
+    return reliability_png(curves, title)
 
 
 def run_evaluate(
@@ -107,33 +145,32 @@ def run_evaluate(
 
     ``storage``: the run's :class:`Storage` of ``cfg.storage.root`` (built here when not given).
     """
-    import torch
+    import numpy as np
 
+    from pipeline import calibration
     from pipeline.metrics import EvalMetrics
+    from pipeline.model.checkpoint import calibration_temperature
     from pipeline.raycluster import ensure_ray
-    from pipeline.train.evaluation import evaluate_model
 
     # validate
     _check(checkpoint, split, zero_shot)
     storage = storage or Storage(cfg.storage.root)
     fold = cfg.train.fold if fold is None else fold
     # build
-    model, label, description_set = _load_model(cfg, checkpoint, storage)
+    model, label, description_set, extra = _load_model(cfg, checkpoint, storage)
+    temperature = calibration_temperature(extra, str(checkpoint))
     class_names = model.class_names
     ensure_ray()
-    ids, dataset = _split_dataset(cfg, storage, model, fold, split)
+    ids, dataset = split_dataset(cfg, storage, model, fold, split)
     # run
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    logger.info("evaluate %s: %s fold %d %s (%d clips) on %s", label, cfg.dataset.name, fold, split, len(ids), device)
-    cm, loss_sum, predictions = evaluate_model(
-        model,
-        dataset,
-        len(class_names),
-        batch_size=cfg.train.eval_batch_size,
-        device=device,
-        precision=cfg.train.precision,
-    )
-    m = EvalMetrics.from_confusion(cm, loss_sum)
+    logger.info("evaluate %s: %s fold %d %s (%d clips)", label, cfg.dataset.name, fold, split, len(ids))
+    cm, _loss_sum, predictions, logits = score(cfg, model, dataset, len(class_names))
+    labels = np.asarray([p["label"] for p in predictions], dtype=np.int64)
+    cal = calibration.summary(logits, labels, temperature)
+    if temperature != 1.0:  # confidences as predict reports them: at the stored temperature
+        for p, q in zip(predictions, calibration.softmax(logits, temperature)):
+            p["confidence"] = float(q.max())
+    m = EvalMetrics.from_confusion(cm, cal["nll"] * len(labels))  # the loss at the applied temperature
     # write
     # The label is a checked run name or zeroshot-<architecture> (ViT-B/32: made folder-safe).
     name = f"{to_name(label, 'model')}-{cfg.dataset.name}-fold{fold}-{split}-{datetime.now():%Y%m%d-%H%M%S-%f}"
@@ -150,19 +187,28 @@ def run_evaluate(
         "loss": m.loss,
         "uar": m.uar,
         "war": m.war,
+        "ece": cal["ece"],
+        "temperature": temperature,
         "recall": dict(zip(class_names, m.recall)),
         "confusion": m.confusion,
         "class_names": class_names,
+        "calibration": cal,
     }
-    _write(storage, out, metrics, predictions, cm)
+    title = f"{label} — {cfg.dataset.name} fold {fold} {split}"
+    _write(storage, out, metrics, predictions, cm, _reliability_png(cal, title))
     recall = ", ".join(f"{c} {100 * r:.1f}" for c, r in zip(class_names, m.recall) if r == r)
     logger.info(
-        "%s on %s: UAR %.2f  WAR %.2f  loss %.4f  (recall %%: %s) -> %s",
+        "%s on %s: UAR %.2f  WAR %.2f  loss %.4f  ECE %.2f%s  (recall %%: %s) -> %s",
         label,
         split,
         100 * m.uar,
         100 * m.war,
         m.loss,
+        100 * cal["ece"],
+        ""
+        if temperature == 1.0
+        else f" at T={temperature:.3g} (uncalibrated: ECE {100 * cal['uncalibrated']['ece']:.2f}, "
+        f"NLL {cal['uncalibrated']['nll']:.4f})",
         recall,
         storage.uri(*out),
     )

@@ -338,12 +338,13 @@ def iter_predictions(
     device: str = "cpu",
     workers: int = 2,
     expand: bool = True,
+    temperature: float | None = None,
     timeline=None,
     timeline_png: str | os.PathLike | None = None,
 ) -> Iterator[Prediction]:
     """Like :func:`predict_paths`, but yields each :class:`Prediction` (in input order) as soon
     as its batch is done, so a caller can print results while later clips are still running."""
-    from pipeline.model.checkpoint import load_checkpoint
+    from pipeline.model.checkpoint import calibration_temperature, load_checkpoint
 
     if batch_size < 1:
         raise UserError(f"predict: batch size must be >= 1, got {batch_size}")
@@ -351,9 +352,14 @@ def iter_predictions(
         raise UserError(f"predict: workers must be >= 1, got {workers}")
     dev = resolve_device(device)
     if isinstance(checkpoint_or_model, (str, os.PathLike)):
-        model, _ = load_checkpoint(checkpoint_or_model, map_location="cpu")
+        model, extra = load_checkpoint(checkpoint_or_model, map_location="cpu")
+        stored = calibration_temperature(extra, str(checkpoint_or_model))
     else:
-        model = checkpoint_or_model
+        model, stored = checkpoint_or_model, 1.0
+    # The temperature of `dferclip calibrate` (stored in the checkpoint) unless one is given.
+    temperature = stored if temperature is None else float(temperature)
+    if not 0.0 < temperature < float("inf"):
+        raise UserError(f"predict: temperature must be a positive number, got {temperature}")
     model = getattr(model, "module", model)  # a DDP-wrapped model works too
     model.eval().to(dev)  # note: a model object passed in is moved to ``device`` and left in eval mode
     prep = PreprocessConfig(
@@ -383,7 +389,7 @@ def iter_predictions(
         ok = [clip for _, clip in group if not isinstance(clip, str)]
         # One row per clip, one per window of a timeline (LoadedTimeline.videos).
         videos = [c.video[None] if isinstance(c, LoadedClip) else c.videos for c in ok]
-        probs = forward_probabilities(model, np.concatenate(videos), dev, batch_size) if ok else None
+        probs = forward_probabilities(model, np.concatenate(videos), dev, batch_size, temperature) if ok else None
         start = 0
         for path, clip in group:
             if isinstance(clip, str):
@@ -442,6 +448,8 @@ def predict_paths(checkpoint_or_model, paths: Sequence[str | os.PathLike], **opt
       (``**crop_options(cfg.preprocess)`` passes a config's);
     - ``batch_size`` (8) clips per forward pass, ``device`` ("cpu", "cuda", "auto"),
       ``workers`` (2) decode/crop threads;
+    - ``temperature``: divides the logits before the softmax; default the one ``dferclip
+      calibrate`` stored in the checkpoint (1 when none, or for a model object);
     - ``timeline``: a :class:`~pipeline.config.TimelineConfig` (None: never) — a long video is
       scored per face track and window (:mod:`pipeline.timeline`; ``Prediction.timeline``);
       ``timeline_png``: a folder for one timeline PNG per such video.

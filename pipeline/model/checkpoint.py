@@ -21,7 +21,16 @@ from pipeline.model.build import build_model
 from pipeline.model.dferclip import PAPER_LOGIT_SCALE, DferClip
 from pipeline.typed import ConfigError, from_dict
 
-__all__ = ["FORMAT", "VERSION", "checkpoint_payload", "save_checkpoint", "load_checkpoint", "model_from_payload"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "checkpoint_payload",
+    "save_checkpoint",
+    "load_checkpoint",
+    "model_from_payload",
+    "calibration_temperature",
+    "store_calibration",
+]
 
 FORMAT = "dferclip.checkpoint"
 VERSION = 1
@@ -87,3 +96,40 @@ def load_checkpoint(
     except Exception as exc:  # noqa: BLE001 — any unreadable file becomes one clear message
         raise UserError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from None
     return model_from_payload(payload, str(path)), payload.get("extra", {})
+
+
+# --- calibration (dferclip calibrate) -------------------------------------------------------
+# A fitted temperature lives in ``extra["calibration"]`` (plain floats and strings, so the file
+# still loads with ``weights_only=True``): ``predict`` and ``evaluate`` divide the logits by it.
+CALIBRATION_KEY = "calibration"
+
+
+def calibration_temperature(extra: dict[str, Any], source: str = "<checkpoint>") -> float:
+    """The temperature ``dferclip calibrate`` stored in a checkpoint's ``extra``; 1.0 when none.
+
+    A stored value that is not a finite positive number is a UserError naming ``source``."""
+    record = extra.get(CALIBRATION_KEY) if isinstance(extra, dict) else None
+    if record is None:
+        return 1.0
+    t = record.get("temperature") if isinstance(record, dict) else None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not (0.0 < float(t) < float("inf")):
+        raise UserError(
+            f"{source}: its calibration record has no valid temperature (got {t!r}); re-run dferclip calibrate"
+        )
+    return float(t)
+
+
+def store_calibration(path: str | os.PathLike, record: dict[str, Any], out: str | os.PathLike | None = None) -> Path:
+    """Write the checkpoint at ``path`` again (to ``out``, default in place, atomically) with
+    ``extra["calibration"] = record``; weights and everything else are kept as they are."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 — any unreadable file becomes one clear message
+        raise UserError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path}: not a DFER-CLIP checkpoint (no format marker {FORMAT!r})")
+    payload["extra"] = {**(payload.get("extra") or {}), CALIBRATION_KEY: record}
+    target = Path(out) if out is not None else path
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(target, lambda f: torch.save(payload, f))

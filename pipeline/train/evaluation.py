@@ -73,14 +73,15 @@ def evaluate_pairs(
 
 def evaluate_model(
     model: torch.nn.Module, dataset, num_classes: int, *, batch_size: int, device: torch.device, precision: str = "fp32"
-) -> tuple[np.ndarray, float, list[dict]]:
+) -> tuple[np.ndarray, float, list[dict], np.ndarray]:
     """Evaluate in this process over a Ray Dataset of clips with ids (``keep_ids=True``).
 
-    Returns (confusion (C, C) int64, loss_sum, per-clip predictions).
+    Returns (confusion (C, C) int64, loss_sum, per-clip predictions, logits (N, C) float32 in the
+    predictions' order: what calibration needs).
     """
     ids: list[str] = []
     labels: list[int] = []
-    probs: list[np.ndarray] = []
+    logits_seen: list[np.ndarray] = []
 
     def pairs():
         for batch in dataset.iter_batches(batch_size=batch_size, batch_format="numpy", prefetch_batches=2):
@@ -96,11 +97,12 @@ def evaluate_model(
         num_classes,
         device,
         precision,
-        on_batch=lambda logits: probs.append(logits.softmax(dim=1).cpu().numpy()),
+        on_batch=lambda logits: logits_seen.append(logits.cpu().numpy()),
     )
-    p = np.concatenate(probs) if probs else np.zeros((0, num_classes), dtype=np.float32)
+    z = np.concatenate(logits_seen) if logits_seen else np.zeros((0, num_classes), dtype=np.float32)
+    p = torch.from_numpy(z).softmax(dim=1).numpy()
     predictions = [
         {"clip_id": cid, "label": label, "pred": int(q.argmax()), "confidence": float(q.max())}
         for cid, label, q in zip(ids, labels, p)
     ]
-    return cm.cpu().numpy().round().astype(np.int64), float(loss_sum.cpu()), predictions
+    return cm.cpu().numpy().round().astype(np.int64), float(loss_sum.cpu()), predictions, z
