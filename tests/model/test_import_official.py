@@ -25,7 +25,7 @@ from pipeline.datasets import CLASSES_7
 from pipeline.errors import UserError
 from pipeline.model.backbone import load_clip
 from pipeline.model.checkpoint import load_checkpoint
-from pipeline.model.official import convert_official, expected_texts, read_official
+from pipeline.model.official import _candidate_architectures, convert_official, expected_texts, read_official
 
 N_CTX = 4
 # Own descriptions, in the published descriptor format (one sentence per class, ending in a period).
@@ -338,3 +338,27 @@ def test_files_that_are_not_published_checkpoints(tmp_path):
         read_official(tmp_path / "junk.pth")
     with pytest.raises(UserError, match=r"checkpoint not found"):
         read_official(tmp_path / "missing.pth")
+
+
+def test_the_released_architecture_is_found_from_the_shapes():
+    """The released files are OpenAI's ViT-B/32 fine-tuned: its shapes, written out here (768-wide
+    12-layer vision tower on 32-px patches of 224 px, 512-wide 12-layer text tower, 77 tokens,
+    49,408-token vocabulary, 512-d embedding), name ViT-B-32 first."""
+
+    def meta(*shape):
+        return torch.empty(shape, device="meta")
+
+    state = {
+        "image_encoder.conv1.weight": meta(768, 3, 32, 32),
+        "image_encoder.class_embedding": meta(768),
+        "image_encoder.positional_embedding": meta(7 * 7 + 1, 768),
+        "text_encoder.positional_embedding": meta(77, 512),
+        "text_encoder.text_projection": meta(512, 512),
+        "clip_model_.token_embedding.weight": meta(49408, 512),
+    }
+    for i in range(12):
+        state[f"image_encoder.transformer.resblocks.{i}.ln_1.weight"] = meta(768)
+        state[f"text_encoder.transformer.resblocks.{i}.ln_1.weight"] = meta(512)
+    assert _candidate_architectures(state)[0] == "ViT-B-32"
+    state["image_encoder.positional_embedding"] = meta(14 * 14 + 1, 768)  # 16-px patches: no B/32
+    assert "ViT-B-32" not in _candidate_architectures(state)
