@@ -23,6 +23,8 @@ matches exactly one file.
 
 from __future__ import annotations
 
+from functools import partial
+
 from pipeline.cli import run_cli, stage_parser
 from pipeline.config import ExperimentConfig, load_config
 from pipeline.errors import UserError
@@ -76,18 +78,8 @@ def cli(argv=None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> None:
-        if args.folds is not None:
-            cfg = load_config(args.config, args.overrides)
-            card(
-                cfg,
-                checkpoint=args.checkpoint,
-                folds=args.folds,
-                split=args.split,
-                fold=args.fold,
-                zero_shot=args.zero_shot,
-            )
-            return
-        main(
+        run = main if args.folds is None else partial(card, folds=args.folds)
+        run(
             load_config(args.config, args.overrides),
             checkpoint=args.checkpoint,
             split=args.split,
