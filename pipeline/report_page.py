@@ -1,8 +1,9 @@
 """The demo's report: one ``report.html`` beside its PNGs, readable offline in any browser.
 
 It gathers what the stages already wrote — the shard manifest, the description set, the
-training run's curves and summary, the evaluation's metrics and confusion matrix — adds a
-grid of sample face crops per class (read back from the shards, so it shows exactly what the
+training run's curves and summary, the evaluation's metrics and confusion matrix, and the
+demo's comparisons (zero-shot text sources, pretrained vs random init, two description sets,
+the frozen-encoder sweep's heat-map) — adds a grid of sample face crops per class (read back from the shards, so it shows exactly what the
 model saw) and the time each stage took. Each file is replaced whole, never rewritten in place,
 so a browser or a failed re-run never leaves a half-written page.
 """
@@ -21,7 +22,7 @@ import yaml
 
 from pipeline.atomic import atomic_write_bytes, atomic_write_text
 
-__all__ = ["face_grid_png", "write_report"]
+__all__ = ["face_grid_png", "write_report", "comparisons_html"]
 
 
 def face_grid_png(shard_files: list[str], class_names: list[str], frames_per_row: int = 6, tile: int = 96) -> bytes:
@@ -57,6 +58,66 @@ def _pct(x: Any) -> str:
     return f"{100 * x:.1f}" if isinstance(x, (int, float)) and x == x else "–"
 
 
+def _epochs(record: dict) -> str:
+    e = record.get("epochs_to_target")
+    return f"{e} of {record.get('epochs')}" if e else f"not within {record.get('epochs')}"
+
+
+def comparisons_html(c: dict, heatmap: str | None) -> str:
+    """The report's comparison sections from the demo's ``comparisons`` record (demo.json)."""
+    target, seed = c["target_uar"], c["seed"]
+    zero_rows = [
+        [label, _pct(r["uar"]), _pct(r["war"]), r.get("description_set") or r["text_source"]]
+        for label, r in c["zero_shot"].items()
+    ]
+    ft, ri = c["fine_tuned"], c["random_init"]
+    split = ft.get("curve_split", "test")
+    run_rows = [
+        [ft["model"], _pct(ft["test_uar"]), _pct(ft["test_war"]), _epochs(ft)],
+        ["random init (the recipe before pretrained weights)", _pct(ri["test_uar"]), _pct(ri["test_war"]), _epochs(ri)],
+    ]
+    curves = [[i + 1, _pct(a), _pct(b)] for i, (a, b) in enumerate(_zip_longest(ft["curve"], ri["curve"]))]
+    set_rows = [
+        [
+            d["set"],
+            _pct(d["zero_shot_uar"]),
+            _pct(d["zero_shot_war"]),
+            _pct(d["fine_tuned_uar"]),
+            _pct(d["fine_tuned_war"]),
+        ]
+        for d in c["description_sets"]
+    ]
+    s = c["sweep"]
+    cell_rows = [[*cell["values"], f"{cell['value']:.3f}"] for cell in s["cells"]]
+    heat = f'<img src="{heatmap}" alt="sweep heat-map">' if heatmap else "<p>(not available)</p>"
+    return f"""<h2>Zero-shot: which text stands for a class</h2>
+<p>The pretrained micro-CLIP with no training on the demo data, on the test split (seed {seed}).
+Captions in pretraining never named a class: descriptions of the facial actions transfer, bare
+class names do not.</p>
+{_table(["class texts", "UAR %", "WAR %", "set / source"], zero_rows)}
+<h2>Fine-tuning: pretrained vs random initialisation</h2>
+<p>Same data, same seed ({seed}); "epochs to {target}": the first epoch whose {split} UAR is at
+least {target} ({split} split: the recipe's selection split).</p>
+{_table(["initialisation", "test UAR %", "test WAR %", f"epochs to UAR {target}"], run_rows)}
+{_table(["epoch", f"pretrained {split} UAR %", f"random init {split} UAR %"], curves)}
+<h2>Description sets</h2>
+<p>The shipped set and a deliberately worse one (its descriptions moved one class along),
+the same recipe and seed ({seed}).</p>
+{_table(["set", "zero-shot UAR %", "zero-shot WAR %", "fine-tuned UAR %", "fine-tuned WAR %"], set_rows)}
+<h2>Sweep on the frozen pretrained encoder</h2>
+<p>{s["trials"]} trials, fast mode (cached frame embeddings; context and temporal model trained);
+best {html.escape(s["metric"])} per cell. Best {s["best"]:.3f}, worst {s["worst"]:.3f},
+spread (best − worst) {s["spread"]:.3f}. Folder <code>{html.escape(str(s["sweep"]))}</code>.</p>
+{heat}
+{_table([*s["axes"], s["metric"]], cell_rows)}
+"""
+
+
+def _zip_longest(a: list, b: list) -> list[tuple]:
+    n = max(len(a), len(b))
+    return [(a[i] if i < len(a) else None, b[i] if i < len(b) else None) for i in range(n)]
+
+
 def write_report(
     out_dir: str | Path,
     *,
@@ -67,8 +128,12 @@ def write_report(
     evaluation: dict,
     shard_files: list[str],
     timings: dict[str, float],
+    comparisons: dict | None = None,
 ) -> Path:
-    """Write ``out_dir/report.html`` and the PNGs it shows; returns the HTML path."""
+    """Write ``out_dir/report.html`` and the PNGs it shows; returns the HTML path.
+
+    ``comparisons``: the demo's comparison record (:func:`pipeline.demo.run_demo`), shown in
+    sections of its own with the sweep's heat-map; None leaves them out."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     class_names = list(evaluation["class_names"])
@@ -86,6 +151,12 @@ def write_report(
         images["confusion"] = "confusion.png"
     atomic_write_bytes(out / "faces.png", face_grid_png(shard_files, class_names))
     images["faces"] = "faces.png"
+    compared = ""
+    if comparisons is not None:
+        heatmap = Path(comparisons["sweep"]["heatmap"])
+        if heatmap.exists():
+            atomic_write_bytes(out / "heatmap.png", heatmap.read_bytes())
+        compared = comparisons_html(comparisons, "heatmap.png" if heatmap.exists() else None)
 
     counts = manifest.get("counts", {})
     per_class = counts.get("per_class", {}) or counts.get("classes", {})
@@ -137,7 +208,7 @@ img {{ max-width: 100%; border: 1px solid #eee; }}
 <h2>Evaluation on the test split</h2>
 {img("confusion", "confusion matrix")}
 {_table(["class", "recall %"], recall_rows)}
-<h2>Time per stage</h2>
+{compared}<h2>Time per stage</h2>
 {_table(["stage", "time"], timing_rows)}
 </body></html>
 """
