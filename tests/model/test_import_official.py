@@ -12,6 +12,7 @@ named ``__main__``. Its CLIP is a random ``dferclip-micro`` with QuickGELU, as O
 
 from __future__ import annotations
 
+import io
 import math
 import pickle
 import sys
@@ -362,3 +363,21 @@ def test_the_released_architecture_is_found_from_the_shapes():
     assert _candidate_architectures(state)[0] == "ViT-B-32"
     state["image_encoder.positional_embedding"] = meta(14 * 14 + 1, 768)  # 16-px patches: no B/32
     assert "ViT-B-32" not in _candidate_architectures(state)
+
+
+def test_a_recorder_pickled_by_numpy_1_loads(tmp_path, monkeypatch):
+    """The authors trained with numpy 1.x, which pickles arrays through numpy.core.multiarray
+    (numpy 2 writes numpy._core): both map to the inert stand-in. Written in torch's legacy
+    format, whose pickle names globals as plain text lines, so the name can be swapped in place."""
+    monkeypatch.setattr(RecorderMeter, "__module__", "__main__")
+    monkeypatch.setattr(sys.modules["__main__"], "RecorderMeter", RecorderMeter, raising=False)
+    buf = io.BytesIO()
+    state = {"module.prompt_learner.ctx": torch.ones(2, 3), "module.temporal_net.cls_token": torch.ones(1, 1, 3)}
+    torch.save(
+        {"epoch": 2, "state_dict": state, "recorder": RecorderMeter(4)}, buf, _use_new_zipfile_serialization=False
+    )
+    numpy2 = b"cnumpy._core.multiarray\n_reconstruct\n"
+    assert buf.getvalue().count(numpy2) == 1
+    (tmp_path / "np1.pth").write_bytes(buf.getvalue().replace(numpy2, b"cnumpy.core.multiarray\n_reconstruct\n"))
+    official = read_official(tmp_path / "np1.pth")
+    assert official.epoch == 2 and torch.equal(official.state_dict["prompt_learner.ctx"], torch.ones(2, 3))
