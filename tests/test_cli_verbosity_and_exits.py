@@ -6,6 +6,7 @@ and the shared stage parser's --config/--set."""
 from __future__ import annotations
 
 import argparse
+import re
 
 import open_clip  # the models command lists its registry (imported here, once, for every test)
 import pytest
@@ -170,3 +171,34 @@ def test_a_stage_that_is_not_built_exits_3(monkeypatch, capsys):
     assert capsys.readouterr().err == (
         "dferclip ghost: this stage is not built yet (stages.no_such_stage does not exist).\n"
     )
+
+
+# ---- what --help shows (the user's reference for the shared options) --------------------------
+
+
+def _has_row(text: str, left: str, right: str) -> bool:
+    """An option or command row of argparse's help: ``left``, padding, ``right``, on one line."""
+    return re.search(rf"^  {re.escape(left)} +{re.escape(right)}$", text, re.M) is not None
+
+
+def test_stage_parser_help_text(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one line per option: no wrapping to compare across
+    text = cli.stage_parser("dferclip train", "Fit DFER-CLIP.\n\n  Indented example.").format_help()
+    assert text.startswith("usage: dferclip train [-h] [-v | -q] --config CONFIG [--set KEY=VALUE]")
+    assert "Fit DFER-CLIP.\n\n  Indented example." in text
+    assert _has_row(text, "--config CONFIG", "experiment YAML (see configs/)")
+    assert _has_row(text, "--set KEY=VALUE", "override a config value, e.g. --set train.epochs=2 (repeatable)")
+    assert _has_row(text, "-v, --verbose", "more detail: debug lines and Ray's own log (-vv: Ray's debug lines too)")
+    assert _has_row(text, "-q, --quiet", "only warnings and errors")
+
+
+def test_main_help_text(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert cli.main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: dferclip [-h] [-v | -q] COMMAND ...")
+    assert "DFER-CLIP dynamic facial expression recognition as a Ray pipeline." in text
+    assert text.rstrip().endswith("Run `dferclip COMMAND --help` for a command's options.")
+    assert _has_row(text, "  describe", "LLM stage: write per-class facial-behaviour descriptions (cached)")
+    assert _has_row(text, "  train", "fit DFER-CLIP with Ray Train (DDP), checkpoints and resume")
+    assert _has_row(text, "  predict", "predict expressions of your own videos with a checkpoint")
