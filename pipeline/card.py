@@ -42,7 +42,15 @@ from pipeline.errors import UserError
 from pipeline.names import to_name
 from pipeline.storage import Storage
 
-__all__ = ["PAPER", "run_card", "fold_checkpoints", "data_check", "read_published_list", "card_markdown"]
+__all__ = [
+    "PAPER",
+    "run_card",
+    "fold_checkpoints",
+    "data_check",
+    "is_published_list",
+    "read_published_list",
+    "card_markdown",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +93,12 @@ def fold_checkpoints(pattern: str, folds: list[int]) -> dict[int, str]:
             raise UserError(f"--checkpoint: fold {k}: checkpoint not found: {path}")
         out[k] = path
     return out
+
+
+def is_published_list(text: str) -> bool:
+    """Whether ``text`` is in the published lists' format (its first line ``<path> <int> <int>``)."""
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return bool(_LIST_LINE.match(first))
 
 
 def read_published_list(text: str, where: str, id_parts: int) -> dict[str, int]:
@@ -137,8 +151,7 @@ def data_check(cfg: ExperimentConfig, storage: Storage) -> dict:
             lists.append({"file": name, "location": f, "error": "not readable any more"})
             continue
         text = data.decode("utf-8-sig", errors="replace")
-        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-        if not _LIST_LINE.match(first):
+        if not is_published_list(text):
             continue  # a dataset's own split file: no frame counts to compare
         listed = read_published_list(text, f, id_parts)
         missing = sorted(c for c in listed if c not in rows)

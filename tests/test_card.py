@@ -80,12 +80,15 @@ def card_store(tmp_path_factory, ray_local):
 
 
 def test_read_published_list_takes_the_published_line_shape():
-    from pipeline.card import read_published_list
+    from pipeline.card import is_published_list, read_published_list
 
     text = f"{AUTHORS}/00001 144 1\n{AUTHORS}/00002 70 2\n\n"
     assert read_published_list(text, "x.txt", 1) == {"00001": 144, "00002": 70}
     ferv = "/data/EECS-IoannisLab/datasets/FERV39K/2_ClipsforFaceCrop/Action/Happy/0015 25 0\n"
     assert read_published_list(ferv, "f.txt", 3) == {"Action/Happy/0015": 25}
+    # MAFW's own split files are also train.txt / test.txt: no frame counts there, not a list
+    assert is_published_list(text) and is_published_list(ferv)
+    assert not is_published_list("03747.mp4 anger\n") and not is_published_list("03747.mp4\tanger\tA man frowns 3\n")
     with pytest.raises(UserError, match=r"x\.txt, line 2: expected '<path> <num_frames> <label>'"):
         read_published_list(f"{AUTHORS}/00001 144 1\n{AUTHORS}/00002 sixty 2\n", "x.txt", 1)
 
