@@ -19,6 +19,7 @@ cluster at RAY_ADDRESS when set, else starts a local one; runs until Ctrl-C.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 
 from pipeline.cli import run_cli, stage_parser
@@ -29,13 +30,34 @@ logger = logging.getLogger(__name__)
 
 
 def main(settings, *, wait: bool = True) -> str:
-    """Start the app (:func:`pipeline.serve.app.start`) on Ray; with ``wait``, serve until Ctrl-C."""
+    """Start the app (:func:`pipeline.serve.app.start`) on Ray and return its URL; with ``wait``,
+    serve until Ctrl-C or SIGTERM, then shut Serve (and a Ray this command started) down."""
+    import ray
     from ray import serve
 
     from pipeline.raycluster import ensure_ray
     from pipeline.serve.app import start
 
     ensure_ray()
+    if not wait:
+        return _start(start, settings)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt  # SIGTERM (kill, docker stop) stops as Ctrl-C does: cleanly
+
+    # After Ray's start-up, before the app's: Ray's own SIGTERM handler would end the process at
+    # once and leave a local Ray's helper processes behind.
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        _start(start, settings)
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _start(start, settings) -> str:
     url = start(settings)
     info = settings.info
     logger.info(
@@ -46,13 +68,7 @@ def main(settings, *, wait: bool = True) -> str:
         url,
         url,
     )
-    if not wait:
-        return url
-    try:
-        while True:
-            time.sleep(3600)
-    finally:
-        serve.shutdown()
+    return url
 
 
 def cli(argv=None) -> int:
