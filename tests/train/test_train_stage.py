@@ -119,11 +119,65 @@ def test_evaluate_checkpoint_matches_training_metrics_and_zero_shot(trained, tra
     preds = pl.read_csv(out / "predictions.csv")
     assert preds.height == 12 and set(preds["label_name"]) == set(CLASSES)
     assert res["description_set"] == summary["description_set"]  # the checkpoint's, in metrics.json
+    torch.manual_seed(20)  # the zero-shot micro CLIP is randomly initialised: fix its weights
     zs = evaluate(cfg, zero_shot=True, split="test")
-    assert zs["zero_shot"] and 0.0 <= zs["war"] <= 1.0 and sum(map(sum, zs["confusion"])) == 12
+    assert zs["zero_shot"] and sum(map(sum, zs["confusion"])) == 12
     assert zs["description_set"]["id"] == summary["description_set"]["id"]  # the experiment's: the same set
+    # Zero-shot re-derived by hand (EmoCLIP's rule) from the same initialisation on the same clips:
+    # clip = mean of the normalised frame embeddings; class = mean of its normalised description
+    # embeddings; logits = 100 x cosine. Its predictions, loss, confusion, WAR and UAR must match.
+    expected = _zero_shot_by_hand(cfg, train_store, read_description_set(trained["run_dir"] / "descriptions.yaml"))
+    zs_preds = pl.read_csv(Path(zs["output_dir"]) / "predictions.csv")
+    assert sorted(zs_preds["clip_id"]) == sorted(expected)  # fold 1's test clips: the odd-numbered ones
+    cm = np.zeros((len(CLASSES), len(CLASSES)), np.int64)
+    losses = []
+    for row in zs_preds.iter_rows(named=True):
+        label, logits = expected[row["clip_id"]]
+        assert row["label"] == label and row["pred"] == int(logits.argmax()), row
+        assert row["confidence"] == pytest.approx(float(logits.softmax(0).max()), rel=1e-4), row
+        cm[label, int(logits.argmax())] += 1
+        losses.append(float(torch.nn.functional.cross_entropy(logits[None], torch.tensor([label]))))
+    assert zs["confusion"] == cm.tolist()
+    assert zs["war"] == pytest.approx(np.trace(cm) / 12)
+    assert zs["uar"] == pytest.approx(np.mean(np.diag(cm) / cm.sum(axis=1)))
+    assert zs["loss"] == pytest.approx(np.mean(losses), rel=1e-4)
     with pytest.raises(UserError):
         evaluate(cfg, split="test")  # neither a checkpoint nor --zero-shot
+
+
+def _zero_shot_by_hand(cfg, root: Path, descriptions) -> dict[str, tuple[int, torch.Tensor]]:
+    """{clip id: (label, zero-shot logits)} for fold 1's test clips, from a CLIP built with the
+    seed the test gave the zero-shot evaluation and the evaluation's frames (16 per clip, 32 px)."""
+    import torch.nn.functional as F
+
+    from pipeline.model.backbone import load_clip
+    from pipeline.train.data import eval_dataset, open_shards
+
+    assert cfg.model.input_normalization == "clip"  # the default, applied below
+    torch.manual_seed(20)
+    backbone = load_clip(cfg.model.clip_model, pretrained=None, quick_gelu=cfg.model.quick_gelu)
+    clip = backbone.model.eval()
+    ids = [f"{name}_{k:02d}" for name in CLASSES for k in range(1, 8, 2)]  # odd k: fold 1's test (conftest)
+    data = eval_dataset(open_shards(str(root), "dfew"), ids, num_frames=16, image_size=32, keep_ids=True)
+    mean = torch.tensor(backbone.mean).view(1, 1, 3, 1, 1)
+    std = torch.tensor(backbone.std).view(1, 1, 3, 1, 1)
+    out = {}
+    with torch.no_grad():
+        text = torch.stack(
+            [
+                F.normalize(clip.encode_text(backbone.tokenizer(descriptions.classes[c])), dim=-1).mean(0)
+                for c in CLASSES
+            ]
+        )
+        text = F.normalize(text, dim=-1)
+        for batch in data.iter_batches(batch_size=4, batch_format="numpy"):
+            video = torch.from_numpy(np.array(batch["video"])).permute(0, 1, 4, 2, 3).float() / 255.0  # (B, T, 3, S, S)
+            pixels = ((video - mean) / std).flatten(0, 1)
+            frames = F.normalize(clip.encode_image(pixels), dim=-1).view(video.shape[0], 16, -1)
+            logits = 100.0 * F.normalize(frames.mean(1), dim=-1) @ text.t()
+            for cid, label, row in zip(batch["clip_id"], batch["label"], logits):
+                out[str(cid)] = (int(label), row)
+    return out
 
 
 @pytest.mark.slow
