@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import open_clip
+import pytest
 import torch
 
 from pipeline.cli import main
@@ -15,6 +16,7 @@ from pipeline.model.backbone import load_clip
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pretrain" / "synth.yaml"
 
 
+@pytest.mark.slow
 def test_short_pretraining_through_the_command(ray_local, tmp_path):
     out = tmp_path / "w" / "tiny-synth.pt"
     sets = {

@@ -34,6 +34,7 @@ def test_backbone_key_separates_what_changes_an_embedding():
     assert backbone_key(dataclasses.replace(MICRO, n_ctx=2, temporal_depth=4), 0)[0] == key  # swept: no effect
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_cache_is_computed_once_and_matches_the_training_eval_path(ray_local, shard_root):
     storage = Storage(shard_root)

@@ -24,6 +24,7 @@ def _live_placement_groups(ray) -> list[str]:
     return [pg for pg, info in ray.util.placement_group_table().items() if info["state"] != "REMOVED"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_abort_ends_train_run_and_frees_its_placement_group(ray_local, tmp_path):
     from ray.train import RunConfig, ScalingConfig
