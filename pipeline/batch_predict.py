@@ -161,18 +161,23 @@ def _shards(storage: Storage) -> list[str]:
     return [n for n in storage.list(suffix=".parquet") if n.startswith("part-")]
 
 
-def read_results(out: str | Storage) -> pa.Table:
-    """Every input's result row (RESULT_SCHEMA), one per input: an input tried again after an
-    error keeps its successful row."""
+def read_results(out: str | Storage, columns: list[str] | None = None) -> pa.Table:
+    """Every input's result row (RESULT_SCHEMA, or just ``columns`` — ``path`` and ``ok`` are
+    always read), one per input: an input tried again after an error keeps its successful row."""
     storage = out if isinstance(out, Storage) else Storage(out)
-    tables = [pq.read_table(storage.path(n), filesystem=storage.fs, schema=RESULT_SCHEMA) for n in _shards(storage)]
+    names = RESULT_SCHEMA.names if columns is None else ["path", "ok", *(c for c in columns if c not in ("path", "ok"))]
+    schema = pa.schema([RESULT_SCHEMA.field(n) for n in names])
+    tables = [
+        pq.read_table(storage.path(n), filesystem=storage.fs, schema=RESULT_SCHEMA, columns=names)
+        for n in _shards(storage)
+    ]
     if not tables:
-        return RESULT_SCHEMA.empty_table()
+        return schema.empty_table()
     rows: dict[str, dict] = {}
     for row in pa.concat_tables(tables).to_pylist():
         if row["path"] not in rows or (row["ok"] and not rows[row["path"]]["ok"]):
             rows[row["path"]] = row
-    return pa.Table.from_pylist(list(rows.values()), schema=RESULT_SCHEMA)
+    return pa.Table.from_pylist(list(rows.values()), schema=schema)
 
 
 def _shard_name(paths: list[str]) -> str:
@@ -389,14 +394,14 @@ def run_batch_predict(
                     f"{root.uri()} holds results made with another checkpoint or other crop/timeline "
                     "settings; re-run with --overwrite (or another --out) to predict them again"
                 )
-        results = read_results(root).to_pylist()
+        results = read_results(root, ["path", "ok"]).to_pylist()
         done = {r["path"] for r in results if r["ok"]}
         failed = {r["path"] for r in results if not r["ok"]}
         todo = [p for p in inputs if p not in done and (retry_errors or p not in failed)]
         emit(
             logging.INFO,
             f"batch-predict: {len(inputs)} inputs, {len(done & set(inputs))} already predicted, "
-            f"{len(failed & set(inputs) - done)} failed before{'' if retry_errors else ' (retry with --retry-errors)'}, "
+            f"{len((failed & set(inputs)) - done)} failed before{'' if retry_errors else ' (retry with --retry-errors)'}, "
             f"{len(todo)} to do -> {root.uri()}",
         )
         root.write_text(json.dumps({"settings": settings, "classes": list(model.class_names)}, indent=2), MANIFEST)
@@ -405,13 +410,14 @@ def run_batch_predict(
         if todo:
             errors, first = _run_ray(model, root, todo, cfg, prep, timeline, temperature, emit)
         elapsed = time.perf_counter() - started
-        table = read_results(root)
+        listed = set(inputs)
+        final = [r for r in read_results(root, ["path", "ok"]).to_pylist() if r["path"] in listed]
         summary = {
             "settings": settings,
             "classes": list(model.class_names),
             "inputs": len(inputs),
-            "predicted": sum(1 for r in table.to_pylist() if r["ok"] and r["path"] in set(inputs)),
-            "errors": sum(1 for r in table.to_pylist() if not r["ok"] and r["path"] in set(inputs)),
+            "predicted": sum(1 for r in final if r["ok"]),
+            "errors": sum(1 for r in final if not r["ok"]),
             # first_result: (seconds, inputs) of the first batch back — the actors' start-up shows here.
             "last_run": {
                 "inputs": len(todo),
