@@ -429,9 +429,16 @@ class TrainConfig:
     # Fault injection for tests: a worker (rank 1, or rank 0 when alone) exits once during this
     # epoch; a marker file in the run folder keeps the restarted attempt from failing again.
     fail_once_at_epoch: int | None = None
+    # Start a new run from a project checkpoint's weights (a run's final/model.pt, or a released
+    # file converted by `dferclip import-official`): the model is rebuilt from what the checkpoint
+    # records and trained further with this recipe (fresh optimizer and schedule). The model
+    # section must describe that model; pretrained/weights are ignored. Local path or URI.
+    init_checkpoint: str | None = None
 
     def validate(self) -> list[str]:
         problems = []
+        if self.init_checkpoint is not None and not str(self.init_checkpoint).strip():
+            problems.append("init_checkpoint: must be a checkpoint path or null, got an empty string")
         for name in ("epochs", "batch_size", "eval_batch_size", "num_workers", "keep_checkpoints"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")

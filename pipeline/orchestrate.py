@@ -112,6 +112,13 @@ def _description_set_id(cfg: ExperimentConfig) -> str | None:
     return chosen.id if chosen else None
 
 
+def _init_checkpoint_digest(cfg: ExperimentConfig) -> str | None:
+    """The content of train.init_checkpoint's file: a changed file trains again."""
+    from pipeline.train.init_checkpoint import init_digest
+
+    return init_digest(cfg.train.init_checkpoint)
+
+
 def _run_describe(cfg: ExperimentConfig, storage: Storage) -> dict:
     from pipeline.llm.describe_run import write_descriptions
 
@@ -166,7 +173,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("preprocess", _preprocess_inputs, _run_preprocess, paths=("shards",)),
     StageSpec(
         "train",
-        lambda cfg: [cfg.model, cfg.train, _description_set_id(cfg)],
+        lambda cfg: [cfg.model, cfg.train, _description_set_id(cfg), _init_checkpoint_digest(cfg)],
         _run_train,
         paths=("run_dir", "checkpoint"),
         after=("describe", "preprocess"),

@@ -13,6 +13,11 @@ also writes the per-fold and mean UAR/WAR table (``<experiment>-kfold-<timestamp
     dferclip train --config configs/dfew.yaml --folds all          # the 5-fold protocol
     dferclip train --resume runs/train/dfew-fold1-20261126-...     # continue an interrupted run
     dferclip train --resume <run name> --config configs/dfew.yaml --set train.epochs=60
+    dferclip train --config configs/dfew.yaml --init-from models/dfew-set1.pt   # a new run from a checkpoint
+
+``--init-from CKPT`` is ``train.init_checkpoint`` (docs/train.md): a new run whose model is that
+project checkpoint (a run's ``final/model.pt`` or an ``import-official`` output), all its weights,
+trained further with the config's recipe; a model section that does not describe it is refused.
 """
 
 from __future__ import annotations
@@ -26,23 +31,33 @@ __all__ = ["main", "cli"]
 
 
 def main(
-    cfg: ExperimentConfig | None, *, folds: str | None = None, resume: str | None = None, overrides: Sequence[str] = ()
+    cfg: ExperimentConfig | None,
+    *,
+    folds: str | None = None,
+    resume: str | None = None,
+    overrides: Sequence[str] = (),
+    init_from: str | None = None,
 ) -> dict:
     """The stage on a loaded config (None with ``resume``): :func:`pipeline.train.experiment.run_train`."""
     from pipeline.train.experiment import run_train
 
-    return run_train(cfg, folds=folds, resume=resume, overrides=overrides)
+    return run_train(cfg, folds=folds, resume=resume, overrides=overrides, init_from=init_from)
 
 
 def cli(argv=None) -> int:
     parser = stage_parser("dferclip train", __doc__, config_required=False)
     parser.add_argument("--folds", help="'all' or comma-separated folds (default: train.fold of the config)")
     parser.add_argument("--resume", metavar="RUN", help="run folder (or its name with --config) to continue")
+    parser.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        help="start a new run from this project checkpoint's model and weights (train.init_checkpoint)",
+    )
     args = parser.parse_args(argv)
 
     def body() -> None:
         cfg = load_config(args.config, [] if args.resume else args.overrides) if args.config else None
-        main(cfg, folds=args.folds, resume=args.resume, overrides=args.overrides)
+        main(cfg, folds=args.folds, resume=args.resume, overrides=args.overrides, init_from=args.init_from)
 
     return run_cli(body)
 

@@ -52,14 +52,30 @@ TRAIN_DIR = "train"
 RUN_SET_FILE = "descriptions.yaml"  # in each run folder: the description set the run trains on
 
 
-def run_descriptions(cfg: ExperimentConfig, storage: Storage, name: str) -> ChosenSet | None:
+def run_descriptions(
+    cfg: ExperimentConfig, storage: Storage, name: str, init_spec: dict | None = None
+) -> ChosenSet | None:
     """The description set of run ``name``: the copy in its folder when it has one (a resumed run
-    keeps the descriptions it started with), else the experiment's
+    keeps the descriptions it started with), else the texts of the checkpoint the run starts from
+    (``init_spec``: the model was trained with them), else the experiment's
     (:func:`~pipeline.llm.selection.resolve_description_set`), copied into the folder."""
     if cfg.model.text_source != "descriptions":
         return None
     if storage.exists(TRAIN_DIR, name, RUN_SET_FILE):
         return read_set_copy(storage.uri(TRAIN_DIR, name, RUN_SET_FILE), cfg.dataset.class_names)
+    if init_spec is not None and init_spec.get("descriptions"):
+        from pipeline.train.init_checkpoint import INIT_KEY, resolve_location
+
+        location = resolve_location(cfg.train.init_checkpoint)
+        texts = init_spec["descriptions"]
+        chosen = ChosenSet(
+            name=f"texts of {posixpath.basename(location)}",
+            location=location,
+            chosen_by=INIT_KEY,
+            descriptions={c: list(texts[c]) for c in cfg.dataset.class_names},
+        )
+        storage.write_text(chosen.copy_text(), TRAIN_DIR, name, RUN_SET_FILE)
+        return chosen
     chosen = resolve_description_set(cfg, storage)
     storage.write_text(chosen.copy_text(), TRAIN_DIR, name, RUN_SET_FILE)
     return chosen
@@ -90,7 +106,14 @@ def _run(cfg: ExperimentConfig, storage: Storage, name: str) -> dict:
     from pipeline.tracking import tracking_settings
 
     settings = tracking_settings(cfg.tracking, cfg.name)  # resolved once here, None when off
-    chosen = run_descriptions(cfg, storage, name)
+    init, init_spec = None, None
+    if cfg.train.init_checkpoint:
+        from pipeline.train.init_checkpoint import run_init_record
+
+        # Checked here, before Ray starts workers: a file that is no checkpoint, or one of another model.
+        init, init_spec = run_init_record(cfg, storage, (TRAIN_DIR, name))
+        logger.info("[%s] starts from %s (sha256 %s...)", name, init["location"], init["sha256"][:16])
+    chosen = run_descriptions(cfg, storage, name, init_spec)
     if chosen is not None:
         logger.info("[%s] class prompts: description set %s (%s)", name, chosen.id, chosen.location)
     spec = RunSpec.for_experiment(
@@ -99,6 +122,7 @@ def _run(cfg: ExperimentConfig, storage: Storage, name: str) -> dict:
         chosen.descriptions if chosen else None,
         settings.to_dict() if settings else None,
         description_set=chosen.record() if chosen else None,
+        init_checkpoint=init,
     )
     job = TrainJob(spec, storage, runs=storage.child(TRAIN_DIR))
     with run_log(storage, TRAIN_DIR, name, "driver.log"):  # the driver's detailed log, Ray's lines included
@@ -282,12 +306,19 @@ def run_train(
     resume: str | None = None,
     overrides: Sequence[str] = (),
     storage: Storage | None = None,
+    init_from: str | None = None,
 ) -> dict:
     """The train stage: ``folds`` of ``cfg`` (None: ``train.fold``; ``all``; ``1,3``) as fresh
     runs, or the run ``resume`` (a run folder, or its name below ``<storage.root>/train`` with
     ``cfg`` given) continued with its own config and ``overrides``. Returns ``{"runs": [summary,
-    ...]}`` plus ``"kfold"`` for several folds. Ray is joined (``RAY_ADDRESS``) or started locally."""
+    ...]}`` plus ``"kfold"`` for several folds. Ray is joined (``RAY_ADDRESS``) or started locally.
+    ``init_from`` (``--init-from``) sets ``train.init_checkpoint``: new runs start from that checkpoint."""
     from pipeline.raycluster import ensure_ray
+
+    if init_from is not None:
+        if resume is not None or cfg is None:
+            raise UserError("--init-from starts a new run: it needs --config and cannot be combined with --resume")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_checkpoint=init_from))
 
     if resume is not None:
         if folds is not None:

@@ -102,6 +102,9 @@ class RunSpec:
     # Which description set ``descriptions`` are (pipeline.llm.selection.ChosenSet.record(): id,
     # name, location ...); summary.json and the exported checkpoint record it.
     description_set: dict | None = None
+    # The checkpoint the run's model starts from (train.init_checkpoint): {"location": absolute
+    # path or URI, "sha256", ...} (pipeline.train.init_checkpoint.init_record); None: CLIP weights.
+    init_checkpoint: dict | None = None
 
     @property
     def selection_split(self) -> str:
@@ -121,8 +124,15 @@ class RunSpec:
         tracking: dict | None = None,
         *,
         description_set: dict | None = None,
+        init_checkpoint: dict | None = None,
     ) -> RunSpec:
-        """The spec of one run of an experiment config (its fold is ``cfg.train.fold``)."""
+        """The spec of one run of an experiment config (its fold is ``cfg.train.fold``).
+        ``init_checkpoint``: the record of ``train.init_checkpoint`` the driver checked; by
+        default just its location, made absolute here (workers and trials run elsewhere)."""
+        if init_checkpoint is None and cfg.train.init_checkpoint:
+            from pipeline.train.init_checkpoint import resolve_location
+
+            init_checkpoint = {"location": resolve_location(cfg.train.init_checkpoint)}
         return cls(
             model=cfg.model,
             train=cfg.train,
@@ -134,6 +144,7 @@ class RunSpec:
             experiment=to_dict(cfg),
             tracking=tracking,
             description_set=description_set,
+            init_checkpoint=init_checkpoint,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,6 +160,7 @@ class RunSpec:
             "experiment": self.experiment,
             "tracking": self.tracking,
             "description_set": self.description_set,
+            "init_checkpoint": self.init_checkpoint,
         }
 
     @classmethod
@@ -165,6 +177,7 @@ class RunSpec:
             experiment=data.get("experiment") or {},
             tracking=data.get("tracking"),
             description_set=data.get("description_set"),
+            init_checkpoint=data.get("init_checkpoint"),
         )
 
 
@@ -183,10 +196,17 @@ class RunState:
 
 
 def build_run_model(spec: RunSpec, load_weights: bool = True):
-    """The run's model, initialised identically wherever it is built (every rank, every trial)."""
+    """The run's model, initialised identically wherever it is built (every rank, every trial):
+    CLIP's weights, or with ``spec.init_checkpoint`` that checkpoint's model and all its weights
+    (:func:`pipeline.train.init_checkpoint.build_init_model`, checked against the config)."""
     from pipeline.model.build import build_model
 
     torch.manual_seed(spec.train.seed)
+    if spec.init_checkpoint and load_weights:
+        from pipeline.train.init_checkpoint import build_init_model
+
+        init = spec.init_checkpoint
+        return build_init_model(init["location"], spec.model, spec.class_names, init.get("sha256"))
     return build_model(spec.model, list(spec.class_names), spec.descriptions, load_weights=load_weights)
 
 

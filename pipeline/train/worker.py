@@ -131,10 +131,17 @@ def train_loop_per_worker(loop_config: dict) -> None:
     device = ray.train.torch.get_device()
     storage = Storage(run_uri)
 
-    model = build_run_model(spec)  # identical on every rank (DDP also broadcasts rank 0's weights)
     saved = _saved_payload(ray.train.get_checkpoint(), storage)
-    if saved is not None:
-        model.load_state_dict(saved["state_dict"])
+    if saved is not None and spec.init_checkpoint:
+        # A run started from a checkpoint continues as the model its own checkpoint records
+        # (the init file is not needed again, and no CLIP weights are fetched for nothing).
+        from pipeline.model.checkpoint import model_from_payload
+
+        model = model_from_payload(saved, f"{spec.run_name}: its checkpoint").train()
+    else:
+        model = build_run_model(spec)  # identical on every rank (DDP also broadcasts rank 0's weights)
+        if saved is not None:
+            model.load_state_dict(saved["state_dict"])
     # The frozen text tower has no trainable parameters, so DDP registers none of them and every
     # registered parameter receives a gradient each step: no unused-parameter search needed.
     # Buffers (pixel statistics, token embeddings) are constants: no need to broadcast them.
@@ -230,6 +237,7 @@ def _write_final(files: RunFiles, storage: Storage, model, spec: RunSpec, recipe
         "fold": spec.fold,
         "preprocess": spec.preprocess,
         "description_set": spec.description_set,
+        "init_checkpoint": spec.init_checkpoint,
     }
     paths = {
         "run_dir": storage.root,
@@ -262,6 +270,7 @@ def _write_final(files: RunFiles, storage: Storage, model, spec: RunSpec, recipe
             "test": test,
             "class_names": names,
             "description_set": spec.description_set,
+            "init_checkpoint": spec.init_checkpoint,
             "resumed_from": s.resumed_from,
             "paths": paths,
             "completed_at": datetime.now(UTC).isoformat(timespec="seconds"),

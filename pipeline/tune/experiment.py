@@ -49,8 +49,14 @@ class SweepOutcome:
 
 
 def validate_tune(cfg: ExperimentConfig) -> None:
-    """Refuse a metric the trials do not report, or a mode that contradicts it."""
+    """Refuse a metric the trials do not report, or a mode that contradicts it, and a start from
+    a checkpoint (the frozen-encoder trials' cached embeddings are the config's CLIP encoder's)."""
     t = cfg.tune
+    if cfg.train.init_checkpoint:
+        raise UserError(
+            "train.init_checkpoint: dferclip tune does not start trials from a checkpoint; set it to null for the "
+            "sweep (dferclip train starts a run from one)"
+        )
     reported = reported_metrics(cfg.train.selection, cfg.train.best_metric)
     if t.metric not in reported:
         hint = (
