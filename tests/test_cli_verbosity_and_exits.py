@@ -88,6 +88,19 @@ def test_command_parser_sets_the_verbosity_it_parses(argv, verbosity):
     assert args.quiet == ("-q" in argv or "--quiet" in argv)
 
 
+def test_command_parser_fills_a_given_namespace():
+    ns = argparse.Namespace(stage="train")
+    args = cli.command_parser("dferclip x").parse_args(["-q"], namespace=ns)
+    assert args is ns and (args.stage, args.quiet) == ("train", True)
+
+
+def test_unknown_command_lists_the_commands_comma_separated(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["frobnicate"])
+    assert exc.value.code == 2
+    assert "unknown command 'frobnicate'; choose from describe, preprocess, train, " in capsys.readouterr().err
+
+
 def test_verbose_and_quiet_together_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.command_parser("dferclip x").parse_args(["-v", "-q"])
