@@ -158,10 +158,9 @@ def _metadata(model, extra: dict, checkpoint: str | None, temperature: float) ->
 
 def stored_temperature(extra: dict, source: str) -> float:
     """The temperature ``dferclip calibrate`` stored in a checkpoint's ``extra`` (1.0: none)."""
-    from pipeline.model import checkpoint as ckpt
+    from pipeline.model.checkpoint import calibration_temperature
 
-    read = getattr(ckpt, "calibration_temperature", None)
-    return read(extra, source) if read is not None else 1.0
+    return calibration_temperature(extra, source)
 
 
 def export_onnx(

@@ -50,3 +50,18 @@ def test_onnx_probabilities_equal_pytorchs(sources):
     assert relative_diff(onnx_p, want) <= 1e-4
     assert (onnx_p.argmax(1) == want.argmax(1)).all()
     assert np.abs(want[0] - want[1]).max() > 1e-3  # different clips, different answers
+
+
+def test_a_calibrated_checkpoint_keeps_its_temperature_in_both_backends(sources, tmp_path):
+    # dferclip calibrate's temperature divides the logits, as predict divides them.
+    model, _, _ = sources
+    ckpt = save_checkpoint(model, tmp_path / "calibrated.pt", {"calibration": {"temperature": 2.5}})
+    onnx = export_onnx(ckpt, tmp_path / "calibrated.onnx").path
+    videos = np.random.default_rng(5).integers(0, 256, (2, 4, 32, 32, 3), dtype=np.uint8)
+    want = forward_probabilities(model, videos, torch.device("cpu"), 2, temperature=2.5)
+    for info in (describe_source(str(ckpt), None), describe_source(None, str(onnx))):
+        assert info.temperature == 2.5
+        got = load_backend(info, "cpu", 1).probabilities(videos)
+        assert relative_diff(got, want) <= 1e-4
+    plain = forward_probabilities(model, videos, torch.device("cpu"), 2)
+    assert np.abs(plain - want).max() > 1e-3  # the temperature changes the answer
