@@ -16,7 +16,7 @@ import json
 import pytest
 import torch
 
-from pipeline.config import DatasetConfig, ExperimentConfig, StorageConfig, TrainConfig
+from pipeline.config import ConfigError, DatasetConfig, ExperimentConfig, StorageConfig, TrainConfig
 from pipeline.datasets import CLASSES_7
 from pipeline.errors import UserError
 from pipeline.model.build import build_model
@@ -133,7 +133,9 @@ def test_a_config_that_does_not_describe_the_checkpoint_is_refused(tmp_path, che
     assert "model.input_normalization: the config has 'clip', the checkpoint 'none'" in text
     # Explicit resolved values must agree too; null accepts the checkpoint's.
     with pytest.raises(UserError, match=r"model\.logit_scale: the config has 50\.0, the checkpoint 100\.0"):
-        build_run_model(RunSpec.for_experiment(_cfg(tmp_path, imported, {**IMPORTED_MODEL, "logit_scale": 50.0}), "r", None))
+        build_run_model(
+            RunSpec.for_experiment(_cfg(tmp_path, imported, {**IMPORTED_MODEL, "logit_scale": 50.0}), "r", None)
+        )
     # The classes are the checkpoint's outputs: the same names in the same order.
     swapped = [CLASSES_7[1], CLASSES_7[0], *CLASSES_7[2:]]
     with pytest.raises(UserError, match=r"dataset\.classes: the config's classes are \['sadness', 'happiness'"):
@@ -215,9 +217,44 @@ def test_cli_and_tune_refusals(tmp_path, checkpoints, capsys):
     config = tmp_path / "exp.yaml"
     config.write_text(f"storage: {{root: {tmp_path / 'store'}}}\n")
     assert cli(["--config", str(config), "--resume", "some-run", "--init-from", str(checkpoints["own"])]) == 2
-    assert "--init-from starts a new run: it needs --config and cannot be combined with --resume" in capsys.readouterr().err
-    with pytest.raises(Exception, match=r"train\.init_checkpoint: must be a checkpoint path or null"):
+    assert (
+        "--init-from starts a new run: it needs --config and cannot be combined with --resume"
+        in capsys.readouterr().err
+    )
+    with pytest.raises(ConfigError, match=r"train\.init_checkpoint: must be a checkpoint path or null"):
         load_config(config, ["train.init_checkpoint=' '"])
     cfg = _cfg(tmp_path, checkpoints["own"], dict(text_source="class_names"), classes=CLASSES_3)
     with pytest.raises(UserError, match=r"^train\.init_checkpoint: dferclip tune does not start trials"):
         validate_tune(dataclasses.replace(cfg, tune=dataclasses.replace(cfg.tune, metric="test_uar")))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_dferclip_train_init_from_runs_on_ray_and_records_the_file(train_store, tmp_path):
+    """The whole stage: Ray Train's worker builds the model from the checkpoint, trains it, and the
+    run's summary and exported checkpoint name the file it started from."""
+    from stages.train import cli
+    from tests.train.conftest import CLASSES, tiny_config
+
+    torch.manual_seed(2)
+    start = build_model(
+        micro_model(num_frames=16, temporal_heads=2, temporal_head_dim=32, text_source="class_names"), CLASSES
+    )
+    init = tmp_path / "start.pt"
+    save_checkpoint(start, init, {"run_name": "earlier-run"})
+    cfg = tiny_config(train_store, tmp_path / "tiny.yaml", epochs=1, num_workers=1, optimizer="adamw")
+    args = ["--config", str(cfg), "--init-from", str(init), "--set", "model.text_source=class_names"]
+    assert cli(args) == 0
+    latest = json.loads((train_store / "train" / "latest.json").read_text())
+    summary = json.loads(open(latest["summary"]).read())
+    want = {"location": str(init), "sha256": hashlib.sha256(init.read_bytes()).hexdigest(), "run_name": "earlier-run"}
+    assert {k: summary["init_checkpoint"][k] for k in want} == want
+    trained, extra = load_checkpoint(summary["paths"]["final_checkpoint"])
+    assert extra["init_checkpoint"] == summary["init_checkpoint"]
+    reference, _ = load_checkpoint(init)
+    assert trained.spec == reference.spec
+    before, after = _params(reference), _params(trained)
+    assert not torch.equal(before["prompt_learner.ctx"], after["prompt_learner.ctx"])
+    # Trained from the checkpoint, not from a fresh initialisation: the frozen text tower is its own.
+    frozen = [n for n, p in reference.named_parameters() if not p.requires_grad]
+    assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
