@@ -15,6 +15,12 @@ both and counted on their own: they change nothing a caller can observe.
     python tools/mutation.py                       # every module, then the table
     python tools/mutation.py pipeline/metrics.py   # some modules
     python tools/mutation.py --report              # the table from the last runs only
+    python tools/mutation.py --survivors pipeline/cli.py   # rerun only the last run's survivors
+
+``--survivors`` is for after writing tests against a run's survivors: a fresh copy (with the
+current tests) mutates the module again but runs only the mutants that survived (or had no
+tests) last time, and their new results replace the old ones in the last run's result file.
+The module's source must be unchanged since that run, or mutant names could point elsewhere.
 """
 
 from __future__ import annotations
@@ -118,8 +124,44 @@ def run_module(module: str, tests: list[str]) -> int:
     return proc.returncode
 
 
+def _meta_path(module: str) -> Path:
+    return work_dir(module) / "mutants" / (module + ".meta")
+
+
+def rerun_survivors(module: str, tests: list[str], equivalent: dict[str, str]) -> int:
+    """Run only the last run's surviving / untested mutants of ``module`` against the current tests."""
+    meta = _meta_path(module)
+    if not meta.is_file():
+        print(f"== {module}: no earlier run to take the survivors from; run it whole first", file=sys.stderr)
+        return 1
+    if (work_dir(module) / module).read_bytes() != (ROOT / module).read_bytes():
+        print(f"== {module} changed since its last run: mutant names may have moved; run it whole", file=sys.stderr)
+        return 1
+    old = json.loads(meta.read_text())
+    codes = old["exit_code_by_key"]
+    names = sorted(n for n, c in codes.items() if n not in equivalent and (c in SURVIVED_CODES or c in NO_TESTS_CODES))
+    if not names:
+        print(f"== {module}: no survivors to rerun")
+        return 0
+    dest = prepare(module, tests)
+    print(
+        f"== {module}: {len(names)} survivor(s) against {', '.join(tests)} (log: {dest.relative_to(ROOT)}/mutmut.log)"
+    )
+    env = {**os.environ, "PYTHONPATH": ""}
+    with (dest / "mutmut.log").open("w") as log:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mutmut", "run", *names], cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    new = json.loads(meta.read_text())["exit_code_by_key"] if meta.is_file() else {}
+    # The earlier verdicts, with the rerun mutants' new ones (a rerun that gave none keeps the old).
+    merged = {**codes, **{n: new[n] for n in names if new.get(n) is not None}}
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps({**old, "exit_code_by_key": merged}, indent=4))
+    return proc.returncode
+
+
 def results(module: str) -> dict[str, int | None] | None:
-    meta = work_dir(module) / "mutants" / (module + ".meta")
+    meta = _meta_path(module)
     if not meta.is_file():
         return None
     return json.loads(meta.read_text())["exit_code_by_key"]
@@ -168,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("modules", nargs="*", help="module paths from mutation/modules.toml (default: all)")
     parser.add_argument("--report", action="store_true", help="print the table of the last runs, run nothing")
+    parser.add_argument(
+        "--survivors", action="store_true", help="rerun only the last run's survivors with the current tests"
+    )
     args = parser.parse_args(argv)
     table = load_modules()
     unknown = [m for m in args.modules if m not in table]
@@ -175,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"not in mutation/modules.toml: {', '.join(unknown)} (known: {', '.join(table)})")
     modules = args.modules or list(table)
     equivalent = load_equivalent()
-    if not args.report:
+    if args.survivors:
+        for module in modules:
+            rerun_survivors(module, table[module], equivalent)
+    elif not args.report:
         for module in modules:
             run_module(module, table[module])
     text, survivors, ok = score_table(modules, equivalent)
