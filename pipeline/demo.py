@@ -387,6 +387,7 @@ def _comparisons(cfg: ExperimentConfig, storage: Storage, summary, run_dir: str,
                 "fine_tuned_uar": fine_tuned["test_uar"],
                 "fine_tuned_war": fine_tuned["test_war"],
                 "epochs_to_target": fine_tuned["epochs_to_target"],
+                "first_epoch_uar": fine_tuned["curve"][0] if fine_tuned["curve"] else None,
                 "run_dir": fine_tuned["run_dir"],
             },
             {
@@ -396,6 +397,7 @@ def _comparisons(cfg: ExperimentConfig, storage: Storage, summary, run_dir: str,
                 "fine_tuned_uar": worse["test_uar"],
                 "fine_tuned_war": worse["test_war"],
                 "epochs_to_target": worse["epochs_to_target"],
+                "first_epoch_uar": worse["curve"][0] if worse["curve"] else None,
                 "run_dir": worse["run_dir"],
             },
         ],
@@ -418,7 +420,8 @@ def _summary_lines(c: dict) -> list[str]:
     z, ft, ri, s = c["zero_shot"], c["fine_tuned"], c["random_init"], c["sweep"]
     zero = "; ".join(f"{label} {_pct(r['uar'])} / {_pct(r['war'])}" for label, r in z.items())
     sets = "; ".join(
-        f"{d['set']}: zero-shot {_pct(d['zero_shot_uar'])}, fine-tuned {_pct(d['fine_tuned_uar'])}"
+        f"{d['set']}: zero-shot {_pct(d['zero_shot_uar'])}, fine-tuned {_pct(d['fine_tuned_uar'])} "
+        f"(after epoch 1: {_pct(d['first_epoch_uar'])})"
         for d in c["description_sets"]
     )
     cells = ", ".join(f"{'x'.join(map(str, cell['values']))}: {cell['value']:.3f}" for cell in s["cells"])

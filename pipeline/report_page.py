@@ -82,11 +82,15 @@ def comparisons_html(c: dict, heatmap: str | None) -> str:
             d["set"],
             _pct(d["zero_shot_uar"]),
             _pct(d["zero_shot_war"]),
+            _pct(d["first_epoch_uar"]),
             _pct(d["fine_tuned_uar"]),
             _pct(d["fine_tuned_war"]),
+            d["epochs_to_target"] or "–",
         ]
         for d in c["description_sets"]
     ]
+    set_head = ["set", "zero-shot UAR %", "zero-shot WAR %", "UAR % after epoch 1", "fine-tuned UAR %"]
+    set_head += ["fine-tuned WAR %", f"first epoch at UAR {target}"]
     s = c["sweep"]
     cell_rows = [[*cell["values"], f"{cell['value']:.3f}"] for cell in s["cells"]]
     heat = f'<img src="{heatmap}" alt="sweep heat-map">' if heatmap else "<p>(not available)</p>"
@@ -103,7 +107,7 @@ least {target} ({split} split: the recipe's selection split).</p>
 <h2>Description sets</h2>
 <p>The shipped set and a deliberately worse one (its descriptions moved one class along),
 the same recipe and seed ({seed}).</p>
-{_table(["set", "zero-shot UAR %", "zero-shot WAR %", "fine-tuned UAR %", "fine-tuned WAR %"], set_rows)}
+{_table(set_head, set_rows)}
 <h2>Sweep on the frozen pretrained encoder</h2>
 <p>{s["trials"]} trials, fast mode (cached frame embeddings; context and temporal model trained);
 best {html.escape(s["metric"])} per cell. Best {s["best"]:.3f}, worst {s["worst"]:.3f},

@@ -123,6 +123,12 @@ def test_short_demo_writes_report_and_its_checkpoint_predicts_fresh_videos(ray_l
     assert worse_cfg.describe.description_set == "shuffled-7" and worse_cfg.model.pretrained == "synth"
     assert worse_cfg.train.seed == cfg.train.seed and worse_cfg.train.epochs == cfg.train.epochs
     assert worse["fine_tuned_uar"] == json.loads((Path(worse["run_dir"]) / "summary.json").read_text())["test"]["uar"]
+    worse_csv = Path(worse["run_dir"]) / "metrics.csv"
+    assert (
+        worse["first_epoch_uar"] == float(_rows(worse_csv)[0]["test_uar"])
+        and shipped["first_epoch_uar"] == ft["curve"][0]
+    )
+    assert worse["epochs_to_target"] == _first_epoch_at(worse_csv, "test_uar")
     s = c["sweep"]
     results = _rows(Path(s["sweep"]) / "results.csv")
     values = [float(r["best_value"]) for r in results]
