@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 import open_clip  # the models command lists its registry (imported here, once, for every test)
 import pytest
@@ -155,6 +156,12 @@ def test_flags_before_and_after_the_command(before, after, verbosity, tmp_path, 
         capsys.readouterr().err == f"error: invalid configuration in {missing}:\n  - config file not found: {missing}\n"
     )
     assert (cli._base_verbosity, cli._parsed_verbosity) == (logs.NORMAL, False)  # reset after the command
+
+
+def test_main_reads_sys_argv_when_given_nothing(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["dferclip", "-h"])
+    assert cli.main() == 0
+    assert capsys.readouterr().out.startswith("usage: dferclip")
 
 
 def test_help_and_no_command(capsys):
