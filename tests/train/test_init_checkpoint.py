@@ -180,13 +180,13 @@ def test_the_run_records_the_file_and_its_texts_and_a_changed_file_is_noticed(tm
     assert json.loads(storage.read_text("train", "run1", RECORD_FILE)) == record
     # The model's class texts are the checkpoint's (its context was fitted to them), copied to the run.
     chosen = run_descriptions(cfg, storage, "run1", init_spec)
-    reference, _ = load_checkpoint(path)
-    assert chosen.chosen_by == "train.init_checkpoint" and chosen.descriptions == reference.spec["descriptions"]
+    payload = torch.load(path, weights_only=True)
+    assert chosen.chosen_by == "train.init_checkpoint" and chosen.descriptions == payload["spec"]["descriptions"]
+    assert chosen.descriptions["happiness"][0].replace(" ", "") == DESCRIPTIONS[0].replace(" ", "")
     assert storage.exists("train", "run1", "descriptions.yaml")
 
     spec = RunSpec.for_experiment(cfg, "run1", chosen.descriptions, init_checkpoint=record)
     assert RunSpec.from_dict(spec.to_dict()).init_checkpoint == record  # travels to the workers
-    payload = torch.load(path, weights_only=True)
     payload["extra"]["note"] = "edited"
     torch.save(payload, path)
     with pytest.raises(UserError, match=r"start\.pt changed since this run started"):
