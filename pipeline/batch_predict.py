@@ -56,7 +56,15 @@ from pipeline.logs import progress
 from pipeline.storage import Storage, is_uri
 from pipeline.typed import from_dict, to_dict
 
-__all__ = ["run_batch_predict", "list_inputs", "read_results", "RESULT_SCHEMA", "LoadActor", "ModelActor"]
+__all__ = [
+    "run_batch_predict",
+    "batch_predict_command",
+    "list_inputs",
+    "read_results",
+    "RESULT_SCHEMA",
+    "LoadActor",
+    "ModelActor",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -404,11 +412,18 @@ def run_batch_predict(
             f"{len((failed & set(inputs)) - done)} failed before{'' if retry_errors else ' (retry with --retry-errors)'}, "
             f"{len(todo)} to do -> {root.uri()}",
         )
+        gpus = 0.0
+        if todo:  # the sizing is checked before anything is written or started
+            from pipeline.raycluster import ensure_ray
+
+            ensure_ray()
+            gpus = _resolve_gpus(cfg)
+            check_sizing(cfg, gpus)
         root.write_text(json.dumps({"settings": settings, "classes": list(model.class_names)}, indent=2), MANIFEST)
         started = time.perf_counter()
         errors, first = 0, None
         if todo:
-            errors, first = _run_ray(model, root, todo, cfg, prep, timeline, temperature, emit)
+            errors, first = _run_ray(model, root, todo, cfg, gpus, prep, timeline, temperature, emit)
         elapsed = time.perf_counter() - started
         listed = set(inputs)
         final = [r for r in read_results(root, ["path", "ok"]).to_pylist() if r["path"] in listed]
@@ -436,15 +451,50 @@ def run_batch_predict(
     return summary
 
 
-def _run_ray(model, root, todo, cfg, prep, timeline, temperature, emit) -> tuple[int, list | None]:
+def batch_predict_command(
+    checkpoint: str,
+    listing: str,
+    out: str,
+    cfg,
+    *,
+    crops_from_config: bool,
+    timeline_mode: str | None = None,
+    retry_errors: bool = False,
+    overwrite: bool = False,
+) -> int:
+    """``dferclip batch-predict``: crops from ``cfg.preprocess`` when ``crops_from_config`` (a
+    ``--config`` was given), else — as predict — the ones the checkpoint records, else the
+    defaults; ``timeline_mode`` (on/off) overrides ``cfg.timeline.mode``. Returns the exit
+    status: 0 every input predicted, 1 some failed."""
+    import dataclasses
+
+    from pipeline.model.checkpoint import load_checkpoint
+    from pipeline.predict import recorded_preprocess
+
+    prep = cfg.preprocess
+    if not crops_from_config:
+        _, extra = load_checkpoint(checkpoint)
+        recorded = recorded_preprocess(extra, checkpoint)
+        if recorded is not None:
+            prep = dataclasses.replace(prep, **{k: getattr(recorded, k) for k in PreprocessConfig.OUTPUT_FIELDS})
+    timeline = cfg.timeline if timeline_mode is None else dataclasses.replace(cfg.timeline, mode=timeline_mode)
+    summary = run_batch_predict(
+        checkpoint,
+        listing,
+        out,
+        cfg.batch_predict,
+        prep,
+        timeline=timeline,
+        retry_errors=retry_errors,
+        overwrite=overwrite,
+    )
+    return 1 if summary["errors"] else 0
+
+
+def _run_ray(model, root, todo, cfg, gpus, prep, timeline, temperature, emit) -> tuple[int, list | None]:
     """Run the pipeline over ``todo``; returns (new error rows, [seconds, inputs] of the first batch back)."""
     import ray
 
-    from pipeline.raycluster import ensure_ray
-
-    ensure_ray()
-    gpus = _resolve_gpus(cfg)
-    check_sizing(cfg, gpus)
     model_ref = ray.put(model.cpu())
     blocks = max(1, -(-len(todo) // cfg.loader_batch))
     ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)

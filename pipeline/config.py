@@ -339,13 +339,14 @@ class TimelineConfig:
 class BatchPredictConfig:
     """Sizing of ``dferclip batch-predict`` (docs/predict.md#batch-prediction-on-ray-data)."""
 
-    # CPU actors that decode, detect and crop, and the CPUs each holds.
+    # CPU actors that decode, detect and crop, and the (logical) CPUs each holds. The defaults
+    # fit a 2-CPU machine with the model actor beside them; on a cluster, one loader per core.
     loaders: int = 2
-    cpus_per_loader: float = 1.0
+    cpus_per_loader: float = 0.75
     # Model actors running the batched forward passes: one GPU each when the cluster has GPUs
     # (device auto), else CPUs.
     models: int = 1
-    cpus_per_model: float = 1.0
+    cpus_per_model: float = 0.5
     gpus_per_model: float = 1.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Clips per forward pass (= per result shard), and per loader task.

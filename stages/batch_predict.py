@@ -27,44 +27,15 @@ from pipeline.config import load_config
 __all__ = ["main", "cli"]
 
 
-def main(
-    checkpoint: str,
-    listing: str,
-    out: str,
-    *,
-    config: str | None = None,
-    overrides: list[str] | None = None,
-    timeline_mode: str | None = None,
-    retry_errors: bool = False,
-    overwrite: bool = False,
-) -> int:
-    """The stage; returns the exit status (0: every input predicted, 1: some failed)."""
-    import dataclasses
-
-    from pipeline.batch_predict import run_batch_predict
-    from pipeline.config import PreprocessConfig
-    from pipeline.model.checkpoint import load_checkpoint
-    from pipeline.predict import recorded_preprocess
+def main(checkpoint: str, listing: str, out: str, *, config: str | None = None, overrides=None, **options) -> int:
+    """The stage: :func:`pipeline.batch_predict.batch_predict_command` with the config (or the
+    defaults); returns the exit status (0: every input predicted, 1: some failed)."""
+    from pipeline.batch_predict import batch_predict_command
 
     cfg = load_config(config, overrides or [])
-    prep = cfg.preprocess
-    if config is None:  # as predict: the crops the checkpoint records, else the defaults
-        _, extra = load_checkpoint(checkpoint)
-        recorded = recorded_preprocess(extra, checkpoint)
-        if recorded is not None:
-            prep = dataclasses.replace(prep, **{k: getattr(recorded, k) for k in PreprocessConfig.OUTPUT_FIELDS})
-    timeline = cfg.timeline if timeline_mode is None else dataclasses.replace(cfg.timeline, mode=timeline_mode)
-    summary = run_batch_predict(
-        checkpoint,
-        listing,
-        out,
-        cfg.batch_predict,
-        prep,
-        timeline=timeline,
-        retry_errors=retry_errors,
-        overwrite=overwrite,
-    )
-    return 1 if summary["errors"] else 0
+    # Crops as configured when a config or a preprocess override is given, else as the checkpoint records.
+    from_config = config is not None or any(o.startswith("preprocess.") for o in overrides or [])
+    return batch_predict_command(checkpoint, listing, out, cfg, crops_from_config=from_config, **options)
 
 
 def _parser():

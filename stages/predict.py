@@ -78,12 +78,14 @@ TIMELINE_FLAGS = {"timeline_mode": "mode", "window_s": "window_s", "stride_s": "
 TIMELINE_FLAGS |= {"max_tracks": "max_tracks", "aggregate": "aggregate"}
 
 
-def _timeline(base: TimelineConfig, args) -> TimelineConfig:
-    """The timeline settings: ``base`` with the flags given applied, checked like the config section."""
+def _timeline(cfg, args) -> TimelineConfig:
+    """The timeline settings: the config's section (or the defaults) with the flags given applied,
+    checked like the config section."""
     import dataclasses
 
     from pipeline.errors import UserError
 
+    base = cfg.timeline if cfg is not None else TimelineConfig()
     flags = {key: getattr(args, flag) for flag, key in TIMELINE_FLAGS.items() if getattr(args, flag) is not None}
     tl = dataclasses.replace(base, **flags)
     problems = tl.validate()
@@ -96,24 +98,22 @@ def cli(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.overrides and not args.config:
-        parser.error("--set needs --config (predict reads only its preprocess section)")
+        parser.error("--set needs --config (predict reads only its preprocess and timeline sections)")
 
     def body() -> int:
         cfg = load_config(args.config, args.overrides) if args.config else None
-        prep = cfg.preprocess if cfg else None
-        timeline = _timeline(cfg.timeline if cfg else TimelineConfig(), args)
         flags = {name: getattr(args, name) for name in CROP_FLAGS if getattr(args, name) is not None}
         return main(
             args.checkpoint,
             args.inputs,
-            prep=prep,
+            prep=cfg.preprocess if cfg else None,
             json_lines=args.json,
             batch_size=args.batch_size,
             top=args.top,
             device=args.device,
             workers=args.workers,
             crop_overrides=flags,
-            timeline=timeline,
+            timeline=_timeline(cfg, args),
             timeline_png=args.timeline_png,
         )
 
