@@ -222,15 +222,6 @@ def _checkpoint_digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _stored_temperature(extra: dict, source: str) -> float:
-    """The calibration temperature stored in the checkpoint, as ``predict`` applies it (1.0 on a
-    checkout without ``dferclip calibrate``)."""
-    from pipeline.model import checkpoint
-
-    read = getattr(checkpoint, "calibration_temperature", None)
-    return 1.0 if read is None else float(read(extra, source))
-
-
 # --- the actors -------------------------------------------------------------------------------
 
 
@@ -377,14 +368,14 @@ def run_batch_predict(
 ) -> dict:
     """Predict every listed input not yet in ``out``'s results; returns the summary (module doc)."""
     from pipeline.locks import folder_lock
-    from pipeline.model.checkpoint import load_checkpoint
+    from pipeline.model.checkpoint import calibration_temperature, load_checkpoint
 
     emit = logger.log if log is None else (lambda _level, message: log(message))
     problems = cfg.validate() + prep.validate() + ([] if timeline is None else timeline.validate())
     if problems:
         raise UserError("batch-predict: " + "; ".join(problems))
     model, extra = load_checkpoint(checkpoint)
-    temperature = _stored_temperature(extra, str(checkpoint))
+    temperature = calibration_temperature(extra, str(checkpoint))  # dferclip calibrate's, as predict applies it
     inputs = list(dict.fromkeys(list_inputs(listing)))  # each input once, in listing order
     root = Storage(out)
     # One writer per results folder (its lock file sits next to it, as a shard folder's does).
