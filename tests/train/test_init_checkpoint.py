@@ -258,3 +258,9 @@ def test_dferclip_train_init_from_runs_on_ray_and_records_the_file(train_store, 
     # Trained from the checkpoint, not from a fresh initialisation: the frozen text tower is its own.
     frozen = [n for n, p in reference.named_parameters() if not p.requires_grad]
     assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
+
+    # --resume continues from the run's own checkpoint: the init file is not needed any more.
+    init.unlink()
+    assert cli(["--resume", summary["paths"]["run_dir"], "--set", "train.epochs=2"]) == 0
+    resumed = json.loads(open(summary["paths"]["run_dir"] + "/summary.json").read())
+    assert resumed["resumed_from"] == [1] and resumed["init_checkpoint"] == summary["init_checkpoint"]
