@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import tempfile
 
@@ -28,6 +29,10 @@ def ray_local():
     from pipeline.raycluster import local_ray_env
 
     local_ray_env()
+    # Ray Train's controller looks at its workers every 2 s by default, so each fit ends (and a
+    # killed worker is noticed) up to 2 s after the fact; the suite runs dozens of fits. The
+    # controller inherits this from the driver's environment when ray.init starts the cluster.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: Ray's socket paths have a length limit
     os.environ["RAY_TMPDIR"] = tmp
     ray.init(
@@ -43,3 +48,21 @@ def ray_local():
         yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def mlflow_empty_db(tmp_path_factory):
+    """An MLflow SQLite database with its tables made, once per session: MLflow's schema
+    migrations take seconds every time a new database file is opened."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "empty.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def mlflow_uri(mlflow_empty_db, tmp_path) -> str:
+    """A fresh SQLite tracking store of this test's own (a copy of the empty database)."""
+    shutil.copy(mlflow_empty_db, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"

@@ -200,7 +200,7 @@ def test_resume_continues_from_the_last_checkpoint(trained):
 
 @pytest.mark.slow
 @pytest.mark.timeout(480)
-def test_killed_worker_restarts_from_last_checkpoint(train_store, tmp_path):
+def test_killed_worker_restarts_from_last_checkpoint(train_store, tmp_path, mlflow_uri):
     """Rank 1 exits (os._exit) in epoch 2; Ray Train restarts the group from epoch 1's checkpoint.
     Also covers the honest protocol: selection on a validation split, test reported once."""
     from stages.train import main
@@ -209,7 +209,7 @@ def test_killed_worker_restarts_from_last_checkpoint(train_store, tmp_path):
         tiny_config(
             train_store, tmp_path / "fail.yaml", fail_once_at_epoch=2, selection="validation", val_fraction=0.34
         ),
-        [f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlflow.db", "tracking.log_checkpoint=false"],
+        [f"tracking.mlflow_uri={mlflow_uri}", "tracking.log_checkpoint=false"],
     )
     summary = main(cfg)["runs"][0]
     run = Path(summary["paths"]["run_dir"])
@@ -242,11 +242,11 @@ def test_killed_worker_restarts_from_last_checkpoint(train_store, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(480)
-def test_kfold_command_writes_per_fold_and_mean_table(train_store, tmp_path):
+def test_kfold_command_writes_per_fold_and_mean_table(train_store, tmp_path, mlflow_uri):
     from stages.train import cli
 
     cfg_path = tiny_config(train_store, tmp_path / "kfold.yaml")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = mlflow_uri
     assert (
         cli(
             [
