@@ -1,30 +1,49 @@
-"""Training-step and evaluation time of DFER-CLIP vs a naive form of the same equations.
+"""Training-step time of DFER-CLIP against a baseline measured in the same process.
 
-Both models share one randomly initialised CLIP (ViT-B/32 architecture by default) and the
-same temporal / context parameters. The naive form is what a direct transcription of the
-paper does: einsum attention in the temporal model and the full 77-token text encoding on
-every step and every evaluation batch. Ours: fused attention, the text sequence cut after
-the last EOT (exact under the causal mask) and, in evaluation, text features encoded once.
-Runs interleaved (A, B, A, B, ...) so background load hits both alike; prints ratios.
+Baselines (``--vs``):
+
+- ``naive`` (default): a naive form of the same equations on the same parameters — einsum
+  attention in the temporal model and the full 77-token text encoding on every step and every
+  evaluation batch. Ours: fused attention, the text sequence cut after the last EOT (exact under
+  the causal mask) and, in evaluation, text features encoded once. Also times evaluation.
+- ``fp32``: ours at ``--precision`` (``train.precision``'s autocast) vs ours in fp32, one model.
+- ``eager``: ours with the image encoder compiled (``train.compile``) vs a second, identical
+  model left eager; both at ``--precision``. The compilation happens in the warm-up, untimed.
+- ``memory`` (with ``--data shards``): the step fed by the train stage's data path — Parquet
+  shards -> Ray Data -> ``ClipTransform`` (sample, decode, augment) on ``--data-cpus`` CPUs,
+  the same ``train_dataset`` the train stage builds — vs the same step on one in-memory batch:
+  is the device starved? Prints the ratio per CPU count, the data path's clips/s on its own
+  and the CPU-seconds it is given per clip.
+
+A and B alternate (A, B, A, B ...; the shard steps in blocks, so the data path streams as it
+would in training) so background load hits both alike; prints medians and ratios.
 
     python bench/model_step.py [--arch ViT-B-32] [--steps 4] [--batch 2] [--frames 16]
+        [--device cpu|cuda] [--precision fp32|bf16] [--vs naive|fp32|eager|memory]
+        [--data shards --data-cpus 2,4,8 --stored-frames 48]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for bench.data_path
+
 from pipeline.config import ModelConfig
 from pipeline.datasets import CLASSES_7
 from pipeline.llm import load_description_set
 from pipeline.model import build_model
+from pipeline.train.precision import PRECISIONS, autocast_for, prepare_model
 
 
 class NaiveDferClip(nn.Module):
@@ -67,39 +86,62 @@ class NaiveDferClip(nn.Module):
         return v @ self.text().t() * self.ours.logit_scale
 
 
-def timed(fn, n):
+def timed(fn, n, sync=lambda: None):
     out = []
     for _ in range(n):
+        sync()
         t0 = time.perf_counter()
         fn()
+        sync()
         out.append(time.perf_counter() - t0)
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arch", default="ViT-B-32")
-    ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--frames", type=int, default=16)
-    ap.add_argument("--eval-batches", type=int, default=4)
-    args = ap.parse_args()
-    torch.manual_seed(0)
+def build_ours(args, device):
+    torch.manual_seed(0)  # the same weights every time it is called
     cfg = ModelConfig(clip_model=args.arch, pretrained=None, num_frames=args.frames)
-    ours = build_model(cfg, list(CLASSES_7), load_description_set(None, list(CLASSES_7)))
+    model = build_model(cfg, list(CLASSES_7), load_description_set(None, list(CLASSES_7)))
+    return prepare_model(model, device, compile=False)
+
+
+def make_step(model, opt, precision, device):
+    """One training step as the recipe takes it (autocast forward, fp32 loss, backward, step)."""
+
+    def step(video, labels):
+        opt.zero_grad(set_to_none=True)
+        with autocast_for(device, precision):
+            logits = model(video)
+        F.cross_entropy(logits.float(), labels).backward()
+        opt.step()
+
+    return step
+
+
+def optimizer(model):
+    return torch.optim.SGD(model.param_groups(1e-5, 1e-2, 1e-3), lr=1e-3, momentum=0.9)
+
+
+def synced(device):
+    return (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+
+
+def header(args, device, what):
+    threads = torch.get_num_threads()
+    load = " load average {:.1f} {:.1f} {:.1f},".format(*os.getloadavg())
+    print(f"arch={args.arch} batch={args.batch}x{args.frames} frames, device {device}, {what},{load} threads={threads}")
+
+
+def vs_naive(args, device):
+    ours = build_ours(args, device)
     naive = NaiveDferClip(ours)
     size = ours.image_size
-    video = torch.rand(args.batch, args.frames, 3, size, size)
-    labels = torch.arange(args.batch) % len(CLASSES_7)
-    opt = torch.optim.SGD(ours.param_groups(1e-5, 1e-2, 1e-3), lr=1e-3, momentum=0.9)
+    video = torch.rand(args.batch, args.frames, 3, size, size, device=device)
+    labels = torch.arange(args.batch, device=device) % len(CLASSES_7)
+    opt = optimizer(ours)
+    sync = synced(device)
 
     def step(model):
-        def run():
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(video), labels).backward()
-            opt.step()
-
-        return run
+        return lambda: make_step(model, opt, "fp32", device)(video, labels)
 
     def evaluate(model):
         def run():
@@ -116,18 +158,204 @@ def main() -> None:
     step(ours)(), step(naive)()  # warm-up
     t_ours, t_naive = [], []
     for _ in range(args.steps):
-        t_ours += timed(step(ours), 1)
-        t_naive += timed(step(naive), 1)
+        t_ours += timed(step(ours), 1, sync)
+        t_naive += timed(step(naive), 1, sync)
     ours.eval()
     e_ours, e_naive = [], []
     for _ in range(2):
-        e_ours += timed(evaluate(ours), 1)
-        e_naive += timed(evaluate(naive), 1)
+        e_ours += timed(evaluate(ours), 1, sync)
+        e_naive += timed(evaluate(naive), 1, sync)
     mo, mn = statistics.median(t_ours), statistics.median(t_naive)
     eo, en = statistics.median(e_ours), statistics.median(e_naive)
-    print(f"arch={args.arch} batch={args.batch}x{args.frames} frames, CPU fp32, threads={torch.get_num_threads()}")
+    header(args, device, "fp32, ours vs naive")
     print(f"train step: ours {mo:.3f} s  naive {mn:.3f} s  ratio ours/naive = {mo / mn:.3f}  (target <= 1.0)")
     print(f"evaluation ({args.eval_batches} batches): ours {eo:.3f} s  naive {en:.3f} s  ratio = {eo / en:.3f}")
+
+
+def vs_variant(args, device):
+    """--vs fp32 (precision) or --vs eager (compile): A and B on the same input batch."""
+    a = build_ours(args, device)
+    if args.vs == "eager":
+        b = build_ours(args, device)  # identical weights, left eager
+        prepare_model(a, device, compile=True)
+        prec_a = prec_b = args.precision
+        names = (f"compiled ({args.precision})", f"eager ({args.precision})")
+    else:
+        b = a  # one model, two precisions
+        prec_a, prec_b = args.precision, "fp32"
+        names = (args.precision, "fp32")
+    size = a.image_size
+    video = torch.randint(0, 256, (args.batch, args.frames, 3, size, size), dtype=torch.uint8, device=device)
+    labels = torch.arange(args.batch, device=device) % len(CLASSES_7)
+    with torch.no_grad():  # the variant computes the same function (within its precision)
+        a.eval(), b.eval()
+        with autocast_for(device, prec_a):
+            la = a(video).float()
+        with autocast_for(device, prec_b):
+            lb = b(video).float()
+        diff = (la - lb).abs().max().item() / max(lb.abs().max().item(), 1e-6)
+    a.train(), b.train()
+    opt_a, opt_b = optimizer(a), (optimizer(b) if b is not a else None)
+    step_a = make_step(a, opt_a, prec_a, device)
+    step_b = make_step(b, opt_b or opt_a, prec_b, device)
+    sync = synced(device)
+    t0 = time.perf_counter()
+    step_a(video, labels)  # warm-up (and, for --vs eager, the compilation)
+    sync()
+    first = time.perf_counter() - t0
+    step_b(video, labels)
+    ta, tb = [], []
+    for _ in range(args.steps):
+        ta += timed(lambda: step_a(video, labels), 1, sync)
+        tb += timed(lambda: step_b(video, labels), 1, sync)
+    ma, mb = statistics.median(ta), statistics.median(tb)
+    header(args, device, f"{names[0]} vs {names[1]}, {args.steps} interleaved steps")
+    print(f"logits max relative difference {names[0]} vs {names[1]} (eval mode): {diff:.2e}")
+    print(f"first step of {names[0]} (warm-up incl. any compilation): {first:.2f} s")
+    print(
+        f"train step: {names[0]} {ma:.3f} s  {names[1]} {mb:.3f} s  ratio = {ma / mb:.3f}  "
+        f"({'faster' if ma < mb else 'not faster'}; all A: {', '.join(f'{t:.2f}' for t in ta)}; "
+        f"all B: {', '.join(f'{t:.2f}' for t in tb)})"
+    )
+
+
+def shard_rows(args, size: int, tmp: Path) -> tuple[Path, list[str]]:
+    """Parquet shards of generated face-like clips (bench/data_path.py's content and row layout):
+    ``--distinct`` clips, repeated under new clip ids until ``clips`` rows are written."""
+    import cv2
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench.data_path import face_like_frames
+    from pipeline.data.schema import SHARD_SCHEMA
+
+    rng = np.random.default_rng(0)
+    distinct = []
+    for _ in range(min(args.distinct, args.clips)):
+        frames = face_like_frames(args.stored_frames, size, rng)
+        distinct.append([cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes() for f in frames])
+    rows = [
+        {
+            "clip_id": f"clip{k:05d}",
+            "dataset": "bench",
+            "label": k % 7,
+            "label_name": str(k % 7),
+            "splits": ["1:train"],
+            "num_frames": args.stored_frames,
+            "frames": distinct[k % len(distinct)],
+            "boxes": [[0.0, 0.0, float(size), float(size)]] * args.stored_frames,
+            "face_fallback": False,
+            "source_path": "",
+            "fps": 25.0,
+        }
+        for k in range(args.clips)
+    ]
+    folder = tmp / "shards"
+    folder.mkdir()
+    per_file = 64
+    for i in range(0, len(rows), per_file):
+        part = pa.Table.from_pylist(rows[i : i + per_file], schema=SHARD_SCHEMA)
+        pq.write_table(part, folder / f"part-{i // per_file:05d}.parquet", row_group_size=8, compression="none")
+    return folder, [r["clip_id"] for r in rows]
+
+
+def vs_memory(args, device):
+    """--data shards: the step fed by the train stage's data path vs an in-memory batch."""
+    import dataclasses
+    import tempfile
+
+    import pyarrow.fs as pafs
+    import ray
+
+    from pipeline.config import AugmentConfig
+    from pipeline.raycluster import ensure_ray
+    from pipeline.train.data import ShardSet, train_dataset
+    from pipeline.train.driver import augment_spec
+    from pipeline.train.transforms import model_layout
+
+    model = build_ours(args, device)
+    size = model.image_size
+    opt = optimizer(model)
+    step = make_step(model, opt, args.precision, device)
+    sync = synced(device)
+    labels = torch.arange(args.batch, device=device) % len(CLASSES_7)
+    memory = torch.randint(0, 256, (args.batch, args.frames, size, size, 3), dtype=torch.uint8)
+    needed = (args.steps + 2) * args.batch
+    if args.clips < needed:
+        raise SystemExit(f"--clips {args.clips} < (steps + 2) x batch = {needed}: the stream would end early")
+    spec = dataclasses.replace(augment_spec(AugmentConfig(), "dfew"))  # a DFEW run's augmentation
+    header(args, device, f"{args.precision}, data path (shards) vs in-memory batch")
+    with tempfile.TemporaryDirectory(prefix="bench_step") as d:
+        folder, ids = shard_rows(args, args.stored_size, Path(d))
+        shards = ShardSet(str(folder), pafs.LocalFileSystem(), sorted(str(p) for p in folder.glob("*.parquet")), {})
+        print(
+            f"{args.clips} clips ({args.distinct} distinct) x {args.stored_frames} stored frames at "
+            f"{args.stored_size} px in {len(shards.paths)} shards -> {args.frames} frames at {size} px"
+        )
+        pin = device.type == "cuda"
+        for cpus in (int(c) for c in args.data_cpus.split(",")):
+            ensure_ray(num_cpus=cpus, dashboard=False)  # the project's local Ray (start-up waits, quiet logs)
+            try:
+                ds = train_dataset(
+                    shards, ids, num_frames=args.frames, image_size=size, augment=spec, seed=0, cache=False
+                )
+                ds.context.enable_progress_bars = False
+                # The data path alone: clips/s with nothing else in the way.
+                t0, n = time.perf_counter(), 0
+                for batch in ds.iter_batches(batch_size=args.batch, batch_format="numpy", prefetch_batches=2):
+                    n += len(batch["label"])
+                alone = n / (time.perf_counter() - t0)
+                it = iter(ds.iter_torch_batches(batch_size=args.batch, prefetch_batches=2, pin_memory=pin))
+
+                def from_shards(it=it):
+                    batch = next(it)
+                    video = model_layout(batch["video"]).to(device, non_blocking=True)
+                    step(video, batch["label"].to(device=device, dtype=torch.long))
+
+                def in_memory():
+                    step(model_layout(memory).to(device, non_blocking=True), labels)
+
+                from_shards(), in_memory()  # warm-up: the stream has started, the allocator is warm
+                t_sh, t_mem = [], []
+                block = max(1, args.steps // 2)
+                done = 0
+                while done < args.steps:  # blocks of steps, so the stream runs as it would in training
+                    k = min(block, args.steps - done)
+                    t_sh += timed(from_shards, k, sync)
+                    t_mem += timed(in_memory, k, sync)
+                    done += k
+            finally:
+                ray.shutdown()
+            ms, mm = statistics.median(t_sh), statistics.median(t_mem)
+            print(
+                f"  {cpus} Ray Data CPUs: step from shards {ms:.3f} s, in-memory {mm:.3f} s, ratio shards/memory = "
+                f"{ms / mm:.3f} (target <= 1.05 at 4 CPUs); {args.batch / ms:.1f} clips/s trained; data path "
+                f"alone {alone:.1f} clips/s = {cpus / alone * 1000:.1f} CPU-ms per clip given to it"
+            )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="ViT-B-32")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=16)
+    ap.add_argument("--eval-batches", type=int, default=4)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="train.precision of ours")
+    ap.add_argument("--vs", default="naive", choices=["naive", "fp32", "eager", "memory"], help="the baseline")
+    ap.add_argument("--data-cpus", default="2,4,8", help="--vs memory: Ray Data CPU counts to run")
+    ap.add_argument("--clips", type=int, default=0, help="--vs memory: clips in the shards (0: (steps + 2) x batch)")
+    ap.add_argument("--distinct", type=int, default=48, help="--vs memory: distinct generated clips")
+    ap.add_argument("--stored-frames", type=int, default=48, help="--vs memory: frames stored per clip")
+    ap.add_argument("--stored-size", type=int, default=224, help="--vs memory: stored crop size")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: no CUDA device is visible to torch")
+    args.clips = args.clips or (args.steps + 2) * args.batch
+    {"naive": vs_naive, "fp32": vs_variant, "eager": vs_variant, "memory": vs_memory}[args.vs](args, device)
 
 
 if __name__ == "__main__":

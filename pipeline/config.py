@@ -413,7 +413,11 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 1.0
+    # Autocast on the training device: bf16 on CPU or GPU, fp16 (with a GradScaler) on GPU only.
+    # fp32 by default, chosen from bench/model_step.py --vs fp32 (docs/benchmarks.md).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    # torch.compile the image encoder (in place; checkpoints unchanged). The first step compiles.
+    compile: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     seed: int = 0
     keep_checkpoints: int = 2  # >= 1: checkpoints each run keeps (Ray's num_to_keep)

@@ -120,7 +120,11 @@ class DferClip(nn.Module):
         cached until the context vectors change, so evaluation encodes the text once.
         """
         ctx = self.prompt_learner.ctx
-        key = (ctx._version, ctx.data_ptr(), ctx.device)
+        dev = ctx.device.type
+        # Under autocast (train.precision) the features come out in its dtype: a cached copy is
+        # only reused under the same autocast state, or fp32 and bf16 operands would meet.
+        amp = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+        key = (ctx._version, ctx.data_ptr(), ctx.device, amp)
         cacheable = not torch.is_grad_enabled()
         if cacheable and self._text_cache is not None and self._text_cache[0] == key:
             return self._text_cache[1]

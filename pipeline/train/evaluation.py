@@ -7,25 +7,16 @@ derived in :mod:`pipeline.metrics`.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.train.precision import autocast_for
 from pipeline.train.transforms import model_layout
 
 __all__ = ["autocast_for", "frame_pairs", "evaluate_pairs", "evaluate_model"]
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast_for(device: torch.device, precision: str):
-    """Mixed precision on GPU only; CPU training stays fp32 (CPU autocast is slower here)."""
-    if device.type == "cuda" and precision in _DTYPES:
-        return torch.autocast(device_type="cuda", dtype=_DTYPES[precision])
-    return contextlib.nullcontext()
 
 
 def frame_pairs(batches: Iterable[dict], device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

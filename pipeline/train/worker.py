@@ -29,6 +29,7 @@ from pipeline.model.checkpoint import checkpoint_payload
 from pipeline.storage import Storage
 from pipeline.train.evaluation import frame_pairs
 from pipeline.train.outputs import RunFiles
+from pipeline.train.precision import effective_precision, prepare_model
 from pipeline.train.recipe import Recipe, RunSpec, build_run_model, progress_line
 
 __all__ = ["train_loop_per_worker", "FAULT_MARKER", "CHECKPOINT_FILE"]
@@ -142,6 +143,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         model = build_run_model(spec)  # identical on every rank (DDP also broadcasts rank 0's weights)
         if saved is not None:
             model.load_state_dict(saved["state_dict"])
+    prepare_model(model, device, compile=t.compile)  # train.compile; channels-last on a GPU
     # The frozen text tower has no trainable parameters, so DDP registers none of them and every
     # registered parameter receives a gradient each step: no unused-parameter search needed.
     # Buffers (pixel statistics, token embeddings) are constants: no need to broadcast them.
@@ -153,7 +155,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     if saved is not None:
         recipe.load_state_dict(saved["extra"])
         logger.info("[%s] resumed from the checkpoint of epoch %d", spec.run_name, recipe.state.epoch)
-    if device.type != "cuda" and t.precision != "fp32" and rank == 0:
+    if effective_precision(device, t.precision) != t.precision and rank == 0:
         logger.info("[%s] train.precision=%s applies on GPU only; training in fp32 on CPU", spec.run_name, t.precision)
 
     files = RunFiles(storage) if rank == 0 else None
