@@ -52,9 +52,10 @@ def _check_outputs(out, cfg):
     return table
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_fast_sweep_outputs_and_early_stopping(ray_local, shard_root, tmp_path):
-    cfg = _config(shard_root, f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlflow.db")
+def test_fast_sweep_outputs_and_early_stopping(ray_local, shard_root, mlflow_uri):
+    cfg = _config(shard_root, f"tracking.mlflow_uri={mlflow_uri}")
     out = stage.main(cfg)
     assert not out.interrupted
     table = _check_outputs(out, cfg)
@@ -104,6 +105,7 @@ class _InterruptAfterFirstTrial(tune.Callback):
         self.sent = state["sent"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_interrupted_sweep_resumes(ray_local, shard_root):
     # Two trials at a time: the interrupt usually leaves a trial that was running (resumed from
