@@ -217,7 +217,7 @@ def test_main_help_text(monkeypatch, capsys):
     assert cli.main(["--help"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("usage: dferclip [-h] [-v | -q] COMMAND ...")
-    assert "DFER-CLIP dynamic facial expression recognition as a Ray pipeline." in text
+    assert "\n\nDFER-CLIP dynamic facial expression recognition as a Ray pipeline.\n\n" in text
     assert text.rstrip().endswith("Run `dferclip COMMAND --help` for a command's options.")
     assert _has_row(text, "  describe", "LLM stage: write per-class facial-behaviour descriptions (cached)")
     assert _has_row(text, "  train", "fit DFER-CLIP with Ray Train (DDP), checkpoints and resume")
