@@ -296,6 +296,7 @@ def vs_memory(args, device):
         pin = device.type == "cuda"
         for cpus in (int(c) for c in args.data_cpus.split(",")):
             ensure_ray(num_cpus=cpus, dashboard=False)  # the project's local Ray (start-up waits, quiet logs)
+            it = None
             try:
                 ds = train_dataset(
                     shards, ids, num_frames=args.frames, image_size=size, augment=spec, seed=0, cache=False
@@ -326,6 +327,8 @@ def vs_memory(args, device):
                     t_mem += timed(in_memory, k, sync)
                     done += k
             finally:
+                if it is not None:
+                    it.close()  # end the stream while Ray is still up
                 ray.shutdown()
             ms, mm = statistics.median(t_sh), statistics.median(t_mem)
             print(
