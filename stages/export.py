@@ -26,6 +26,19 @@ def main(checkpoint: str, out: str, *, fmt: str = "onnx", tolerance: float = 1e-
     return export_onnx(checkpoint, out, tolerance=tolerance)
 
 
+def _print_report(report, tolerance: float) -> None:
+    m = report.metadata
+    print(f"wrote {report.path} and {report.sidecar}")
+    print(
+        f"input {m['input']['shape']} float32 RGB in [0, 1] -> logits (batch, {len(m['class_names'])}): "
+        f"{', '.join(m['class_names'])}"
+    )
+    print(
+        f"onnxruntime vs PyTorch: max relative difference {report.max_rel_diff:.3g} "
+        f"(batches {', '.join(map(str, report.check_batches))}; tolerance {tolerance:g})"
+    )
+
+
 def cli(argv=None) -> int:
     parser = command_parser("dferclip export", __doc__)
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="onnx", help="export format (onnx)")
@@ -40,17 +53,7 @@ def cli(argv=None) -> int:
     args = parser.parse_args(argv)
 
     def body() -> None:
-        report = main(args.checkpoint, args.out, fmt=args.fmt, tolerance=args.tolerance)
-        m = report.metadata
-        print(f"wrote {report.path} and {report.sidecar}")
-        print(
-            f"input {m['input']['shape']} float32 RGB in [0, 1] -> logits (batch, {len(m['class_names'])}): "
-            f"{', '.join(m['class_names'])}"
-        )
-        print(
-            f"onnxruntime vs PyTorch: max relative difference {report.max_rel_diff:.3g} "
-            f"(batches {', '.join(map(str, report.check_batches))}; tolerance {args.tolerance:g})"
-        )
+        _print_report(main(args.checkpoint, args.out, fmt=args.fmt, tolerance=args.tolerance), args.tolerance)
 
     return run_cli(body)
 

@@ -43,7 +43,7 @@ def main(checkpoint: str, out: str, **options) -> str:
     return str(path)
 
 
-def cli(argv=None) -> int:
+def _parser():
     parser = command_parser("dferclip import-official", __doc__)
     parser.add_argument("checkpoint", help="a .pth saved by the published main.py")
     parser.add_argument("--out", required=True, help="the project checkpoint to write (e.g. models/dfew-set1.pt)")
@@ -72,20 +72,27 @@ def cli(argv=None) -> int:
         default=PUBLISHED_TEMPORAL_HEADS,
         help=f"attention heads of the temporal model (not in the weights; default {PUBLISHED_TEMPORAL_HEADS}, as published)",
     )
+    return parser
+
+
+def _classes(args) -> list[str] | None:
+    """The class order --classes or --dataset names; None: the paper's order for the class count."""
+    if args.classes:
+        return [c.strip() for c in args.classes.split(",") if c.strip()]
+    return list(get_dataset(args.dataset).classes) if args.dataset else None
+
+
+def cli(argv=None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.dataset and args.classes:
         parser.error("give --dataset or --classes, not both")
 
     def body() -> None:
-        classes = None
-        if args.classes:
-            classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-        elif args.dataset:
-            classes = list(get_dataset(args.dataset).classes)
         main(
             args.checkpoint,
             args.out,
-            classes=classes,
+            classes=_classes(args),
             texts=args.texts,
             clip_model=args.clip_model,
             class_token_position=args.class_token_position,

@@ -42,12 +42,9 @@ def main(settings, *, wait: bool = True) -> str:
     if not wait:
         return _start(start, settings)
 
-    def stop(signum, frame):
-        raise KeyboardInterrupt  # SIGTERM (kill, docker stop) stops as Ctrl-C does: cleanly
-
     # After Ray's start-up, before the app's: Ray's own SIGTERM handler would end the process at
     # once and leave a local Ray's helper processes behind.
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, _stop)
     try:
         _start(start, settings)
         while True:
@@ -55,6 +52,10 @@ def main(settings, *, wait: bool = True) -> str:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def _stop(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (kill, docker stop) stops as Ctrl-C does: cleanly
 
 
 def _start(start, settings) -> str:
@@ -69,6 +70,12 @@ def _start(start, settings) -> str:
         url,
     )
     return url
+
+
+def _overrides(args) -> list[str]:
+    """--set's overrides, then --host and --port as the serve keys they stand for."""
+    flags = {"serve.host": args.host, "serve.port": args.port}
+    return list(args.overrides) + [f"{key}={value}" for key, value in flags.items() if value is not None]
 
 
 def cli(argv=None) -> int:
@@ -89,13 +96,7 @@ def cli(argv=None) -> int:
     def body() -> None:
         from pipeline.serve.settings import settings_from
 
-        overrides = list(args.overrides)
-        if args.host is not None:
-            overrides.append(f"serve.host={args.host}")
-        if args.port is not None:
-            overrides.append(f"serve.port={args.port}")
-        settings = settings_from(args.checkpoint, args.onnx, args.config, overrides, args.device)
-        main(settings)
+        main(settings_from(args.checkpoint, args.onnx, args.config, _overrides(args), args.device))
 
     return run_cli(body, interrupted="serve: stopped")
 
