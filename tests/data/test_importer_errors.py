@@ -278,3 +278,59 @@ def test_the_inputs_hash_follows_the_files_and_the_clips(tmp_path):
     table = load_clip_table(cfg)
     table.classes = ["happiness"]
     assert table.inputs_hash() != load_clip_table(cfg).inputs_hash()
+
+
+# ---- what each importer records, and labels that disagree --------------------------------------
+
+
+def test_each_table_names_its_dataset_and_keeps_other_classes_as_notes(tmp_path):
+    d = tmp_path / "ferv"
+    _ferv(d, "A/Happy/1 Happy\nA/Fear/2 Fear\n")
+    t = load_clip_table(DatasetConfig(name="ferv39k", root=str(d), classes=["happiness"]))
+    assert t.dataset == "ferv39k" and [c.clip_id for c in t.clips] == ["A/Happy/1"]
+    assert t.notes == ["skipped 1 clip(s) labelled 'fear' (not in the configured classes)"]
+    m = tmp_path / "mafw"
+    _mafw(m, "00001.mp4 anger\n00002.mp4 contempt\n")
+    _mafw(m, "00003.mp4 anger\n", fold=6)  # MAFW has folds 1..5: a set_6 is not read
+    _mafw(m, "00004.mp4 anger\n", fold=0)
+    t = load_clip_table(DatasetConfig(name="mafw", root=str(m), classes=["anger", "fear"]))
+    assert t.dataset == "mafw" and [c.clip_id for c in t.clips] == ["00001"]
+    assert t.notes == ["skipped 1 clip(s) labelled 'contempt' (not in the configured classes)"]
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (ann / "DFEW_set_1_train.txt").write_text("/x/00001 16 0\n/x/00002 16 6\n")
+    t = load_clip_table(DatasetConfig(name="dfew", annotations=str(ann), classes=["fear"]))
+    assert t.dataset == "dfew" and [(c.clip_id, c.label) for c in t.clips] == [("00002", 0)]
+    assert t.notes == ["skipped 1 clip(s) labelled 'happiness' (not in the configured classes)"]
+    _dfew_csv(tmp_path / "dfew", 1, "train", "video_name,label\n1,1\n")
+    assert load_clip_table(DatasetConfig(name="dfew", root=str(tmp_path / "dfew"))).dataset == "dfew"
+    f = tmp_path / "labels.csv"
+    f.write_text("path,label\na.mp4,anger\n")
+    assert load_clip_table(DatasetConfig(name="csv", annotations=str(f))).dataset == "csv"
+    assert clips_from_records([], "demo", ["a"]).dataset == "demo"
+
+
+def test_a_clip_labelled_two_ways_names_the_line(tmp_path):
+    d = _ferv(tmp_path / "ferv", "A/B/1 Happy\n", "A/B/1 Sad\n")
+    assert _message(DatasetConfig(name="ferv39k", root=str(tmp_path / "ferv"))) == (
+        f"{d / 'test_All.csv'}, line 1: clip 'A/B/1' is labelled 'sadness' here but 'happiness' elsewhere"
+    )
+    _mafw(tmp_path / "mafw", "00001.mp4 anger\n")
+    f = _mafw(tmp_path / "mafw", "00001.mp4 fear\n", split="test")
+    assert _message(DatasetConfig(name="mafw", root=str(tmp_path / "mafw"))) == (
+        f"{f}, line 1: clip '00001' is labelled 'fear' here but 'anger' elsewhere"
+    )
+    ann = tmp_path / "ann"
+    ann.mkdir()
+    (ann / "DFEW_set_1_train.txt").write_text("/x/00001 16 0\n")
+    (ann / "DFEW_set_1_test.txt").write_text("/x/00001 16 1\n")
+    assert _message(DatasetConfig(name="dfew", annotations=str(ann))) == (
+        f"{ann / 'DFEW_set_1_train.txt'}, line 1: clip '00001' is labelled 'happiness' here but 'sadness' elsewhere"
+    )
+    with pytest.raises(UserError) as err:
+        clips_from_records(
+            [{"path": "/x/a", "label": 0, "clip_id": "c"}, {"path": "/x/b", "label": 1, "clip_id": "c"}],
+            "demo",
+            list(CLASSES_7),
+        )
+    assert str(err.value) == "clips[1]: clip 'c' is labelled 'sadness' here but 'happiness' elsewhere"
