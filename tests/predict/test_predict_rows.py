@@ -115,11 +115,12 @@ def test_failures_make_exit_1_and_are_counted(ckpt, tmp_path, caplog):
     missing = str(tmp_path / "missing.mp4")
     buf = io.StringIO()
     with caplog.at_level(logging.WARNING, logger="pipeline.predict_output"):
-        rc = predict_command(str(ckpt), [frames, missing], crop_overrides={"detector": "none"}, out=buf, workers=1)
+        # the failed input first: the count is of every failure, not the last input's
+        rc = predict_command(str(ckpt), [missing, frames], crop_overrides={"detector": "none"}, out=buf, workers=1)
     assert rc == 1
     lines = buf.getvalue().splitlines()
     assert lines[0].startswith("path" + " " * 56 + "  label")  # the column is capped at 60
-    assert lines[2] == f"{missing:<60}  ERROR: file not found"
+    assert lines[1] == f"{missing:<60}  ERROR: file not found"
     assert [r.getMessage() for r in caplog.records] == [
         "predict: 1 of 2 input(s) could not be read (see the ERROR rows above)"
     ]
