@@ -48,7 +48,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("stages.pretrain", "contrastive pretraining of a small CLIP on captioned synthetic faces"),
     "export": ("stages.export", "export a checkpoint to ONNX (checked against PyTorch with onnxruntime)"),
     "serve": ("stages.serve", "serve a checkpoint over HTTP with Ray Serve (predict's JSON per request)"),
-    "import-official": ("stages.import_official", "convert a checkpoint of the published DFER-CLIP code to this format"),
+    "import-official": ("stages.import_official", "convert a checkpoint saved by the published DFER-CLIP code"),
 }
 
 
