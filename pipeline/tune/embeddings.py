@@ -251,7 +251,7 @@ def ensure_embeddings(
         },
         batch_size=batch_size,
         batch_format="pyarrow",
-        concurrency=workers,
+        compute=ray.data.ActorPoolStrategy(size=workers),  # `concurrency=` is deprecated since Ray 2.51
         num_cpus=cpus,
         num_gpus=gpus,
     )
