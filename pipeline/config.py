@@ -139,8 +139,10 @@ class ModelConfig:
         # Frames per clip, each through the image encoder: the paper uses 16; far more is a typo.
         if self.num_frames > 256:
             problems.append(f"num_frames: must be <= 256, got {self.num_frames}")
-        if self.temporal_depth < 0:
-            problems.append(f"temporal_depth: must be >= 0, got {self.temporal_depth}")
+        # With no layer the output class token is the learnt token plus its position embedding:
+        # a constant that ignores the frames (a sweep cell at depth 0 sat exactly at chance).
+        if self.temporal_depth < 1:
+            problems.append(f"temporal_depth: must be >= 1, got {self.temporal_depth}")
         if self.logit_scale is not None and self.logit_scale <= 0:
             problems.append(f"logit_scale: must be > 0 or null, got {self.logit_scale}")
         return problems

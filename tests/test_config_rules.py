@@ -22,7 +22,7 @@ RULES = [
         for k in ("num_frames", "temporal_heads", "temporal_head_dim", "temporal_mlp_dim", "n_ctx")
     ],
     (["model.num_frames=257"], "model.num_frames: must be <= 256, got 257", ["model.num_frames=256"]),
-    (["model.temporal_depth=-1"], "model.temporal_depth: must be >= 0, got -1", ["model.temporal_depth=0"]),
+    (["model.temporal_depth=0"], "model.temporal_depth: must be >= 1, got 0", ["model.temporal_depth=1"]),
     (["model.logit_scale=0"], "model.logit_scale: must be > 0 or null, got 0.0", ["model.logit_scale=0.001"]),
     (["model.logit_scale=-2.5"], "model.logit_scale: must be > 0 or null, got -2.5", ["model.logit_scale=null"]),
     # --- describe ---

@@ -91,10 +91,10 @@ def test_nested_spelling_from_set_overrides():
 
 def test_set_replaces_one_entry_of_a_files_space(tmp_path):
     path = tmp_path / "sweep.yaml"
-    path.write_text("tune:\n  space:\n    model.n_ctx: [2, 8]\n    model.temporal_depth: [0, 2]\n")
-    assert load_config(path).tune.space == {"model.n_ctx": [2, 8], "model.temporal_depth": [0, 2]}
+    path.write_text("tune:\n  space:\n    model.n_ctx: [2, 8]\n    model.temporal_depth: [1, 2]\n")
+    assert load_config(path).tune.space == {"model.n_ctx": [2, 8], "model.temporal_depth": [1, 2]}
     cfg = load_config(path, ["tune.space.model.n_ctx=[16]"])
-    assert cfg.tune.space == {"model.n_ctx": [16], "model.temporal_depth": [0, 2]}
+    assert cfg.tune.space == {"model.n_ctx": [16], "model.temporal_depth": [1, 2]}
 
 
 def test_apply_params_returns_a_new_validated_config():

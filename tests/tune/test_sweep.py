@@ -28,7 +28,7 @@ def _check_outputs(out, cfg):
     table = pd.read_parquet(os.path.join(out.path, "results.parquet"))
     csv = pd.read_csv(os.path.join(out.path, "results.csv"))
     assert len(table) == len(csv) == 4
-    assert sorted(map(tuple, table[PARAMS].to_numpy().tolist())) == [(2, 0), (2, 2), (8, 0), (8, 2)]
+    assert sorted(map(tuple, table[PARAMS].to_numpy().tolist())) == [(2, 1), (2, 2), (8, 1), (8, 2)]
     for col in ("trial", "best_value", "best_epoch", "epochs_run", "wall_time_s", "status"):
         assert col in table
     assert (table["wall_time_s"] > 0).all() and table["best_value"].notna().all()
