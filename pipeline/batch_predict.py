@@ -285,6 +285,8 @@ class ModelActor:
         from pipeline.timeline import write_timeline_png
 
         rows = batch.to_pylist()
+        # These bytes are pickle.dumps of this job's own loader actors (LoadActor above), passed
+        # through Ray Data's blocks as Ray passes any object; no input file is ever unpickled.
         loaded = [None if r["loaded"] is None else pickle.loads(r["loaded"]) for r in rows]
         ok = [c for c in loaded if c is not None]
         videos = [c.video[None] if isinstance(c, LoadedClip) else c.videos for c in ok]
