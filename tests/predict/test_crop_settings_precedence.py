@@ -58,3 +58,11 @@ def test_the_cli_passes_config_over_an_unusable_record(tmp_path):
     config = tmp_path / "exp.yaml"
     config.write_text("preprocess:\n  crop_size: 96\n")
     assert predict_stage.cli([missing, "--checkpoint", str(ckpt), "--config", str(config), "--device", "cpu"]) == 1
+
+
+def test_every_problem_is_listed_and_an_unnamed_record_is_the_checkpoints():
+    with pytest.raises(UserError, match=r"^predict: crop_size: must be in 8..1024, got 4; --top: must be >= 1, got 0$"):
+        _crop_settings(None, RECORDED, {"crop_size": 4}, 0)
+    # no source given: the record's errors name "<checkpoint>" (predict passes the file's path)
+    with pytest.raises(UserError, match=r"^<checkpoint>: the crop settings it records are not valid"):
+        _crop_settings(None, {"preprocess": {"crop_size": 4096}}, None, None)

@@ -4,6 +4,7 @@ and failure count on a real micro checkpoint."""
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import logging
@@ -13,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.config import TimelineConfig
 from pipeline.datasets import CLASSES_7
+from pipeline.errors import UserError
 from pipeline.model import build_model, save_checkpoint
 from pipeline.predict import Prediction
-from pipeline.predict_output import json_row, predict_command, table_header, table_row
+from pipeline.predict_output import json_row, predict_command, table_header, table_row, track_row
 from tests.micro import micro_model
 
 OK = Prediction(
@@ -74,6 +77,15 @@ def test_json_rows():
     assert {k: v for k, v in json.loads(json_row(OK, 2)).items() if k != "top"} == plain
     failed = json.loads(json_row(Prediction(path="b.mp4", error="file not found"), 2))
     assert "top" not in failed and failed["ok"] is False and failed["error"] == "file not found"
+
+
+def test_track_rows():
+    # track id, its span with one decimal (0.25 and 4.96 round to 0.2 and 5.0), the number of its
+    # windows, its label and probability with 3 decimals, the aggregate that made them.
+    track = {"track": 2, "first_s": 0.25, "last_s": 4.96, "windows": [{}, {}, {}], "label": "fear"}
+    assert track_row({**track, "probability": 0.4166}, "majority") == (
+        "  track 2 [0.2-5.0 s, 3 windows]: fear 0.417 (majority)"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +156,79 @@ def test_failures_make_exit_1_and_are_counted(ckpt, tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "predict: 1 of 1 input(s) could not be read (see the error fields above)"
     ]
+
+
+class FlushLog(io.StringIO):
+    """An output that records what had been written at each flush (``print(flush=True)`` calls it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flushed: list[str] = []
+
+    def flush(self):
+        self.flushed.append(self.getvalue())
+        super().flush()
+
+
+def test_timeline_tracks_and_top_columns_stream_out_line_by_line(ckpt, tmp_path, monkeypatch):
+    # 12 frames read at 4 fps as a timeline of 1 s windows every 1 s: windows (0, 4), (4, 8),
+    # (8, 12); with detector none the whole frame is the one face, track 0, frames 0..11 =
+    # 0.0 .. 2.75 s, printed with one decimal (2.75 rounds half to even: 2.8).
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for t in range(12):
+        cv2.imwrite(str(folder / f"{t}.png"), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    monkeypatch.chdir(tmp_path)
+    cfg = TimelineConfig(mode="on", window_s=1.0, stride_s=1.0, folder_fps=4.0, aggregate="max")
+    out = FlushLog()
+    rc = predict_command(
+        str(ckpt), ["clip"], crop_overrides={"detector": "none"}, top=2, timeline=cfg, out=out, workers=1
+    )
+    assert rc == 0
+    header, row, track = out.getvalue().splitlines()
+    assert header == "path" + "  " + "label" + " " * 9 + " " + "  prob" + "  face" + "  top 2"
+    # path, label, prob, face "ok" (the detector override reached the crops), then the top 2
+    # classes with their probabilities: the first is the label.
+    name, label, prob, face, first, first_p, second, second_p = row.split()
+    assert (name, face, first, first_p) == ("clip", "ok", label, prob + ",")
+    assert second in CLASSES_7 and second != label and float(second_p) <= float(prob)
+    # The video's label and probability are its track 0's aggregate.
+    assert track == f"  track 0 [0.0-2.8 s, 3 windows]: {label} {prob} (max)"
+    # Every line is flushed as it is written: a reader sees each row when its clip is done.
+    lines = out.getvalue().splitlines(keepends=True)
+    assert out.flushed == ["".join(lines[: i + 1]) for i in range(len(lines))]
+
+
+def test_json_lines_carry_the_top_classes(ckpt, tmp_path):
+    buf = io.StringIO()
+    frames = str(_frames(tmp_path / "f"))
+    assert predict_command(str(ckpt), [frames], json_lines=True, top=2, out=buf, workers=1) == 0
+    (row,) = [json.loads(line) for line in buf.getvalue().splitlines()]
+    ranked = sorted(row["probabilities"].items(), key=lambda kv: -kv[1])[:2]
+    assert row["top"] == [{"label": c, "probability": v} for c, v in ranked]
+    assert row["face_fallback"] is True  # the default detector finds no face in noise: crop settings reached it
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ({"top": 0}, r"^predict: --top: must be >= 1, got 0$"),
+        ({"device": "no-such-device"}, r"^predict: bad device 'no-such-device'"),
+        ({"batch_size": 0}, r"^predict: batch size must be >= 1, got 0$"),
+        ({"workers": 0}, r"^predict: workers must be >= 1, got 0$"),
+    ],
+)
+def test_options_reach_the_prediction(ckpt, tmp_path, option, message):
+    with pytest.raises(UserError, match=message):
+        predict_command(str(ckpt), [str(tmp_path / "clip.mp4")], out=io.StringIO(), **option)
+
+
+def test_defaults_are_the_clis():
+    # docs/predict.md: --batch-size [8], --workers [2], --device [auto]; a Python caller gets the same.
+    params = inspect.signature(predict_command).parameters
+    assert {k: params[k].default for k in ("batch_size", "workers", "device")} == {
+        "batch_size": 8,
+        "workers": 2,
+        "device": "auto",
+    }
