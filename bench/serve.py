@@ -39,6 +39,43 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _cpu_seconds() -> dict[int, tuple[str, float]]:
+    """CPU seconds (user + system) so far of this process and of every process below it (the
+    local Ray this bench started: replicas, Serve's proxy and controller, raylet, GCS), by pid,
+    with the process's role. From /proc: CPU time per request is what a loaded machine distorts
+    least."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, list[str]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stats[int(pid)] = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    out: dict[int, tuple[str, float]] = {}
+    todo = [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:  # Ray retitles its workers: ray::ServeReplica:<app>:<deployment>[.<method>]
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if pid == os.getpid():
+            role = "client (this process)"
+        elif "ServeReplica:" in title:
+            role = title.split("ServeReplica:", 1)[1].split(":")[-1].split(".")[0].split()[0] + " replicas"
+        elif "ProxyActor" in title:
+            role = "HTTP proxy"
+        else:
+            role = "rest of Ray"
+        fields = stats[pid]
+        out[pid] = (role, (int(fields[11]) + int(fields[12])) / tick)  # utime + stime
+    return out
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
@@ -105,14 +142,20 @@ def main() -> None:
             post()
         lat: dict[str, list[float]] = {"sequential": [], "concurrent": []}
         wall: dict[str, float] = {"sequential": 0.0, "concurrent": 0.0}
-        for _ in range(2):
-            t0 = time.perf_counter()
-            lat["sequential"] += [post() for _ in range(args.requests)]
-            wall["sequential"] += time.perf_counter() - t0
-            with ThreadPoolExecutor(args.clients) as pool:
-                t0 = time.perf_counter()
-                lat["concurrent"] += list(pool.map(lambda _: post(), range(args.requests)))
-                wall["concurrent"] += time.perf_counter() - t0
+        cpu: dict[str, dict[str, float]] = {"sequential": {}, "concurrent": {}}
+
+        def measure(mode: str, run) -> None:
+            before, t0 = _cpu_seconds(), time.perf_counter()
+            lat[mode] += run()
+            wall[mode] += time.perf_counter() - t0
+            for pid, (role, seconds) in _cpu_seconds().items():
+                spent = seconds - before.get(pid, (role, 0.0))[1]
+                cpu[mode][role] = cpu[mode].get(role, 0.0) + spent
+
+        with ThreadPoolExecutor(args.clients) as pool:
+            for _ in range(2):
+                measure("sequential", lambda: [post() for _ in range(args.requests)])
+                measure("concurrent", lambda: list(pool.map(lambda _: post(), range(args.requests))))
         model = serve.get_deployment_handle("Model", app_name="dferclip")
         stats = model.stats.remote().result()
     finally:
@@ -122,7 +165,7 @@ def main() -> None:
     n = 2 * args.requests
     print(
         f"serve: micro DFER-CLIP (T=8, 32 px), a {args.frames}-frame {w}x{h} clip ({len(data) / 1e3:.0f} KB) per request; "
-        f"{os.cpu_count()} cores; 2 decoder replicas x 2 threads, 1 model replica"
+        f"{os.cpu_count()} cores; 2 ingress+decoder replicas x 2 threads, 1 model replica"
     )
     for mode in ("sequential", "concurrent"):
         who = "1 client, one at a time" if mode == "sequential" else f"{args.clients} concurrent clients"
@@ -130,6 +173,14 @@ def main() -> None:
             f"  {who:<26} {n / wall[mode]:6.1f} req/s   p50 {1000 * _pct(lat[mode], 50):6.0f} ms   "
             f"p99 {1000 * _pct(lat[mode], 99):6.0f} ms   ({n} requests)"
         )
+    roles = sorted(set(cpu["sequential"]) | set(cpu["concurrent"]))
+    print("  CPU ms per request (all processes of this run; sequential / concurrent):")
+    for role in roles + ["total"]:
+        seq, conc = (
+            1000 * (sum(cpu[m].values()) if role == "total" else cpu[m].get(role, 0.0)) / n
+            for m in ("sequential", "concurrent")
+        )
+        print(f"    {role:<24} {seq:6.1f} / {conc:6.1f}")
     ratio = (n / wall["concurrent"]) / (n / wall["sequential"])
     print(f"  throughput ratio concurrent / sequential: {ratio:.2f}x")
     mean_batch = stats["rows"] / max(1, stats["batches"])

@@ -1,15 +1,21 @@
-"""The Ray Serve application of ``dferclip serve``: three deployments.
+"""The Ray Serve application of ``dferclip serve``: two deployments.
 
-- ``Api`` (the HTTP ingress, no CPU of its own): routes, the body size limit, the request time
-  limit, back-pressure (``max_ongoing_requests`` + ``max_queued_requests``: beyond them Serve
-  answers 503 at once instead of queueing without bound), and the answer: predict's JSON row
-  (:func:`pipeline.predict_output.json_row` of :func:`pipeline.predict.make_prediction`).
-- ``Decoder`` (CPU): writes the upload to a temporary folder and loads it with predict's own
+- ``Decoder`` (CPU), the HTTP ingress: routes, the body size limit, the request time limit,
+  back-pressure (``max_ongoing_requests`` + ``max_queued_requests``: beyond them Serve answers
+  503 at once instead of queueing without bound); then, in one of ``serve.decoder_threads``
+  threads, the upload is written to a temporary folder and loaded with predict's own
   :class:`pipeline.predict.ClipLoader` (the preprocess stage's decode, face detection, tracking
   and crops; a timeline for a long video as predict's ``timeline`` setting says), with the serve
-  limits as the per-clip caps.
+  limits as the per-clip caps; and the answer: predict's JSON row
+  (:func:`pipeline.predict_output.json_row` of :func:`pipeline.predict.make_prediction`).
 - ``Model`` (CPU or GPU): :mod:`pipeline.serve.backends` (PyTorch or onnxruntime), the clips of
   concurrent requests batched into one forward pass by ``@serve.batch``.
+
+Why the ingress decodes (bench/serve.py prints CPU per request by process): every Serve hop
+costs CPU on both sides (the call, pickling, the event loops), so a separate no-CPU ingress in
+front of the decoder, passing the upload along and the loaded clip back, cost about a fifth of
+each request's CPU. The decode still has replicas and CPUs of its own, apart from the model's;
+only the model's uint8 frames cross a process boundary.
 
 Routes: ``GET /healthz`` (200 and what is served; Serve's own ``/-/healthz`` is the proxy's),
 ``POST /predict`` (docs/serve.md: a raw video, a multipart form, or JSON frames; ``?top=K`` adds
@@ -29,6 +35,7 @@ import json
 import logging
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +46,7 @@ from pipeline.serve.backends import load_backend
 from pipeline.serve.requests import BadRequest, materialise, parse_upload
 from pipeline.serve.settings import CAPS, ServeSettings, settings_from
 
-__all__ = ["ServeSettings", "settings_from", "build_app", "app_builder", "start", "Api", "Decoder", "Model"]
+__all__ = ["ServeSettings", "settings_from", "build_app", "app_builder", "start", "Decoder", "Model"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,43 +60,6 @@ def _json(status: int, body: Any, headers: dict | None = None):
 
 def _error(status: int, message: str, **more):
     return _json(status, {"error": message, **more})
-
-
-@serve.deployment(ray_actor_options={"num_cpus": 1})
-class Decoder:
-    """An upload -> a LoadedClip / LoadedTimeline, or (status, message) for a bad one."""
-
-    def __init__(self, settings: ServeSettings):
-        from pipeline.predict import ClipLoader
-
-        self.settings = settings
-        self.loader = ClipLoader(settings.info.num_frames, settings.info.image_size, settings.loader_prep())
-
-    def _load(self, upload):
-        from pipeline.data.video import ClipOverCap, UnreadableClip
-        from pipeline.predict import _reason
-
-        with tempfile.TemporaryDirectory(prefix="dferclip-serve-") as tmp:
-            source = materialise(upload, Path(tmp))
-            try:
-                return self.loader.load_input(source, self.settings.timeline)
-            except ClipOverCap as exc:
-                key = CAPS.get(exc.key)
-                # The caps' message names the temporary file and the preprocess key: name the
-                # upload and the key that set the cap here.
-                text = str(exc).replace(str(source), upload.name)
-                if key is not None and getattr(self.settings.serve, key) == exc.cap:
-                    text = text.replace(f"preprocess.{exc.key}", f"serve.{key}")
-                return (413, text)
-            except UnreadableClip as exc:
-                return (422, str(exc).replace(str(source), upload.name))
-            except Exception as exc:  # noqa: BLE001 — any failure on one upload is that upload's answer
-                return (422, _reason(exc).replace(str(source), upload.name))
-
-    async def __call__(self, upload):
-        # In a thread: the event loop stays free to take the next upload (OpenCV and PyAV
-        # release the GIL while they work); max_ongoing_requests bounds the threads.
-        return await asyncio.to_thread(self._load, upload)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1})
@@ -117,11 +87,21 @@ class Model:
         return {"rows": self.rows, "batches": self.batches}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0})
-class Api:
-    def __init__(self, decoder, model, settings: ServeSettings):
-        self.decoder, self.model, self.settings = decoder, model, settings
+@serve.deployment(ray_actor_options={"num_cpus": 1})
+class Decoder:
+    """The HTTP ingress, which also decodes and crops: a request's body is checked, decoded and
+    cropped in this replica, and only the model's (N, T, S, S, 3) uint8 frames travel on to
+    :class:`Model`. One hop per request instead of three (docs/serve.md, "How it runs")."""
+
+    def __init__(self, model, settings: ServeSettings):
+        from pipeline.predict import ClipLoader
+
+        self.model, self.settings = model, settings
         self.limit = int(settings.serve.max_upload_mb * 1024 * 1024)
+        self.loader = ClipLoader(settings.info.num_frames, settings.info.image_size, settings.loader_prep())
+        # serve.decoder_threads uploads decode at once (OpenCV and PyAV release the GIL while
+        # they work); the other requests in progress wait here for a thread, cheaply.
+        self.threads = ThreadPoolExecutor(settings.serve.decoder_threads, thread_name_prefix="dferclip-decode")
 
     async def _body(self, request) -> bytes:
         size = request.headers.get("content-length")
@@ -147,6 +127,28 @@ class Api:
             raise BadRequest(400, f"top: must be a whole number >= 1, got {raw!r}")
         return int(raw)
 
+    def _load(self, upload):
+        """An upload -> a LoadedClip / LoadedTimeline, or (status, message) for a bad one."""
+        from pipeline.data.video import ClipOverCap, UnreadableClip
+        from pipeline.predict import _reason
+
+        with tempfile.TemporaryDirectory(prefix="dferclip-serve-") as tmp:
+            source = materialise(upload, Path(tmp))
+            try:
+                return self.loader.load_input(source, self.settings.timeline)
+            except ClipOverCap as exc:
+                key = CAPS.get(exc.key)
+                # The caps' message names the temporary file and the preprocess key: name the
+                # upload and the key that set the cap here.
+                text = str(exc).replace(str(source), upload.name)
+                if key is not None and getattr(self.settings.serve, key) == exc.cap:
+                    text = text.replace(f"preprocess.{exc.key}", f"serve.{key}")
+                return (413, text)
+            except UnreadableClip as exc:
+                return (422, str(exc).replace(str(source), upload.name))
+            except Exception as exc:  # noqa: BLE001 — any failure on one upload is that upload's answer
+                return (422, _reason(exc).replace(str(source), upload.name))
+
     async def _predict(self, request):
         from pipeline.predict import Prediction, make_prediction
         from pipeline.predict_output import json_row
@@ -158,7 +160,7 @@ class Api:
             request.query_params.get("name"),
             self.settings.serve.max_video_frames,
         )
-        clip = await self.decoder.remote(upload)
+        clip = await asyncio.get_running_loop().run_in_executor(self.threads, self._load, upload)
         if isinstance(clip, tuple):  # (status, reason): predict's error row, with that status
             status, reason = clip
             return _json(status, json_row(Prediction(upload.name, error=reason), top))
@@ -206,7 +208,8 @@ class Api:
 
 
 def build_app(settings: ServeSettings):
-    """The application: Api -> Decoder -> Model, sized and bounded by ``settings.serve``."""
+    """The application: Decoder (HTTP ingress + decode/crop) -> Model, sized and bounded by
+    ``settings.serve``."""
     s = settings.serve
     threads = max(1, int(s.cpus_per_model)) if s.gpus_per_model == 0 else None
     model = Model.options(
@@ -216,16 +219,12 @@ def build_app(settings: ServeSettings):
         max_ongoing_requests=2 * s.max_batch_size,
         max_queued_requests=s.max_queued_requests + s.max_ongoing_requests,
     ).bind(settings, threads)
-    decoder = Decoder.options(
+    return Decoder.options(
         num_replicas=s.decoders,
         ray_actor_options={"num_cpus": s.cpus_per_decoder},
-        max_ongoing_requests=s.decoder_threads,
-        max_queued_requests=s.max_queued_requests + s.max_ongoing_requests,
-    ).bind(settings)
-    return Api.options(
         max_ongoing_requests=s.max_ongoing_requests,
         max_queued_requests=s.max_queued_requests,
-    ).bind(decoder, model, settings)
+    ).bind(model, settings)
 
 
 APP_ARGS = ("checkpoint", "onnx", "config", "set", "device")
@@ -256,7 +255,7 @@ APP_NAME = "dferclip"
 def start(settings: ServeSettings, *, blocking: bool = False) -> str:
     """Start Serve on the current Ray (HTTP on ``settings.serve`` host:port) and deploy the app;
     returns its base URL. Serve's proxy also stops waiting on a request at request_timeout_s
-    (+5 s: the Api's own limit answers first, with a message)."""
+    (+5 s: the app's own limit answers first, with a message)."""
     s = settings.serve
     serve.start(
         http_options={"host": s.host, "port": s.port, "request_timeout_s": s.request_timeout_s + 5},
