@@ -10,7 +10,8 @@ is read from mutmut's result files (``mutants/<module>.meta``):
 
 where a timeout counts as killed (the mutant was detected), a mutant no selected test reaches
 ("no tests") counts as survived, and the mutants listed in mutation/equivalent.txt are left out of
-both and counted on their own: they change nothing a caller can observe.
+both and counted on their own: they change nothing a caller can observe. A large module's entry
+may name the functions to mutate (``functions = [...]``): only their mutants run and are scored.
 
     python tools/mutation.py                       # every module, then the table
     python tools/mutation.py pipeline/metrics.py   # some modules
@@ -26,6 +27,7 @@ The module's source must be unchanged since that run, or mutant names could poin
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -51,14 +53,33 @@ NO_TESTS_CODES = {5, 33}
 TIMEOUT_CODES = {36, 24, -24, 152, 255}
 
 
-def load_modules() -> dict[str, list[str]]:
+def _read_modules() -> dict:
     with MODULES_FILE.open("rb") as f:
-        modules = tomllib.load(f)["modules"]
+        return tomllib.load(f)["modules"]
+
+
+def load_modules() -> dict[str, list[str]]:
+    """Module -> its test files. An entry is the list of tests, or ``{tests = [...], functions =
+    [...]}`` to mutate only those functions of a large module (``name`` or ``Class.method``)."""
+    modules = {m: v["tests"] if isinstance(v, dict) else v for m, v in _read_modules().items()}
     for module, tests in modules.items():
         for path in [module, *(t.partition("::")[0] for t in tests)]:  # a test may be file::name
             if not (ROOT / path).is_file():
                 raise SystemExit(f"{MODULES_FILE.relative_to(ROOT)}: {path} does not exist")
     return modules
+
+
+def load_patterns() -> dict[str, list[str]]:
+    """Module -> mutmut name patterns of its listed functions (none: the whole module)."""
+    out: dict[str, list[str]] = {}
+    for module, value in _read_modules().items():
+        dotted = module.removesuffix(".py").replace("/", ".")
+        for name in value.get("functions", []) if isinstance(value, dict) else []:
+            cls, _, func = name.rpartition(".")  # mutmut names a method's mutants xǁClassǁmethod__mutmut_N
+            out.setdefault(module, []).append(
+                f"{dotted}.xǁ{cls}ǁ{func}__mutmut_*" if cls else f"{dotted}.x_{func}__mutmut_*"
+            )
+    return out
 
 
 def load_equivalent() -> dict[str, str]:
@@ -110,13 +131,17 @@ def prepare(module: str, tests: list[str]) -> Path:
     return dest
 
 
-def run_module(module: str, tests: list[str]) -> int:
+def run_module(module: str, tests: list[str], patterns: list[str] | None = None) -> int:
     dest = prepare(module, tests)
     print(f"== {module}: mutmut run against {', '.join(tests)} (log: {dest.relative_to(ROOT)}/mutmut.log)", flush=True)
     env = {**os.environ, "PYTHONPATH": ""}  # the copy's own package, not the checkout's
     with (dest / "mutmut.log").open("w") as log:
         proc = subprocess.run(
-            [sys.executable, "-m", "mutmut", "run"], cwd=dest, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "mutmut", "run", *(patterns or [])],
+            cwd=dest,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     if proc.returncode:
         print(f"   mutmut exited {proc.returncode}; the last lines of its log:", file=sys.stderr)
@@ -128,7 +153,9 @@ def _meta_path(module: str) -> Path:
     return work_dir(module) / "mutants" / (module + ".meta")
 
 
-def rerun_survivors(module: str, tests: list[str], equivalent: dict[str, str]) -> int:
+def rerun_survivors(
+    module: str, tests: list[str], equivalent: dict[str, str], patterns: list[str] | None = None
+) -> int:
     """Run only the last run's surviving / untested mutants of ``module`` against the current tests."""
     meta = _meta_path(module)
     if not meta.is_file():
@@ -139,7 +166,8 @@ def rerun_survivors(module: str, tests: list[str], equivalent: dict[str, str]) -
         return 1
     old = json.loads(meta.read_text())
     codes = old["exit_code_by_key"]
-    names = sorted(n for n, c in codes.items() if n not in equivalent and (c in SURVIVED_CODES or c in NO_TESTS_CODES))
+    scoped = results(module, patterns) or {}
+    names = sorted(n for n, c in scoped.items() if n not in equivalent and (c in SURVIVED_CODES or c in NO_TESTS_CODES))
     if not names:
         print(f"== {module}: no survivors to rerun")
         return 0
@@ -160,21 +188,27 @@ def rerun_survivors(module: str, tests: list[str], equivalent: dict[str, str]) -
     return proc.returncode
 
 
-def results(module: str) -> dict[str, int | None] | None:
+def results(module: str, patterns: list[str] | None = None) -> dict[str, int | None] | None:
+    """The verdict per mutant of the module's last run; with ``patterns``, of those functions only."""
     meta = _meta_path(module)
     if not meta.is_file():
         return None
-    return json.loads(meta.read_text())["exit_code_by_key"]
+    codes = json.loads(meta.read_text())["exit_code_by_key"]
+    if patterns:
+        codes = {n: c for n, c in codes.items() if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+    return codes
 
 
-def score_table(modules: list[str], equivalent: dict[str, str]) -> tuple[str, list[str], bool]:
+def score_table(
+    modules: list[str], equivalent: dict[str, str], patterns: dict[str, list[str]] | None = None
+) -> tuple[str, list[str], bool]:
     """The Markdown table, the surviving mutants' names, and whether every module met the target."""
     header = "| module | mutants | killed | timeout | survived | no tests | equivalent | other | score |"
     rows = [header, "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     survivors: list[str] = []
     ok = True
     for module in modules:
-        codes = results(module)
+        codes = results(module, (patterns or {}).get(module))
         if codes is None:
             rows.append(f"| {module} | not run | | | | | | | |")
             ok = False
@@ -220,13 +254,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"not in mutation/modules.toml: {', '.join(unknown)} (known: {', '.join(table)})")
     modules = args.modules or list(table)
     equivalent = load_equivalent()
+    patterns = load_patterns()
     if args.survivors:
         for module in modules:
-            rerun_survivors(module, table[module], equivalent)
+            rerun_survivors(module, table[module], equivalent, patterns.get(module))
     elif not args.report:
         for module in modules:
-            run_module(module, table[module])
-    text, survivors, ok = score_table(modules, equivalent)
+            run_module(module, table[module], patterns.get(module))
+    text, survivors, ok = score_table(modules, equivalent, patterns)
     report = [
         text,
         "",
