@@ -385,6 +385,11 @@ class AugmentConfig:
     # grey levels. Off by default: exact pixels unless throughput is what limits a run.
     # Evaluation and predict always decode exactly.
     fast_decode: bool = False
+    # Where the crop, flip, brightness and rotation run: true = batched in torch on the training
+    # device (the data tasks only sample and decode), false = per clip with OpenCV in the data
+    # tasks. null: on the device when train.use_gpu, else in the data tasks — on a CPU the torch
+    # version costs ~9x the OpenCV one per clip (bench/data_path.py, docs/train.md).
+    on_device: bool | None = None
 
 
 @dataclass

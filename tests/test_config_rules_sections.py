@@ -192,7 +192,8 @@ def test_a_path_with_no_close_field_lists_the_fields_there():
     assert TuneConfig.path_problem("train.augment.hflip") is None
     assert TuneConfig.path_problem("train.augment") == (
         "is a section, not a value; sweep one of its fields (train.augment.random_resized_crop_scale, "
-        "train.augment.hflip, train.augment.brightness, train.augment.rotation_deg, train.augment.fast_decode)"
+        "train.augment.hflip, train.augment.brightness, train.augment.rotation_deg, train.augment.fast_decode, "
+        "train.augment.on_device)"
     )
 
 

@@ -166,11 +166,16 @@ def train_dataset(
     seed: int,
     clock=None,
     cache: bool = False,
+    on_device: bool = False,
+    stored_size: int | None = None,
 ):
     """Training dataset of ``{"video": (T, 3, S, S) uint8, "label": int64}`` rows.
 
     ``cache``: read the clips' shard rows once and keep them in the object store; otherwise every
     epoch streams them from the shards. Sampling and augmentation run per epoch either way.
+    ``on_device`` (``train.augment.on_device``): the tasks only sample and decode, into a
+    (T, C, C, 3) canvas for frames stored at ``stored_size``, and each row carries its clip's
+    draws (``"augment"``) for :func:`pipeline.train.device_augment.augment_batch`.
     """
     ds = _read(shards, ids)
     # A cached set is shuffled whole each epoch (cheap: JPEG bytes, before decoding). A streamed
@@ -178,7 +183,16 @@ def train_dataset(
     # blocks would see almost the same clip order every epoch (measured on the demo data: test
     # UAR 0.80 against 0.86 with a full shuffle).
     ds = ds.materialize().random_shuffle() if cache else ds.randomize_block_order()
-    transform = ClipTransform(num_frames, image_size, train=True, augment=augment, seed=seed, clock=clock)
+    transform = ClipTransform(
+        num_frames,
+        image_size,
+        train=True,
+        augment=augment,
+        seed=seed,
+        clock=clock,
+        decode_only=on_device,
+        stored_size=stored_size,
+    )
     return ds.map_batches(transform, batch_size=DECODE_BATCH, batch_format="pyarrow", zero_copy_batch=True)
 
 

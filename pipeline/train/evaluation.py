@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.train.device_augment import augment_batch
 from pipeline.train.precision import autocast_for
 from pipeline.train.transforms import model_layout
 
@@ -20,13 +21,20 @@ __all__ = ["autocast_for", "frame_pairs", "evaluate_pairs", "evaluate_model"]
 
 
 def frame_pairs(batches: Iterable[dict], device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(video (B, T, 3, S, S) uint8, labels (B,) long) on ``device`` from the data path's batches
-    ({"video": (B, T, S, S, 3), "label": (B,)}, torch or numpy)."""
+    """(video (B, T, 3, S, S), labels (B,) long) on ``device`` from the data path's batches
+    ({"video": (B, T, S, S, 3), "label": (B,)}, torch or numpy): uint8, or float in [0, 1] when
+    the batch carries its clips' draws (``"augment"``, ``train.augment.on_device``), which are
+    applied here on ``device`` to the decoded canvases (:func:`~pipeline.train.device_augment.augment_batch`)."""
     for batch in batches:
         video = batch["video"]
         if isinstance(video, np.ndarray) and not video.flags.writeable:
             video = video.copy()  # numpy batches from Ray Data are read-only views (evaluation only)
-        video = model_layout(video).to(device, non_blocking=True)
+        if "augment" in batch:
+            video = augment_batch(
+                torch.as_tensor(video).to(device, non_blocking=True), torch.as_tensor(batch["augment"])
+            )
+        else:
+            video = model_layout(video).to(device, non_blocking=True)
         labels = batch["label"] if torch.is_tensor(batch["label"]) else torch.tensor(np.asarray(batch["label"]))
         yield video, labels.to(device=device, dtype=torch.long)
 

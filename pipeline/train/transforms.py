@@ -38,7 +38,19 @@ import simplejpeg
 
 from pipeline.train.sampling import sample_indices
 
-__all__ = ["AugmentSpec", "ClipTransform", "model_layout", "SelectFrames", "EpochClock", "clip_rng", "decode_rgb"]
+__all__ = [
+    "AugmentSpec",
+    "AugmentDraw",
+    "PARAMS",
+    "ClipTransform",
+    "model_layout",
+    "SelectFrames",
+    "EpochClock",
+    "clip_rng",
+    "decode_rgb",
+    "draw_augment",
+    "canvas_side",
+]
 
 
 @dataclass(frozen=True)
@@ -77,7 +89,7 @@ def clip_rng(seed: int, epoch: int, clip_id: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch), zlib.crc32(clip_id.encode("utf-8"))])
 
 
-def decode_rgb(buf, out_size: int, fast: bool = False) -> np.ndarray:
+def decode_rgb(buf, out_size: int, fast: bool = False, into: np.ndarray | None = None) -> np.ndarray:
     """Decode one JPEG to (h, w, 3) RGB uint8, in the DCT at 1/2 or less (factors 2, 8/3, 4, 8)
     when the result still has both sides >= ``out_size``.
 
@@ -86,12 +98,18 @@ def decode_rgb(buf, out_size: int, fast: bool = False) -> np.ndarray:
     IMREAD_REDUCED_* (bench/data_path.py). ``fast``: the integer fast DCT and nearest-neighbour
     chroma upsampling, ~10 % faster again, off from exact by 1.4 grey levels on average (up to
     ~25 at sharp colour edges, where 4:2:0 JPEG has no chroma detail to begin with).
+    ``into``: a writable contiguous array to decode into (the result is a view of its first
+    h * w * 3 bytes), used when the frame fits; a fresh array otherwise.
     """
     data = np.frombuffer(buf, np.uint8)  # pyarrow buffers present as signed bytes
+    kwargs = dict(fastdct=fast, fastupsample=fast, min_height=out_size, min_width=out_size, min_factor=2)
+    if into is not None:
+        try:
+            return simplejpeg.decode_jpeg(data, "RGB", buffer=into, **kwargs)
+        except ValueError:
+            pass  # larger than ``into`` (or not a JPEG: the call below says which)
     try:
-        return simplejpeg.decode_jpeg(
-            data, "RGB", fastdct=fast, fastupsample=fast, min_height=out_size, min_width=out_size, min_factor=2
-        )
+        return simplejpeg.decode_jpeg(data, "RGB", **kwargs)
     except ValueError:
         raise ValueError("not a decodable JPEG") from None
 
@@ -124,6 +142,51 @@ def _random_crop(rng: np.random.Generator, h: int, w: int, spec: AugmentSpec) ->
     return (w - cw) // 2, (h - ch) // 2, cw, ch
 
 
+# The columns of the per-clip augmentation rows that the decode-only mode ships next to its frames
+# (``"augment"``: (B, len(PARAMS)) float32), read by pipeline.train.device_augment.augment_batch:
+# the crop box (x0, y0, cw, ch) in pixels of the clip's frame, the rotation in degrees
+# (counter-clockwise, about the frame's centre), flip (0/1), the brightness factor, the frame's own
+# size (h, w) at the canvas' top left, and the output size S.
+PARAMS = ("x0", "y0", "cw", "ch", "angle", "flip", "brightness", "h", "w", "size")
+
+
+@dataclass(frozen=True)
+class AugmentDraw:
+    """One clip's augmentation draw, shared by all its frames."""
+
+    x0: int
+    y0: int
+    cw: int
+    ch: int
+    angle: float = 0.0
+    flip: bool = False
+    brightness: float = 1.0
+
+    def params(self, h: int, w: int, size: int) -> np.ndarray:
+        """This draw as a :data:`PARAMS` row for a frame of (h, w) and output ``size``."""
+        row = (self.x0, self.y0, self.cw, self.ch, self.angle, self.flip, self.brightness, h, w, size)
+        return np.array(row, np.float64)
+
+
+def draw_augment(rng: np.random.Generator, h: int, w: int, spec: AugmentSpec) -> AugmentDraw:
+    """The clip's draws in their fixed order (crop, angle, flip, brightness) from its ``rng``,
+    after the frame sample: the CPU path and the decode-only path read the same numbers."""
+    x0, y0, cw, ch = _random_crop(rng, h, w, spec)
+    angle = float(rng.uniform(-spec.rotation_deg, spec.rotation_deg)) if spec.rotation_deg > 0 else 0.0
+    flip = bool(spec.hflip and rng.random() < 0.5)
+    factor = float(rng.uniform(max(0.0, 1.0 - spec.brightness), 1.0 + spec.brightness)) if spec.brightness > 0 else 1.0
+    return AugmentDraw(x0, y0, cw, ch, angle, flip, factor)
+
+
+def canvas_side(stored: int, image_size: int) -> int:
+    """The side a ``stored`` x ``stored`` JPEG decodes to in training (:func:`decode_rgb`'s
+    scale choice), found by decoding one: the decode-only mode's fixed canvas, so every batch of a
+    dataset has one shape."""
+    ok, buf = cv2.imencode(".jpg", np.zeros((int(stored), int(stored), 3), np.uint8))
+    assert ok
+    return int(decode_rgb(buf.tobytes(), int(image_size)).shape[0])
+
+
 class ClipTransform:
     """Sample, decode and augment a batch of clips (see the module docstring).
 
@@ -141,10 +204,15 @@ class ClipTransform:
         clock=None,
         preselected: bool = False,
         keep_ids: bool = False,
+        decode_only: bool = False,
+        stored_size: int | None = None,
     ):
         self.T, self.S, self.train = int(num_frames), int(image_size), bool(train)
         self.augment = augment or AugmentSpec()
         self.seed, self.clock, self.preselected, self.keep_ids = seed, clock, preselected, keep_ids
+        # Training only: decode into a fixed canvas and ship the draws (evaluation stays here, exact).
+        self.decode_only = bool(decode_only) and self.train
+        self.canvas = canvas_side(stored_size, self.S) if stored_size else self.S
         self.epoch = 0  # used when there is no clock (bench, tests)
         # One Ray Data task holds one CPU; OpenCV's own thread pool would oversubscribe it.
         cv2.setNumThreads(1)
@@ -161,7 +229,9 @@ class ClipTransform:
         epoch = self.current_epoch() if self.train else 0
         ids = table.column("clip_id").to_pylist()
         offsets, values = _frame_lists(table)
-        video = np.empty((B, T, S, S, 3), np.uint8)  # channels last: see model_layout()
+        side = self.canvas if self.decode_only else S
+        video = np.empty((B, T, side, side, 3), np.uint8)  # channels last: see model_layout()
+        params = np.empty((B, len(PARAMS)), np.float32) if self.decode_only else None
         for i in range(B):
             stored = int(offsets[i + 1] - offsets[i])
             if stored < 1:
@@ -173,8 +243,13 @@ class ClipTransform:
                 # num_frames should equal the stored count; trust what is actually there.
                 idx = sample_indices(stored, T, self.train, rng)
             bufs = [values[int(offsets[i] + j)].as_buffer() for j in idx]
-            self._clip(bufs, rng, video[i], ids[i])
+            if params is not None:
+                params[i] = self._decode_only(bufs, rng, video[i], ids[i])
+            else:
+                self._clip(bufs, rng, video[i], ids[i])
         out = {"video": video, "label": table.column("label").to_numpy().astype(np.int64)}
+        if params is not None:
+            out["augment"] = params
         if self.keep_ids:
             out["clip_id"] = np.asarray(ids, dtype=object)
         return out
@@ -184,15 +259,12 @@ class ClipTransform:
         S = self.S
         geometry = color = None
         flip = False
-        fast = self.train and self.augment.fast_decode
-        for t, b in enumerate(bufs):
-            try:
-                img = decode_rgb(b, S, fast)
-            except ValueError:
-                raise ValueError(f"clip {clip_id!r}: frame {t} of its sample is not a decodable JPEG") from None
+        for t, img in enumerate(self._decoded(bufs, clip_id)):
             if geometry is None:
-                geometry = self._geometry(img.shape[0], img.shape[1], rng)
-                flip, factor = self._photometric(rng)
+                draw = draw_augment(rng, img.shape[0], img.shape[1], self.augment) if self.train else None
+                geometry = self._geometry(img.shape[0], img.shape[1], draw)
+                flip = bool(draw is not None and draw.flip)
+                factor = 1.0 if draw is None else draw.brightness
                 color = None if factor == 1.0 else float(factor)  # brightness: one saturating SIMD pass
             elif img.shape[:2] != geometry[0]:
                 img = cv2.resize(img, geometry[0][::-1], interpolation=cv2.INTER_AREA)
@@ -215,29 +287,54 @@ class ClipTransform:
                 cv2.flip(crop, 1, dst=crop)
             cv2.resize(crop, (S, S), dst=out[t], interpolation=interp)
 
-    def _geometry(self, h: int, w: int, rng: np.random.Generator | None):
+    def _decoded(self, bufs: list, clip_id: str, into: np.ndarray | None = None):
+        """The clip's frames decoded to RGB uint8, one at a time (errors name the clip and frame);
+        with ``into`` (T, C, C, 3), each is decoded into its canvas ``into[t]`` when it fits."""
+        fast = self.train and self.augment.fast_decode
+        for t, b in enumerate(bufs):
+            try:
+                yield decode_rgb(b, self.S, fast, into=None if into is None else into[t])
+            except ValueError:
+                raise ValueError(f"clip {clip_id!r}: frame {t} of its sample is not a decodable JPEG") from None
+
+    def _decode_only(self, bufs: list, rng: np.random.Generator, out: np.ndarray, clip_id: str) -> np.ndarray:
+        """Decode the clip's frames into the canvas ``out`` (T, C, C, 3), each at its top left
+        with zeros around it; return the clip's drawn augmentation as a :data:`PARAMS` row for
+        :func:`~pipeline.train.device_augment.augment_batch` (which does what :meth:`_clip` does)."""
+        C = out.shape[1]
+        size = draw = None
+        for t, img in enumerate(self._decoded(bufs, clip_id, into=out)):
+            if size is None:
+                h, w = img.shape[:2]
+                if h > C or w > C:  # larger than the shards' crop size: shrink to fit (see canvas_side)
+                    k = min(C / h, C / w)
+                    h, w = max(1, min(C, round(h * k))), max(1, min(C, round(w * k)))
+                size = (h, w)
+                draw = draw_augment(rng, h, w, self.augment)
+            if img.shape[:2] == (C, C) and size == (C, C):
+                continue  # decoded in place: the common case, no copy
+            if img.shape[:2] != size:
+                img = cv2.resize(img, size[::-1], interpolation=cv2.INTER_AREA)
+            elif np.shares_memory(img, out[t]):
+                img = img.copy()  # decoded into the canvas' first bytes: move it to the top left
+            out[t] = 0
+            out[t, : size[0], : size[1]] = img
+        return draw.params(size[0], size[1], self.S)
+
+    def _geometry(self, h: int, w: int, draw: AugmentDraw | None):
         """One geometric transform for every frame of the clip: ((h, w), "crop"|"warp", params)."""
-        S, spec = self.S, self.augment
-        if not self.train:
+        S = self.S
+        if draw is None:
             side = min(h, w)  # centre square (face crops are square already), then resize to S
             interp = cv2.INTER_AREA if side > S else cv2.INTER_LINEAR
             return (h, w), "crop", ((w - side) // 2, (h - side) // 2, side, side, interp)
-        x0, y0, cw, ch = _random_crop(rng, h, w, spec)
-        angle = rng.uniform(-spec.rotation_deg, spec.rotation_deg) if spec.rotation_deg > 0 else 0.0
+        x0, y0, cw, ch, angle = draw.x0, draw.y0, draw.cw, draw.ch, draw.angle
         if not angle:
             return (h, w), "crop", (x0, y0, cw, ch, cv2.INTER_LINEAR)
         # Rotate the whole frame about its centre, then crop and scale: one warp per frame.
         rot = np.vstack([cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0), [0, 0, 1]])
         crop = np.array([[S / cw, 0, -x0 * S / cw], [0, S / ch, -y0 * S / ch], [0, 0, 1]])
         return (h, w), "warp", (crop @ rot)[:2]
-
-    def _photometric(self, rng: np.random.Generator | None) -> tuple[bool, float]:
-        if not self.train:
-            return False, 1.0
-        spec = self.augment
-        flip = bool(spec.hflip and rng.random() < 0.5)
-        factor = rng.uniform(max(0.0, 1.0 - spec.brightness), 1.0 + spec.brightness) if spec.brightness > 0 else 1.0
-        return flip, factor
 
 
 class SelectFrames:
