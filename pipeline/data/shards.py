@@ -40,6 +40,8 @@ __all__ = [
     "shard_files",
     "shard_paths",
     "write_shard",
+    "shard_bytes",
+    "parquet_write_options",
     "write_errors",
     "read_errors",
     "write_manifest",
@@ -57,6 +59,45 @@ __all__ = [
 OUTPUT_HASH_KEY = b"dferclip.output_hash"
 # Rows hold whole clips (tens of JPEGs each); small row groups let readers stream them.
 _ROW_GROUP_BYTES = 32 * 1024 * 1024
+# The frames column holds JPEG bytes: already entropy-coded, and no two alike. Compressing them,
+# dictionary-encoding them or keeping min/max statistics of them costs CPU on every write and
+# read for nothing. pyarrow's default dictionary did worst: it checks the dictionary's size only
+# between write batches of 1024 values, so most of a row group's JPEGs landed in one dictionary
+# page that a reader decodes whole before the first row (2-3x the read CPU of PLAIN). The column
+# is written PLAIN, uncompressed, without statistics, so a reader copies the bytes and nothing
+# else (bench/shard_read.py; docs/preprocess.md#frame-storage).
+# The small columns keep pyarrow's defaults (dictionary for repeated names, statistics for
+# row-group pruning); only compression is off file-wide, they are a few bytes per clip.
+_PLAIN_COLUMNS = ("frames",)
+
+
+def _leaf_paths(name: str, type_: pa.DataType) -> list[str]:
+    """Parquet leaf column paths of one Arrow field (``frames`` -> ``frames.list.element``):
+    pyarrow's per-column write options match leaves, not top-level names."""
+    if pa.types.is_list(type_) or pa.types.is_fixed_size_list(type_) or pa.types.is_large_list(type_):
+        return _leaf_paths(f"{name}.list.element", type_.value_type)
+    return [name]
+
+
+def parquet_write_options(schema: pa.Schema = SHARD_SCHEMA) -> dict:
+    """``pyarrow.parquet.write_table`` keyword arguments for a shard (without ``row_group_size``)."""
+    plain = [p for f in schema if f.name in _PLAIN_COLUMNS for p in _leaf_paths(f.name, f.type)]
+    other = [p for f in schema if f.name not in _PLAIN_COLUMNS for p in _leaf_paths(f.name, f.type)]
+    return {
+        "compression": "none",
+        "use_dictionary": other,
+        "write_statistics": other,
+        "column_encoding": dict.fromkeys(plain, "PLAIN"),
+    }
+
+
+def shard_bytes(table: pa.Table) -> bytes:
+    """``table`` (SHARD_SCHEMA) as the bytes of one Parquet shard, with the shard writer settings."""
+    per_row = max(1, table.nbytes // max(1, table.num_rows))
+    sink = pa.BufferOutputStream()
+    rows_per_group = max(1, _ROW_GROUP_BYTES // per_row)
+    pq.write_table(table, sink, row_group_size=rows_per_group, **parquet_write_options(table.schema))
+    return sink.getvalue().to_pybytes()
 
 
 def shard_dir(storage: Storage, dataset_name: str) -> str:
@@ -80,11 +121,7 @@ def write_shard(storage: Storage, rel_dir: str, rows: list[dict], output_hash: s
     name = "part-" + hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16] + ".parquet"
     table = pa.Table.from_pylist(rows, schema=SHARD_SCHEMA)
     schema = table.schema.with_metadata({**(table.schema.metadata or {}), OUTPUT_HASH_KEY: output_hash.encode()})
-    table = table.replace_schema_metadata(schema.metadata)
-    per_row = max(1, table.nbytes // max(1, table.num_rows))
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, row_group_size=max(1, _ROW_GROUP_BYTES // per_row), compression="none")
-    data = sink.getvalue().to_pybytes()
+    data = shard_bytes(table.replace_schema_metadata(schema.metadata))
     storage.write_bytes(data, rel_dir, name)
     return name, len(data)
 
