@@ -11,7 +11,9 @@ Baselines (``--vs``):
   model left eager; both at ``--precision``. The compilation happens in the warm-up, untimed.
 - ``memory`` (with ``--data shards``): the step fed by the train stage's data path — Parquet
   shards -> Ray Data -> ``ClipTransform`` (sample, decode, augment) on ``--data-cpus`` CPUs,
-  the same ``train_dataset`` the train stage builds — vs the same step on one in-memory batch:
+  the same ``train_dataset`` the train stage builds, with the augmentation on the step's device
+  when ``--augment-on-device`` says so (by default with ``--device cuda``, as training's
+  ``train.augment.on_device``) — vs the same step on one in-memory batch:
   is the device starved? Prints the ratio per CPU count, the data path's clips/s on its own
   and the CPU-seconds it is given per clip.
 
@@ -272,6 +274,7 @@ def vs_memory(args, device):
     from pipeline.raycluster import ensure_ray
     from pipeline.train.data import ShardSet, train_dataset
     from pipeline.train.driver import augment_spec
+    from pipeline.train.evaluation import frame_pairs
     from pipeline.train.transforms import model_layout
 
     model = build_ours(args, device)
@@ -285,7 +288,10 @@ def vs_memory(args, device):
     if args.clips < needed:
         raise SystemExit(f"--clips {args.clips} < (steps + 2) x batch = {needed}: the stream would end early")
     spec = dataclasses.replace(augment_spec(AugmentConfig(), "dfew"))  # a DFEW run's augmentation
-    header(args, device, f"{args.precision}, data path (shards) vs in-memory batch")
+    # train.augment.on_device's default: on the device when training on a GPU
+    on_device = {"auto": device.type == "cuda", "true": True, "false": False}[args.augment_on_device]
+    where = "augmentation on the device" if on_device else "augmentation in the data tasks"
+    header(args, device, f"{args.precision}, data path (shards, {where}) vs in-memory batch")
     with tempfile.TemporaryDirectory(prefix="bench_step") as d:
         folder, ids = shard_rows(args, args.stored_size, Path(d))
         shards = ShardSet(str(folder), pafs.LocalFileSystem(), sorted(str(p) for p in folder.glob("*.parquet")), {})
@@ -299,7 +305,15 @@ def vs_memory(args, device):
             it = None
             try:
                 ds = train_dataset(
-                    shards, ids, num_frames=args.frames, image_size=size, augment=spec, seed=0, cache=False
+                    shards,
+                    ids,
+                    num_frames=args.frames,
+                    image_size=size,
+                    augment=spec,
+                    seed=0,
+                    cache=False,
+                    on_device=on_device,
+                    stored_size=args.stored_size,
                 )
                 ds.context.enable_progress_bars = False
                 # The data path alone: clips/s with nothing else in the way.
@@ -310,9 +324,9 @@ def vs_memory(args, device):
                 it = iter(ds.iter_torch_batches(batch_size=args.batch, prefetch_batches=2, pin_memory=pin))
 
                 def from_shards(it=it):
-                    batch = next(it)
-                    video = model_layout(batch["video"]).to(device, non_blocking=True)
-                    step(video, batch["label"].to(device=device, dtype=torch.long))
+                    # as the train loop does: to the device, augment there when on_device
+                    ((video, y),) = frame_pairs([next(it)], device)
+                    step(video, y)
 
                 def in_memory():
                     step(model_layout(memory).to(device, non_blocking=True), labels)
@@ -353,6 +367,12 @@ def main() -> None:
     ap.add_argument("--distinct", type=int, default=48, help="--vs memory: distinct generated clips")
     ap.add_argument("--stored-frames", type=int, default=48, help="--vs memory: frames stored per clip")
     ap.add_argument("--stored-size", type=int, default=224, help="--vs memory: stored crop size")
+    ap.add_argument(
+        "--augment-on-device",
+        default="auto",
+        choices=["auto", "true", "false"],
+        help="--vs memory: train.augment.on_device (auto: on with a CUDA device, as training's default)",
+    )
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
