@@ -234,6 +234,27 @@ def methods(shard: Path, folders: Path, out_size: int, stored: int) -> dict:
     }
 
 
+def device_ms(shard: Path, out_size: int, stored: int, device: str, batch: int = 48) -> float:
+    """Median wall ms per clip of ``augment_batch`` on ``device`` for a batch of ``batch`` decoded
+    clips already there (the train loop's case), synchronised, after a warm-up."""
+    spec = augment_spec(AugmentConfig(), "dfew")
+    transform = ClipTransform(T, out_size, train=True, augment=spec, decode_only=True, stored_size=stored)
+    out = transform(pq.read_table(shard, columns=["clip_id", "label", "num_frames", "frames"]))
+    reps = -(-batch // len(out["label"]))  # the clips repeated up to the batch
+    dev = torch.device(device)
+    video = torch.from_numpy(np.concatenate([out["video"]] * reps)[:batch]).to(dev)
+    params = torch.from_numpy(np.concatenate([out["augment"]] * reps)[:batch]).to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    times = []
+    for _ in range(6):
+        sync()
+        start = time.perf_counter()
+        augment_batch(video, params)
+        sync()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times[1:]) / batch
+
+
 def paired_ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
@@ -247,6 +268,9 @@ def main() -> None:
     )
     parser.add_argument("--input", type=int, default=224, help="model input size")
     parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument(
+        "--aug-device", default=None, help="also time augment_batch on this torch device (cuda): ms per clip there"
+    )
     args = parser.parse_args()
     # Per core: one thread everywhere.
     cv2.setNumThreads(1)
@@ -259,6 +283,7 @@ def main() -> None:
                 f"train mode, clips per CPU-second on one core, {args.repeats} rounds, ratios paired within a round"
             )
             rates = timed(methods(shard, folders, args.input, size), args.repeats)
+            on_device = device_ms(shard, args.input, size, args.aug_device) if args.aug_device else None
         for name, label in (
             ("ours", "shards + ClipTransform (ours)    "),
             ("ours_fast", "  the same, augment.fast_decode on"),
@@ -299,6 +324,11 @@ def main() -> None:
             f"decode-only + augment_batch on the CPU is {100 * paired_ratio(rates['ours_device'], rates['ours']):.0f} % "
             f"of the OpenCV path's clips/s"
         )
+        if on_device is not None:
+            print(
+                f"  augmentation per clip on {args.aug_device}: augment_batch {on_device:.3f} ms (batch of 48 clips "
+                f"on the device, wall time), {on_device / max(cv2_ms, 1e-9):.3f}x OpenCV's CPU-ms in the data task"
+            )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@
 #      train.compile);
 #   3. `predict` end to end on the GPU vs the bare forward;
 #   4. preprocessing (the Ray Data job) with 1, 2, 4 and 8 workers;
-#   5. the CPU data path per core vs pure JPEG decode (bench/data_path.py, 224 px).
+#   5. the CPU data path per core vs pure JPEG decode (bench/data_path.py, 224 px), also in the
+#      decode-only mode of train.augment.on_device, and augment_batch's cost per clip on the GPU.
+#   (Part 1 feeds the step with the augmentation on the GPU: train.augment.on_device's default there.)
 # The lines that carry a ratio are repeated at the end under "summary". Output also goes to
 # $GPU_CHECK_LOG (default: gpu_check.log in the temp folder).
 set -uo pipefail
@@ -43,7 +45,7 @@ if [[ $MODE == full ]]; then
   DEV=cuda ARCH=ViT-B-32 BATCH=48 FRAMES=16 STEPS=6 CPUS=2,4,8 STORED=48 DISTINCT=48
   PRED=(--arch ViT-B-32 --repeats 10)
   PREP=(--workers 1,2,4,8 --clips 48 --frames 150 --repeat 2 --skip-memory)
-  DATA=(--sizes 224 --clips 24 --repeats 5)
+  DATA=(--sizes 224 --clips 24 --repeats 5 --aug-device cuda)
   LIMIT=150 LIMIT_COMPILE=210  # seconds per part; the compile part pays ViT-B/32's compilation
 else
   DEV=cpu ARCH=dferclip-micro BATCH=2 FRAMES=8 STEPS=2 CPUS=1,2 STORED=12 DISTINCT=2
@@ -84,5 +86,5 @@ part "4. preprocess: Ray Data job with more workers" "$PY" bench/preprocess.py "
 part "5. CPU data path per core vs pure decode" "$PY" bench/data_path.py "${DATA[@]}"
 
 echo "== summary ($MODE, ${SECONDS} s in all; full log: $LOG)"
-grep -E 'ratio|x the PIL|of its pure decode|exit [1-9]' "$LOG"
+grep -E 'ratio|x the PIL|of its pure decode|augmentation per clip|exit [1-9]' "$LOG"
 exit $status
