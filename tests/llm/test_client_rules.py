@@ -7,6 +7,7 @@ requests and responses."""
 from __future__ import annotations
 
 import random
+import ssl
 
 import httpx2
 import openai
@@ -90,6 +91,7 @@ def test_error_texts_are_one_line():
         "HTTP 503: Service busy, try later"
     )
     assert describe_error(status_error(400, message="x" * 300)) == "HTTP 400: " + "x" * 200
+    assert describe_error(status_error(500, message=None)) == "HTTP 500: "  # no text: the code alone
     assert describe_error(ValueError("bad answer")) == "ValueError: bad answer"
 
 
@@ -117,14 +119,31 @@ def test_the_key_comes_from_the_environment_or_is_a_placeholder_for_loopback_onl
 
 
 def test_plain_http_off_this_machine_is_refused_before_any_connection():
-    with pytest.raises(UserError, match=r"^describe.base_url: 192.0.2.1:8000 is reached over plain http://"):
+    with pytest.raises(UserError) as err:
         check_transport("HTTP://192.0.2.1:8000/v1")  # the scheme in any case
+    assert str(err.value) == (
+        "describe.base_url: 192.0.2.1:8000 is reached over plain http://, which would send the API key unencrypted "
+        "across the network; use https://, or set describe.allow_insecure_http: true if the network path to that "
+        "host is trusted (loopback endpoints need neither)"
+    )
     check_transport("https://192.0.2.1:8000/v1")
     check_transport("http://127.0.0.1:8000/v1")
     check_transport("http://192.0.2.1:8000/v1", allow_insecure_http=True)
+
+
+def _tls_context(client) -> ssl.SSLContext:
+    # the httpx2 client's connection pool holds the TLS context it would handshake https with
+    return client._client._transport._pool._ssl_context
 
 
 def test_the_client_does_no_retries_of_its_own():
     client = make_client("http://127.0.0.1:8000/v1", "sk-abc", 7.5)
     assert (client.max_retries, client.timeout, client.api_key) == (0, 7.5, "sk-abc")
     assert str(client.base_url) == "http://127.0.0.1:8000/v1/"
+    # Plain http loads no CA bundle, yet still verifies: a redirect to https fails closed.
+    plain = _tls_context(client)
+    assert plain.cert_store_stats()["x509_ca"] == 0
+    assert (plain.verify_mode, plain.check_hostname) == (ssl.CERT_REQUIRED, True)
+    # https keeps the client's own verified context with its CA bundle.
+    tls = _tls_context(make_client("https://127.0.0.1:8000/v1", "sk-abc", 7.5))
+    assert tls.cert_store_stats()["x509_ca"] > 0 and tls.verify_mode == ssl.CERT_REQUIRED

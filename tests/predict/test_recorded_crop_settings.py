@@ -44,3 +44,39 @@ def test_a_valid_record_loads_and_other_keys_are_ignored():
     prep = recorded_preprocess({"preprocess": recorded}, "ckpt.pt")
     assert crop_options(prep) == crop_options(PreprocessConfig(crop_size=40, margin=0.0))
     assert recorded_preprocess({}, "ckpt.pt") is None
+
+
+def test_crop_options_are_the_crop_settings_and_the_caps_by_name():
+    prep = PreprocessConfig(crop_size=40, margin=0.1, max_frames=12, max_clip_frames=500, num_workers=7)
+    assert crop_options(prep) == {
+        "detector": "haar",
+        "yunet_model": None,
+        "detect_every": 5,
+        "detect_max_side": 320,
+        "margin": 0.1,
+        "crop_size": 40,
+        "jpeg_quality": 90,
+        "max_frames": 12,
+        "max_pixels": 3840 * 2160,
+        "max_clip_frames": 500,
+        "max_clip_seconds": 300.0,
+    }  # not the shard size or worker counts: they change no crop
+
+
+def test_a_record_of_another_shape_is_no_record():
+    assert recorded_preprocess(None, "ckpt.pt") is None  # an old checkpoint's extra
+    assert recorded_preprocess({"preprocess": "haar"}, "ckpt.pt") is None
+    assert recorded_preprocess({"preprocess": None}, "ckpt.pt") is None
+    # the caps are not crop settings: a recorded one is ignored (they come from --config or the defaults)
+    prep = recorded_preprocess({"preprocess": {"crop_size": 48, "max_clip_frames": 1}}, "ckpt.pt")
+    assert (prep.crop_size, prep.max_clip_frames) == (48, PreprocessConfig().max_clip_frames)
+
+
+def test_the_whole_message_lists_every_bad_setting():
+    with pytest.raises(UserError) as err:
+        recorded_preprocess({"preprocess": {"crop_size": 4096, "margin": -1.0}})
+    assert str(err.value) == (
+        "<checkpoint>: the crop settings it records are not valid (crop_size: must be in 8..1024, got 4096; "
+        "margin: must be in [0, 2], got -1.0); give the ones its training data was preprocessed with "
+        "(predict --config)"
+    )
