@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,32 @@ def test_config_hash_tracks_content():
     a, b = load_config(None), load_config(None, ["train.epochs=3"])
     assert config_hash(a.model) == config_hash(b.model)
     assert config_hash(a.train) != config_hash(b.train)
+
+
+def test_dump_keeps_the_schema_order(tmp_path):
+    # A run folder's config.yaml reads like the schema (name first, then storage, dataset, model,
+    # ...), not alphabetically (which would start with batch_predict).
+    text = dump_config(load_config(None))
+    top = [line.split(":")[0] for line in text.splitlines() if line and not line.startswith(" ")]
+    assert top == [
+        "name",
+        "storage",
+        "dataset",
+        "model",
+        "describe",
+        "preprocess",
+        "train",
+        "tune",
+        "tracking",
+        "timeline",
+        "batch_predict",
+        "serve",
+    ]
+    assert text.startswith("name: experiment\nstorage:\n  root: runs\ndataset:\n  name: dfew\n  root: null\n")
+
+
+def test_config_hash_of_a_value_json_cannot_hold_hashes_its_text():
+    # A path set by code (not read from YAML) hashes as its text: the JSON written out by hand.
+    section = {"init_checkpoint": Path("/ckpt/model.pt"), "epochs": 3}
+    blob = b'{"epochs": 3, "init_checkpoint": "/ckpt/model.pt"}'
+    assert config_hash(section) == hashlib.sha256(blob).hexdigest()[:16]
