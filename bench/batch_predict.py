@@ -1,27 +1,43 @@
 """Batch prediction on Ray Data (2 CPUs) vs in-process ``predict`` on the same clips, side by side.
 
-A (engine): ``run_batch_predict`` over a folder of generated clips on a local Ray with 2 CPUs:
-2 loader actors (0.75 CPU each: decode, detect, crop) and 1 model actor (0.5 CPU), Parquet
-result shards written as batches finish. Timed from the call to the last shard — actor start
-(each imports torch and loads the model) included, the Ray cluster's own start excluded (a
-cluster runs before a job is submitted to it).
-B (baseline): ``predict_paths(checkpoint, clips, workers=2)`` in this process: 2 decode/crop threads
-and the forward on the calling thread, the same crop settings and batch size.
+What each side includes (both read the same checkpoint file and the same generated clips):
 
-Runs are interleaved (B, A, B, A, ...) so background load hits both alike; prints clips/s of
-each, their ratio A / B (target >= 0.85: the engine's overhead is small), and checks the results
-agree. It also prints when the engine's first batch came back: the actors' start (each imports
-Ray and the project, the model actor torch, and gets the model) is a fixed cost that more clips
-amortise, and that a machine shared with other work stretches far beyond its CPU time. Then one more engine run over the clips plus a corrupt file and a video whose loader
-actor is killed (SIGKILL, as the OOM killer sends) while it decodes it: the job completes,
-the corrupt file is an error row, the victim is predicted after Ray restarts its actor.
+A (engine): ``run_batch_predict`` over the clip folder on a local Ray with 2 CPUs, timed from
+  the call to the last result shard: the driver's checkpoint load, listing and results folder,
+  Ray Data's start, the actors' start (each a new process that imports Ray Data, the project,
+  torch and the model's modules, then gets the model from the object store), decode/crop, the
+  forward passes and the Parquet shards. Not included: the Ray cluster's own start (a cluster
+  runs before a job is submitted to it) and the first ``import ray.data`` in the driver (done
+  once before timing, as a job's driver process has it before its run starts).
+  - fused (the default on a CPU-only cluster, ``batch_predict.fuse: auto``): 2 actors of 1 CPU,
+    each decodes, crops and runs the model on its own batches of 8;
+  - two stages (``fuse: off``, what a GPU cluster runs): 2 loader actors (0.75 CPU) -> 1 model
+    actor (0.5 CPU), clips through the object store.
+B (baseline): ``iter_predictions(checkpoint, clips, workers=2, batch_size=8)`` in this process:
+  the checkpoint load, 2 decode/crop threads and the forward on the calling thread. Python,
+  torch and the model's modules are already imported here (a warm-up call before timing): B
+  pays no process start and no import, which A's actors must.
+
+Runs are interleaved (B, A fused, A two stages, B, ...) so background load hits all alike. For
+each it prints clips/s end to end (including start) and in steady state (from its first batch
+back to its last: the start taken out), the CPU seconds of this process tree (Ray's workers
+included; a fairer measure than wall time on a shared machine), and the ratios A / B (target
+>= 0.85); results are checked against B's. Then one more engine run over the clips plus a
+corrupt file and a video whose actor is killed (SIGKILL, as the OOM killer sends) while it
+decodes it: the job completes, the corrupt file is an error row, the victim is predicted after
+Ray restarts its actor. The machine's load average is printed at the start and the end.
 
     python bench/batch_predict.py [--clips 64] [--frames 32] [--repeats 2] [--arch dferclip-micro]
+                                  [--no-two-stage] [--no-faults]
+
+64 clips take about 1.5 min on a quiet 2-core machine, 400 clips (``--clips 400 --repeats 1``)
+about 3 min.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import statistics
@@ -52,21 +68,61 @@ def _kill_once(path: str, stop: threading.Event, kills: list[int]) -> None:
         stop.wait(0.02)
 
 
+def tree_cpu() -> float:
+    """CPU seconds of this process and every process below it (Ray's raylet and workers): the
+    live ones' own time plus what each has collected from children that ended (ended actors)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[tuple[int, int]]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append((int(proc.name), sum(int(x) for x in fields[11:15])))
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    total, stack = sum(int(x) for x in fields[11:15]), [os.getpid()]
+    while stack:
+        for pid, ticks in children.get(stack.pop(), []):
+            total += ticks
+            stack.append(pid)
+    return total / tick
+
+
+@dataclasses.dataclass
+class Run:
+    seconds: float  # end to end
+    first: float  # first batch back
+    first_n: int
+    cpu: float
+
+
+def _rates(runs: list[Run], n: int) -> tuple[float, float, float, float]:
+    """Median clips/s end to end, in steady state, median first batch, median CPU s."""
+    e2e = statistics.median(n / r.seconds for r in runs)
+    steady = statistics.median((n - r.first_n) / max(r.seconds - r.first, 1e-9) for r in runs)
+    return e2e, steady, statistics.median(r.first for r in runs), statistics.median(r.cpu for r in runs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=64)
     ap.add_argument("--frames", type=int, default=32, help="frames per clip (320x240, 25 fps)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--arch", default="dferclip-micro", help="CLIP architecture (random weights)")
+    ap.add_argument("--no-two-stage", action="store_true", help="measure the fused pipeline only")
+    ap.add_argument("--no-faults", action="store_true", help="skip the corrupt-file / killed-actor run")
     args = ap.parse_args()
+    print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores)", flush=True)
 
     import ray
+    import ray.data  # noqa: F401 — imported before timing (module doc)
 
     from pipeline.batch_predict import read_results, run_batch_predict
     from pipeline.config import BatchPredictConfig, ModelConfig, PreprocessConfig
     from pipeline.datasets import CLASSES_7
     from pipeline.model import build_model, save_checkpoint
-    from pipeline.predict import predict_paths
+    from pipeline.predict import iter_predictions
     from pipeline.raycluster import local_ray_env
     from pipeline.synth import render_clip, write_video
 
@@ -83,67 +139,84 @@ def main() -> None:
     )
     ckpt = save_checkpoint(model, tmp / "model.pt")
     prep = PreprocessConfig()
-    sizing = BatchPredictConfig(loaders=2, cpus_per_loader=0.75, models=1, cpus_per_model=0.5, batch_size=8)
+    fused = BatchPredictConfig(loaders=2, cpus_per_loader=1.0, batch_size=8, fuse="on")
+    two = BatchPredictConfig(loaders=2, cpus_per_loader=0.75, models=1, cpus_per_model=0.5, batch_size=8, fuse="off")
+    variants = {"fused": fused} if args.no_two_stage else {"fused": fused, "two stages": two}
     paths = sorted(str(p) for p in clips.iterdir())
+    list(iter_predictions(str(ckpt), paths[:1], workers=2, device="cpu"))  # B's imports, before timing
 
     local_ray_env()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     quiet = lambda _: None  # noqa: E731
-    a_times, b_times, firsts = [], [], []
+    b_runs: list[Run] = []
+    a_runs: dict[str, list[Run]] = {k: [] for k in variants}
     try:
+        time.sleep(2)  # the cluster's own start settles
         for r in range(args.repeats):
-            t = time.perf_counter()
-            base = predict_paths(str(ckpt), paths, workers=2, batch_size=sizing.batch_size, device="cpu")
-            b_times.append(time.perf_counter() - t)
-            out = tmp / f"out{r}"
-            t = time.perf_counter()
-            summary = run_batch_predict(str(ckpt), str(clips), str(out), sizing, prep, log=quiet)
-            a_times.append(time.perf_counter() - t)
-            assert summary["predicted"] == args.clips, summary
-            first_s, first_n = summary["last_run"]["first_result"]
-            firsts.append(first_s)
-            rows = {x["path"]: x for x in read_results(out).to_pylist()}
-            worst = max(abs(rows[p.path]["probability"] - p.probability) for p in base)
-            same = sum(rows[p.path]["label"] == p.label for p in base)
+            cpu, t = tree_cpu(), time.perf_counter()
+            base, first = [], None
+            for p in iter_predictions(str(ckpt), paths, workers=2, batch_size=8, device="cpu"):
+                base.append(p)
+                first = first or (time.perf_counter() - t, len(base))
+            b_runs.append(Run(time.perf_counter() - t, first[0], 8, tree_cpu() - cpu))
+            line = f"repeat {r}: in-process {args.clips / b_runs[-1].seconds:.2f} clips/s"
+            for name, sizing in variants.items():
+                out = tmp / f"out-{name.replace(' ', '-')}-{r}"
+                cpu, t = tree_cpu(), time.perf_counter()
+                summary = run_batch_predict(str(ckpt), str(clips), str(out), sizing, prep, log=quiet)
+                seconds = time.perf_counter() - t
+                assert summary["predicted"] == args.clips, summary
+                first_s, first_n = summary["last_run"]["first_result"]
+                a_runs[name].append(Run(seconds, first_s, first_n, tree_cpu() - cpu))
+                rows = {x["path"]: x for x in read_results(out).to_pylist()}
+                worst = max(abs(rows[p.path]["probability"] - p.probability) for p in base)
+                same = sum(rows[p.path]["label"] == p.label for p in base)
+                line += (
+                    f"; {name} {args.clips / seconds:.2f} clips/s (first batch after {first_s:.1f} s), "
+                    f"labels equal {same}/{args.clips}, max |dp| {worst:.1e}"
+                )
+            print(line, flush=True)
+
+        b = _rates(b_runs, args.clips)
+        print(
+            f"\n{args.clips} clips x {args.frames} frames 320x240, {args.arch}, 2 CPUs, medians of {args.repeats}\n"
+            f"  {'':<26} {'end to end':>11} {'steady':>11} {'first batch':>12} {'CPU s':>7}\n"
+            f"  {'in-process predict (B)':<26} {b[0]:>6.2f} c/s {b[1]:>6.2f} c/s {b[2]:>10.1f} s {b[3]:>7.1f}",
+            flush=True,
+        )
+        for name, runs in a_runs.items():
+            a = _rates(runs, args.clips)
             print(
-                f"repeat {r}: in-process {args.clips / b_times[-1]:.2f} clips/s, Ray Data {args.clips / a_times[-1]:.2f} "
-                f"clips/s (its first batch of {first_n} back after {first_s:.1f} s, the whole in-process run "
-                f"took {b_times[-1]:.1f} s); "
-                f"labels equal {same}/{args.clips}, max |dp| {worst:.1e}",
+                f"  {'Ray Data, ' + name + ' (A)':<26} {a[0]:>6.2f} c/s {a[1]:>6.2f} c/s {a[2]:>10.1f} s {a[3]:>7.1f}\n"
+                f"  {'  ratio A / B':<26} {a[0] / b[0]:>9.2f}x {a[1] / b[1]:>9.2f}x {'':>12} {b[3] / a[3]:>6.2f}x"
+                "  (target >= 0.85; CPU: B's CPU s / A's)",
                 flush=True,
             )
-        a, b = statistics.median(a_times), statistics.median(b_times)
-        print(
-            f"\n{args.clips} clips x {args.frames} frames 320x240, {args.arch}, 2 CPUs\n"
-            f"  in-process predict (2 threads): {args.clips / b:.2f} clips/s (median {b:.1f} s)\n"
-            f"  batch-predict on Ray Data     : {args.clips / a:.2f} clips/s (median {a:.1f} s)\n"
-            f"  ratio Ray Data / in-process   : {b / a:.2f}x  (target >= 0.85)\n"
-            f"  first batch back (actor start): median {statistics.median(firsts):.1f} s",
-            flush=True,
-        )
 
-        # Keeps going past a corrupt file and a killed actor.
-        (clips / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video" * 40)
-        victim = clips / "zz_victim.mp4"
-        write_video(victim, render_clip("fear", rng, num_frames=250, size=(320, 240)), 25)
-        stop, kills = threading.Event(), []
-        killer = threading.Thread(target=_kill_once, args=(str(victim), stop, kills), daemon=True)
-        killer.start()
-        try:
-            summary = run_batch_predict(str(ckpt), str(clips), str(tmp / "faults"), sizing, prep, log=quiet)
-        finally:
-            stop.set()
-            killer.join()
-        errors = [r for r in read_results(tmp / "faults").to_pylist() if not r["ok"]]
-        victim_row = [r for r in read_results(tmp / "faults").to_pylist() if r["path"] == str(victim)]
-        print(
-            f"\nfaults: {summary['inputs']} inputs, {summary['predicted']} predicted, {summary['errors']} error row(s) "
-            f"{[(Path(e['path']).name, e['error'][:40]) for e in errors]}; loader actors killed: {len(kills)}; "
-            f"the victim predicted: {bool(victim_row and victim_row[0]['ok'])}",
-            flush=True,
-        )
+        if not args.no_faults:  # keeps going past a corrupt file and a killed actor
+            (clips / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video" * 40)
+            victim = clips / "zz_victim.mp4"
+            write_video(victim, render_clip("fear", rng, num_frames=250, size=(320, 240)), 25)
+            stop, kills = threading.Event(), []
+            killer = threading.Thread(target=_kill_once, args=(str(victim), stop, kills), daemon=True)
+            killer.start()
+            try:
+                summary = run_batch_predict(str(ckpt), str(clips), str(tmp / "faults"), fused, prep, log=quiet)
+            finally:
+                stop.set()
+                killer.join()
+            results = read_results(tmp / "faults").to_pylist()
+            errors = [r for r in results if not r["ok"]]
+            victim_row = [r for r in results if r["path"] == str(victim)]
+            print(
+                f"\nfaults (fused): {summary['inputs']} inputs, {summary['predicted']} predicted, "
+                f"{summary['errors']} error row(s) {[(Path(e['path']).name, e['error'][:40]) for e in errors]}; "
+                f"actors killed: {len(kills)}; the victim predicted: {bool(victim_row and victim_row[0]['ok'])}",
+                flush=True,
+            )
     finally:
         ray.shutdown()
+    print(f"load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ How it runs (one Ray Data pipeline, data never funnels through the driver):
    (``part-<hash of its paths>.parquet``, atomically), plus a timeline PNG per long video;
 4. the driver reads one small summary row per input and moves the progress bar.
 
+When the model gets no GPU (``cfg.fuse`` auto), steps 2 and 3 are one: ``map_batches(FusedActor)``,
+``cfg.loaders`` actors that each load a batch and run the model on it — on CPUs the forward
+pass shares the decoders' cores anyway, and one stage starts one set of actor processes (each
+imports torch and the model's modules: seconds of CPU) and moves no clip through the object
+store. Every actor gets the model on a thread of its own as it starts (:class:`_Predictor`).
+
 So every result equals ``dferclip predict``'s for the same input and settings. Each row is
 :data:`RESULT_SCHEMA`: ``path, ok, label, probability, error, face_fallback, frames`` and
 ``prediction``, the exact ``predict --json`` object (with ``timeline`` for a long video).
@@ -30,8 +36,9 @@ Resumable: a re-run skips inputs already in the shards (errors too, unless ``ret
 :func:`read_results` then keeps an input's successful row). A run with another checkpoint,
 crop or timeline setting than the results were made with is refused unless ``overwrite``
 (which clears the folder). Killed actors: Ray restarts an actor process that dies and tries
-its batch ``cfg.worker_retries`` more times; inputs whose batch died on every try are error
-rows naming that, and the job completes.
+its batch ``cfg.worker_retries`` more times; the inputs of a batch that died on every try run
+again one per batch (:mod:`pipeline.raydata`), and those that still kill their actor are error
+rows naming that; the job completes.
 """
 
 from __future__ import annotations
@@ -44,7 +51,6 @@ import os
 import pickle
 import posixpath
 import time
-import warnings
 from collections.abc import Callable
 
 import pyarrow as pa
@@ -64,6 +70,7 @@ __all__ = [
     "RESULT_SCHEMA",
     "LoadActor",
     "ModelActor",
+    "FusedActor",
 ]
 
 logger = logging.getLogger(__name__)
@@ -225,91 +232,157 @@ def _checkpoint_digest(path: str) -> str:
 # --- the actors -------------------------------------------------------------------------------
 
 
-class LoadActor:
-    """Ray Data actor: decode, detect, crop (and cut a long video into windows) — ClipLoader's work."""
+def _load(loader, timeline, path: str):
+    """One input -> its LoadedClip / LoadedTimeline, or the reason it cannot be read (a str)."""
+    from pipeline.predict import _reason
 
-    def __init__(self, num_frames: int, image_size: int, prep: dict, timeline: dict | None):
-        import cv2
-
-        from pipeline.predict import ClipLoader
-
-        self.prep = from_dict(PreprocessConfig, prep, "preprocess")
-        cv2.setNumThreads(1)  # one actor = its CPUs; OpenCV's own pool would oversubscribe them
-        self.loader = ClipLoader(num_frames, image_size, self.prep)
-        self.timeline = None if timeline is None else from_dict(TimelineConfig, timeline, "timeline")
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from pipeline.predict import _reason
-
-        out = []
-        for path in batch.column("path").to_pylist():
-            try:
-                loaded = self.loader.load_input(path, self.timeline)
-            except Exception as exc:  # noqa: BLE001 — one bad input is an error row, the rest go on
-                out.append({"path": path, "error": _reason(exc), "loaded": None})
-                continue
-            out.append({"path": path, "error": None, "loaded": pickle.dumps(loaded, protocol=5)})
-        return pa.Table.from_pylist(out, schema=_LOADED_SCHEMA)
+    try:
+        return loader.load_input(path, timeline)
+    except Exception as exc:  # noqa: BLE001 — one bad input is an error row, the rest go on
+        return _reason(exc)
 
 
-class ModelActor:
-    """Ray Data actor: batched forward passes, one result shard per batch, written as it finishes."""
+def _new_loader(num_frames: int, image_size: int, prep: dict, timeline: dict | None):
+    import cv2
+
+    from pipeline.predict import ClipLoader
+
+    cv2.setNumThreads(1)  # parallelism comes from actors (and their threads); OpenCV's own pool would oversubscribe
+    loader = ClipLoader(num_frames, image_size, from_dict(PreprocessConfig, prep, "preprocess"))
+    return loader, None if timeline is None else from_dict(TimelineConfig, timeline, "timeline")
+
+
+class _Predictor:
+    """The model side of a batch: forward passes over its loaded inputs and one result shard.
+
+    The model comes from the object store (the driver loaded it once). Getting it imports
+    torch and the model's modules — seconds of CPU — so it starts on a thread of its own when
+    the actor starts, and a fused actor decodes its first clips meanwhile (the import and the
+    decoders' C code run side by side)."""
 
     def __init__(self, model_ref: list, device: str, batch_size: int, temperature: float, out: str, pngs: bool):
+        import threading
+        from concurrent.futures import Future
+
+        self.batch_size, self.temperature = batch_size, temperature
+        self.storage, self.pngs = Storage(out), pngs
+        self._model: Future = Future()
+
+        def get() -> None:
+            try:
+                self._model.set_result(self._get_model(model_ref[0], device))
+            except BaseException as exc:  # noqa: BLE001 — raised by the first batch, which reports it
+                self._model.set_exception(exc)
+
+        # A daemon thread: an actor that Ray stops while it is still loading must not wait for it.
+        threading.Thread(target=get, name="model-load", daemon=True).start()
+
+    @staticmethod
+    def _get_model(ref, device: str):
         import ray
 
         from pipeline.predict import resolve_device
 
-        self.device = resolve_device(device)
-        self.model = ray.get(model_ref[0]).eval().to(self.device)
-        self.names = list(self.model.class_names)
-        self.batch_size, self.temperature = batch_size, temperature
-        self.storage, self.pngs = Storage(out), pngs
+        dev = resolve_device(device)
+        return ray.get(ref).eval().to(dev), dev
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, items: list[tuple[str, object]]) -> pa.Table:
+        """``items``: (path, loaded input or the reason it failed); returns the summary rows."""
         try:
-            return self._process(batch)
+            return self._predict(items)
         except Exception as exc:  # noqa: BLE001 — a storage failure goes to the driver, which stops
             import traceback
 
-            paths = batch.column("path").to_pylist()
             fatal = "".join(traceback.format_exception_only(exc)).strip()
             return pa.Table.from_pylist(
-                [{"path": p, "ok": False, "error": "", "fatal": fatal} for p in paths], schema=_SUMMARY_SCHEMA
+                [{"path": p, "ok": False, "error": "", "fatal": fatal} for p, _ in items], schema=_SUMMARY_SCHEMA
             )
 
-    def _process(self, batch: pa.Table) -> pa.Table:
+    def _predict(self, items: list[tuple[str, object]]) -> pa.Table:
         import numpy as np
 
         from pipeline.predict import LoadedClip, Prediction, forward_probabilities, make_prediction
         from pipeline.timeline import write_timeline_png
 
-        rows = batch.to_pylist()
-        # These bytes are pickle.dumps of this job's own loader actors (LoadActor above), passed
-        # through Ray Data's blocks as Ray passes any object; no input file is ever unpickled.
-        loaded = [None if r["loaded"] is None else pickle.loads(r["loaded"]) for r in rows]
-        ok = [c for c in loaded if c is not None]
+        model, device = self._model.result()
+        names = list(model.class_names)
+        ok = [c for _, c in items if not isinstance(c, str)]
         videos = [c.video[None] if isinstance(c, LoadedClip) else c.videos for c in ok]
         probs = (
-            forward_probabilities(self.model, np.concatenate(videos), self.device, self.batch_size, self.temperature)
+            forward_probabilities(model, np.concatenate(videos), device, self.batch_size, self.temperature)
             if ok
             else None
         )
         preds, start = [], 0
-        for r, clip in zip(rows, loaded):
-            if clip is None:
-                preds.append(Prediction(r["path"], error=r["error"]))
+        for path, clip in items:
+            if isinstance(clip, str):
+                preds.append(Prediction(path, error=clip))
                 continue
             n = 1 if isinstance(clip, LoadedClip) else len(clip.videos)
-            pred = make_prediction(r["path"], clip, probs[start : start + n], self.names)
+            pred = make_prediction(path, clip, probs[start : start + n], names)
             start += n
             if pred.timeline is not None and self.pngs:
-                write_timeline_png(pred, self.storage.uri(TIMELINES), self.names)
+                write_timeline_png(pred, self.storage.uri(TIMELINES), names)
             preds.append(pred)
         _write_shard(self.storage, [_result_row(p) for p in preds])
         return pa.Table.from_pylist(
             [{"path": p.path, "ok": p.ok, "error": p.error, "fatal": None} for p in preds], schema=_SUMMARY_SCHEMA
         )
+
+
+class LoadActor:
+    """Ray Data actor: decode, detect, crop (and cut a long video into windows) — ClipLoader's work."""
+
+    def __init__(self, num_frames: int, image_size: int, prep: dict, timeline: dict | None):
+        self.loader, self.timeline = _new_loader(num_frames, image_size, prep, timeline)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        out = []
+        for path in batch.column("path").to_pylist():
+            loaded = _load(self.loader, self.timeline, path)
+            if isinstance(loaded, str):
+                out.append({"path": path, "error": loaded, "loaded": None})
+            else:
+                out.append({"path": path, "error": None, "loaded": pickle.dumps(loaded, protocol=5)})
+        return pa.Table.from_pylist(out, schema=_LOADED_SCHEMA)
+
+
+class ModelActor:
+    """Ray Data actor (with GPUs): batched forward passes over LoadActor's output, one result
+    shard per batch, written as it finishes."""
+
+    def __init__(self, model_ref: list, device: str, batch_size: int, temperature: float, out: str, pngs: bool):
+        self.predictor = _Predictor(model_ref, device, batch_size, temperature, out, pngs)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        # These bytes are pickle.dumps of this job's own loader actors (LoadActor above), passed
+        # through Ray Data's blocks as Ray passes any object; no input file is ever unpickled.
+        items = [
+            (r["path"], r["error"] if r["loaded"] is None else pickle.loads(r["loaded"])) for r in batch.to_pylist()
+        ]
+        return self.predictor(items)
+
+
+class FusedActor:
+    """Ray Data actor (CPU-only clusters): LoadActor's and ModelActor's work in one process.
+
+    Without a GPU the forward pass runs on the same CPUs as the decoding anyway, so one stage
+    saves what two cost: a second set of actor processes to start, and every loaded clip's
+    trip through the object store. ``threads`` decode a batch's inputs side by side (the GIL
+    is free while PyAV, OpenCV and the JPEG codec work), then the batch runs in the model."""
+
+    def __init__(self, num_frames: int, image_size: int, prep: dict, timeline: dict | None, threads: int, **model):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.predictor = _Predictor(**model)  # the model arrives while the first clips decode
+        self.loader, self.timeline = _new_loader(num_frames, image_size, prep, timeline)
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="load") if threads > 1 else None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        paths = batch.column("path").to_pylist()
+        load = lambda p: _load(self.loader, self.timeline, p)  # noqa: E731
+        loaded = list(map(load, paths) if self.pool is None else self.pool.map(load, paths))
+        return self.predictor(list(zip(paths, loaded)))
 
 
 # --- the driver -------------------------------------------------------------------------------
@@ -339,6 +412,15 @@ def check_sizing(cfg: BatchPredictConfig, gpus: float) -> None:
     """Fail before any work when the actors can never all be placed (they would wait forever)."""
     from pipeline.raycluster import check_resources
 
+    if _fused(cfg, gpus):  # the loaders run the model too
+        check_resources(
+            "batch-predict loader",
+            cpus=cfg.cpus_per_loader,
+            gpus=gpus,
+            count=cfg.loaders,
+            key="batch_predict.loaders / cpus_per_loader (fused with the model: batch_predict.fuse)",
+        )
+        return
     check_resources(
         "batch-predict model actor",
         cpus=cfg.cpus_per_model,
@@ -485,82 +567,131 @@ def batch_predict_command(
 
 
 def _run_ray(model, root, todo, cfg, gpus, prep, timeline, temperature, emit) -> tuple[int, list | None]:
-    """Run the pipeline over ``todo``; returns (new error rows, [seconds, inputs] of the first batch back)."""
+    """Run the pipeline over ``todo``; returns (new error rows, [seconds, inputs] of the first batch back).
+    Inputs whose actor died on every try of their batch run again one per batch
+    (:func:`pipeline.raydata.with_lone_retries`); those still lost then are error rows."""
     import ray
 
+    from pipeline.raydata import with_lone_retries
+
     model_ref = ray.put(model.cpu())
-    blocks = max(1, -(-len(todo) // cfg.loader_batch))
-    ds = ray.data.from_items([{"path": p} for p in todo], override_num_blocks=blocks)
-    # As in preprocess: finite task retries after an actor dies, unlimited restarts (in Ray Data
-    # 2.60 an actor past a finite max_restarts stays dead in its pool and the job stalls); Ray
-    # 2.60 takes both only as ray_remote_args, which it marks deprecated.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        ds = ds.map_batches(
-            LoadActor,
-            fn_constructor_kwargs=dict(
-                num_frames=model.num_frames,
-                image_size=model.image_size,
-                prep=to_dict(prep),
-                timeline=None if timeline is None else to_dict(timeline),
-            ),
-            batch_size=cfg.loader_batch,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=min(cfg.loaders, blocks)),
-            num_cpus=cfg.cpus_per_loader,
-            max_restarts=-1,
-            max_task_retries=cfg.worker_retries,
-        )
-        ds = ds.map_batches(
-            ModelActor,
-            fn_constructor_kwargs=dict(
-                model_ref=[model_ref],
-                device="cuda" if gpus else "cpu",
-                batch_size=cfg.batch_size,
-                temperature=temperature,
-                out=root.uri(),
-                pngs=True,
-            ),
-            batch_size=cfg.batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=cfg.models),
-            num_cpus=cfg.cpus_per_model,
-            num_gpus=gpus,
-            max_restarts=-1,
-            max_task_retries=cfg.worker_retries,
-        )
-    # A batch whose actor died on every try is skipped instead of failing the job; its inputs
-    # come back as error rows below. (Actors return every other failure as a row.)
-    ds.context.max_errored_blocks = -1
-    answered: set[str] = set()
+    fused = _fused(cfg, gpus)
+    load_args = dict(
+        num_frames=model.num_frames,
+        image_size=model.image_size,
+        prep=to_dict(prep),
+        timeline=None if timeline is None else to_dict(timeline),
+    )
+    model_args = dict(
+        model_ref=[model_ref],
+        device="cuda" if gpus else "cpu",
+        batch_size=cfg.batch_size,
+        temperature=temperature,
+        out=root.uri(),
+        pngs=True,
+    )
     errors = 0
     started, first = time.perf_counter(), None
+
     with progress(len(todo), "batch-predict", unit="clip", logger=logger) as bar:
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            rows = batch.to_pylist()
-            first = first or [round(time.perf_counter() - started, 3), len(rows)]
-            fatal = next((r for r in rows if r["fatal"]), None)
-            if fatal is not None:
-                raise RuntimeError(f"batch-predict: a model actor could not write its results: {fatal['fatal']}")
-            for r in rows:
-                answered.add(r["path"])
-                if not r["ok"]:
-                    errors += 1
-                    level = logging.WARNING if errors <= _ERRORS_SHOWN else logging.DEBUG
-                    emit(level, f"batch-predict: {r['path']} failed: {r['error']}")
-            bar.update(len(rows), postfix=f"{errors} errors" if errors else None)
-        lost = [p for p in todo if p not in answered]
+
+        def one_pass(paths: list[str], alone: bool) -> set[str]:
+            nonlocal errors, first
+            ds = _pipeline(paths, alone, fused, cfg, gpus, load_args, model_args)
+            answered: set[str] = set()
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                rows = batch.to_pylist()
+                first = first or [round(time.perf_counter() - started, 3), len(rows)]
+                fatal = next((r for r in rows if r["fatal"]), None)
+                if fatal is not None:
+                    raise RuntimeError(
+                        f"batch-predict: an actor could not predict or write its results: {fatal['fatal']}"
+                    )
+                for r in rows:
+                    answered.add(r["path"])
+                    if not r["ok"]:
+                        errors += 1
+                        level = logging.WARNING if errors <= _ERRORS_SHOWN else logging.DEBUG
+                        emit(level, f"batch-predict: {r['path']} failed: {r['error']}")
+                bar.update(len(rows), postfix=f"{errors} errors" if errors else None)
+            return answered
+
+        def announce(lost: list[str]) -> None:
+            emit(
+                logging.WARNING,
+                f"batch-predict: an actor process died on every try of {len(lost)} input(s)' batches "
+                "(killed, e.g. for memory, or crashed); trying each of them alone",
+            )
+
+        lost = with_lone_retries(todo, lambda p: p, one_pass, announce=announce)
         if lost:
             tries = cfg.worker_retries + 1
             reason = (
-                f"the batch-predict actor process died on this input's batch {tries} time(s) (killed, e.g. for "
-                "memory, or crashed; see the Ray worker logs); re-run with --retry-errors to try it again"
+                f"the batch-predict actor process died on this input {tries} time(s) when run alone (killed, "
+                "e.g. for memory, or crashed; see the Ray worker logs); lower preprocess.max_pixels / "
+                "max_clip_frames / max_clip_seconds, or re-run with --retry-errors to try it again"
             )
             _write_shard(root, [_result_row_error(p, reason) for p in lost])
             errors += len(lost)
             bar.update(len(lost))
             emit(logging.WARNING, f"batch-predict: {len(lost)} input(s) lost with their actor: {reason}")
     return errors, first
+
+
+def _fused(cfg: BatchPredictConfig, gpus: float) -> bool:
+    """One actor stage (FusedActor) or two (LoadActor -> ModelActor): ``cfg.fuse``, auto = fused
+    when the model runs on CPUs."""
+    return cfg.fuse == "on" or (cfg.fuse == "auto" and not gpus)
+
+
+def _pipeline(paths: list[str], alone: bool, fused: bool, cfg: BatchPredictConfig, gpus: float, load_args, model_args):
+    """The Ray Data pipeline over ``paths``; ``alone``: one input per batch (see raydata)."""
+    import ray
+
+    from pipeline.raydata import map_batches_retried
+
+    if fused:
+        per_batch = 1 if alone else cfg.batch_size
+        blocks = max(1, -(-len(paths) // per_batch))
+        ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
+        return map_batches_retried(
+            ds,
+            FusedActor,
+            retries=cfg.worker_retries,
+            alone=alone,
+            pool_size=min(cfg.loaders, blocks),
+            fn_constructor_kwargs=dict(**load_args, threads=cfg.threads_per_loader, **model_args),
+            batch_size=per_batch,
+            batch_format="pyarrow",
+            num_cpus=cfg.cpus_per_loader,
+            num_gpus=gpus,
+        )
+    per_batch = 1 if alone else cfg.loader_batch
+    blocks = max(1, -(-len(paths) // per_batch))
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
+    ds = map_batches_retried(
+        ds,
+        LoadActor,
+        retries=cfg.worker_retries,
+        alone=alone,
+        pool_size=min(cfg.loaders, blocks),
+        fn_constructor_kwargs=load_args,
+        batch_size=per_batch,
+        batch_format="pyarrow",
+        num_cpus=cfg.cpus_per_loader,
+    )
+    return map_batches_retried(
+        ds,
+        ModelActor,
+        retries=cfg.worker_retries,
+        alone=alone,
+        pool_size=cfg.models,
+        fn_constructor_kwargs=model_args,
+        batch_size=1 if alone else cfg.batch_size,
+        batch_format="pyarrow",
+        num_cpus=cfg.cpus_per_model,
+        num_gpus=gpus,
+    )
 
 
 def _result_row_error(path: str, reason: str) -> dict:

@@ -357,10 +357,15 @@ class BatchPredictConfig:
     # After its actor process dies, a batch is tried this many more times; then its inputs are
     # error rows (a re-run with --retry-errors tries them again).
     worker_retries: int = 1
+    # One actor stage instead of two: each loader actor also runs the model (no clip crosses the
+    # object store, no second set of actors starts). auto: fused when the model gets no GPU.
+    fuse: Literal["auto", "on", "off"] = "auto"
+    # Threads decoding a batch's inputs side by side in a fused loader actor.
+    threads_per_loader: int = 1
 
     def validate(self) -> list[str]:
         problems = []
-        for name in ("loaders", "models", "batch_size", "loader_batch"):
+        for name in ("loaders", "models", "batch_size", "loader_batch", "threads_per_loader"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: must be >= 1, got {getattr(self, name)}")
         for name in ("cpus_per_loader", "cpus_per_model"):

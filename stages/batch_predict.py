@@ -2,9 +2,9 @@
 
 LISTING is a folder tree (every video below it, every folder of frame images as one clip), or a
 CSV / Parquet file with a ``path`` column; local or object storage (s3://, gs://). CPU actors
-decode, detect and crop exactly as ``dferclip predict`` does; model actors (a GPU each when the
-cluster has one) run batched forward passes and write one Parquet shard per batch to --out as
-it finishes. A re-run skips inputs already in --out (and those that failed, unless
+decode, detect and crop exactly as ``dferclip predict`` does; without GPUs the same actors run
+the batched forward passes, with GPUs model actors (a GPU each) do; each batch is written as
+one Parquet shard to --out as it finishes. A re-run skips inputs already in --out (and those that failed, unless
 --retry-errors). Videos longer than ``timeline.auto_after_s`` are scored as timelines per face
 track (``timeline:`` section; --timeline / --no-timeline), with one PNG each in --out/timelines/.
 

@@ -3,6 +3,7 @@ results against in-process predict, resume, retries, a killed actor, sizing, lis
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -176,23 +177,45 @@ def _cfg(media) -> str:
     return str(path)
 
 
-def _kill_once(path: str, stop: threading.Event, kills: list[int]) -> None:
-    """SIGKILL (what the OOM killer sends) the first Ray worker process seen with ``path`` open."""
+def _ray_workers(stop: threading.Event, kills: list[int], limit: int | None, victim) -> None:
+    """SIGKILL (what the OOM killer sends) each Ray worker process for which ``victim(proc)`` is
+    true, until ``stop`` or ``limit`` kills."""
     me = os.getpid()
-    while not stop.is_set() and not kills:
+    while not stop.is_set() and (limit is None or len(kills) < limit):
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit() or int(proc.name) == me:
                 continue
             try:
-                if b"ray::" not in (proc / "cmdline").read_bytes():
-                    continue
-                if any(os.readlink(fd) == path for fd in (proc / "fd").iterdir()):
+                cmdline = (proc / "cmdline").read_bytes()
+                if b"ray::" in cmdline and victim(proc, cmdline):
                     os.kill(int(proc.name), signal.SIGKILL)
                     kills.append(int(proc.name))
-                    return
-            except OSError:
+                    if limit is not None and len(kills) >= limit:
+                        return
+            except OSError:  # the process ended or is not ours to read
                 continue
         stop.wait(0.02)
+
+
+def _has_open(path: str):
+    return lambda proc, _cmdline: any(os.readlink(fd) == path for fd in (proc / "fd").iterdir())
+
+
+def _kill_once(path: str, stop: threading.Event, kills: list[int]) -> None:
+    """Kill the first Ray worker process seen with ``path`` open."""
+    _ray_workers(stop, kills, 1, _has_open(path))
+
+
+def _run_with_killer(killer_args: tuple, *args, **kwargs) -> dict:
+    """run_batch_predict(*args, **kwargs) with ``_ray_workers(stop, *killer_args)`` beside it."""
+    stop = threading.Event()
+    killer = threading.Thread(target=_ray_workers, args=(stop, *killer_args), daemon=True)
+    killer.start()
+    try:
+        return run_batch_predict(*args, **kwargs)
+    finally:
+        stop.set()
+        killer.join()
 
 
 @pytest.mark.slow
@@ -215,3 +238,86 @@ def test_a_killed_loader_actor_does_not_stop_the_job(ckpt, media, ray_local, tmp
         killer.join()
     assert len(kills) == 1  # its actor died once; Ray restarted it and tried the batch again
     assert (summary["predicted"], summary["errors"]) == (3, 0)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the worker through /proc (Linux)")
+def test_an_input_that_kills_its_actor_every_time_is_an_error_row_and_its_batch_mates_complete(
+    first_run, ckpt, media, ray_local, tmp_path
+):
+    """Its batch dies on every try (worker_retries 0: one), then each of its inputs runs alone:
+    the batch-mates are predicted, the input that killed its actor again is an error row."""
+    from tests.data.drawing import face_frames
+
+    poison = tmp_path / "poison.mp4"
+    write_video(poison, face_frames(200, 320, 240, face=False), 25)  # ~1 s of decoding: the killer sees it open
+    v = media["videos"]
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"path\n{v / 'a.mp4'}\n{poison}\n{v / 'b.mp4'}\n")
+    sizing = dataclasses.replace(SIZING, worker_retries=0)  # one batch of 3 in one fused actor
+    kills: list[int] = []
+    lines: list[str] = []
+    summary = _run_with_killer(
+        (kills, None, _has_open(str(poison))),
+        str(ckpt),
+        str(listing),
+        str(tmp_path / "o"),
+        sizing,
+        PREP,
+        log=lines.append,
+    )
+    assert len(kills) == 2  # the batch's one try, then the poison's one try alone
+    assert (summary["predicted"], summary["errors"]) == (2, 1)
+    rows = {r["path"]: r for r in read_results(tmp_path / "o").to_pylist()}
+    assert rows[str(poison)]["error"].startswith(
+        "the batch-predict actor process died on this input 1 time(s) when run alone"
+    )
+    for name in ("a.mp4", "b.mp4"):  # as the first run predicted them
+        _assert_same_prediction(rows[str(v / name)], first_run["rows"][str(v / name)])
+    assert any("trying each of them alone" in line for line in lines)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="finds the worker through /proc (Linux)")
+def test_a_model_actor_killed_mid_job_is_restarted_and_every_input_answered_once(
+    first_run, ckpt, media, ray_local, tmp_path
+):
+    """The two-stage pipeline (what a GPU cluster runs): SIGKILL the model actor's process once
+    its first result shard is written; Ray restarts it, the batches it held are tried again, and
+    each input ends with exactly one row, equal to the fused pipeline's."""
+    from tests.data.drawing import face_frames
+
+    v, out = media["videos"], tmp_path / "o"
+    slow = tmp_path / "slow.mp4"  # ~1 s of decoding: still loading when the model actor dies
+    write_video(slow, face_frames(200, 320, 240, face=False), 25)
+    inputs = [v / "a.mp4", v / "b.mp4", v / "sub" / "c.mp4", slow, v / "corrupt.mp4"]
+    listing = tmp_path / "list.csv"
+    listing.write_text("path\n" + "".join(f"{p}\n" for p in inputs))
+    sizing = dataclasses.replace(SIZING, fuse="off", batch_size=1, loader_batch=1, cpus_per_loader=1.0)
+    kills: list[int] = []
+
+    def model_actor_after_first_shard(_proc, cmdline: bytes) -> bool:
+        return b"ModelActor" in cmdline and any(out.glob("part-*.parquet"))
+
+    summary = _run_with_killer(
+        (kills, 1, model_actor_after_first_shard), str(ckpt), str(listing), str(out), sizing, PREP
+    )
+    assert len(kills) == 1
+    assert (summary["inputs"], summary["predicted"], summary["errors"]) == (5, 4, 1)
+    shards = list(out.glob("part-*.parquet"))
+    paths = [p for s in shards for p in pq.read_table(s, columns=["path"]).column("path").to_pylist()]
+    assert sorted(paths) == sorted(str(p) for p in inputs)  # every input once, none twice
+    rows = {r["path"]: r for r in read_results(out).to_pylist()}
+    for name in ("a.mp4", "b.mp4", "sub/c.mp4"):  # as the fused pipeline predicted them
+        _assert_same_prediction(rows[str(v / name)], first_run["rows"][str(v / name)])
+
+
+def _assert_same_prediction(row: dict, expected: dict) -> None:
+    got, want = json.loads(row["prediction"]), json.loads(expected["prediction"])
+    assert row["ok"] and got["label"] == want["label"] and got["frames"] == want["frames"]
+    # Batched with other clips or alone: the forward pass may round differently in the last bits.
+    np.testing.assert_allclose(
+        [got["probabilities"][c] for c in CLASSES_7], [want["probabilities"][c] for c in CLASSES_7], atol=1e-6
+    )
