@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
@@ -51,6 +50,7 @@ from pipeline.data.schema import MANIFEST_NAME, SCHEMA_VERSION
 from pipeline.errors import UserError
 from pipeline.locks import folder_lock
 from pipeline.logs import progress
+from pipeline.raydata import map_batches_retried, with_lone_retries
 from pipeline.storage import Storage
 from pipeline.typed import to_dict
 
@@ -415,23 +415,30 @@ def _run_ray(
                     )
             bar.update(len(rows), postfix=f"{len(errors)} errors" if errors else None)
 
-        answered = _map_clips(items, per_batch, worker_args, prep, take)
-        lost = [it for it in items if it["clip_id"] not in answered]
-        if lost:
-            # Batches whose worker died on every try. Clips that reached a shard before it died
-            # are done; each of the others runs alone, so only a clip that kills its worker by
-            # itself ends as an error row.
+        def one_pass(its: list[dict], alone: bool) -> set[str]:
+            return _map_clips(its, 1 if alone else per_batch, worker_args, prep, take)
+
+        def settle(lost: list[dict]) -> list[dict]:
+            # Clips that reached a shard before their worker died are done.
+            nonlocal done
             in_shards, _ = sh.finished_clips(storage, rel_dir)
-            lost = [it for it in lost if it["clip_id"] not in in_shards]
-            done += len(items) - len(answered) - len(lost)
-            bar.update(len(items) - len(answered) - len(lost))
+            still = [it for it in lost if it["clip_id"] not in in_shards]
+            done += len(lost) - len(still)
+            bar.update(len(lost) - len(still))
+            return still
+
+        def announce(lost: list[dict]) -> None:
             emit(
                 logging.WARNING,
                 f"preprocess: a worker process died on every try of {len(lost)} clip(s)' batches "
                 "(killed, e.g. for memory, or crashed); trying each of them alone",
             )
-            answered = _map_clips(lost, 1, worker_args, prep, take)
-            tries = prep.worker_retries + 1
+
+        # A batch whose worker died on every try: each of its clips runs alone, so only a clip
+        # that kills its worker by itself ends as an error row (pipeline/raydata.py).
+        lost = with_lone_retries(items, lambda it: it["clip_id"], one_pass, settle=settle, announce=announce)
+        tries = prep.worker_retries + 1
+        if lost:
             take(
                 [
                     {
@@ -450,7 +457,6 @@ def _run_ray(
                         "fatal": "",
                     }
                     for it in lost
-                    if it["clip_id"] not in answered
                 ]
             )
     return errors, frames
@@ -466,31 +472,18 @@ def _map_clips(
     import ray
 
     blocks = max(1, -(-len(items) // per_batch))
-    pool = ray.data.ActorPoolStrategy(
-        size=min(prep.num_workers, blocks), max_tasks_in_flight_per_actor=1 if per_batch == 1 else None
-    )
     ds = ray.data.from_items(items, override_num_blocks=blocks)
-    # Ray Data's defaults retry a batch forever when its worker dies, so a clip that gets its
-    # worker killed for memory would be tried again and again. Task retries are finite here;
-    # restarts stay unlimited (each follows a failed try, so they are finite too): in Ray Data
-    # 2.60 an actor past a finite max_restarts stays dead in the pool and the job stalls. Ray
-    # 2.60 takes both only as ray_remote_args, which it marks deprecated (removed in 2.64; the
-    # project pins one Ray minor, and test_preprocess kills a worker to check this path).
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        ds = ds.map_batches(
-            ClipWorker,
-            fn_constructor_kwargs=worker_args,
-            batch_size=per_batch,
-            batch_format="pyarrow",
-            compute=pool,
-            num_cpus=prep.cpus_per_worker,
-            max_restarts=-1,
-            max_task_retries=prep.worker_retries,
-        )
-    # A batch that still fails is skipped instead of failing the run; its clips do not come back.
-    # (Only worker deaths fail a batch: ClipWorker returns every other error as a row.)
-    ds.context.max_errored_blocks = -1
+    ds = map_batches_retried(
+        ds,
+        ClipWorker,
+        retries=prep.worker_retries,
+        alone=per_batch == 1,
+        pool_size=min(prep.num_workers, blocks),
+        fn_constructor_kwargs=worker_args,
+        batch_size=per_batch,
+        batch_format="pyarrow",
+        num_cpus=prep.cpus_per_worker,
+    )
     answered: set[str] = set()
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         rows = batch.to_pylist()
