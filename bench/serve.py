@@ -8,7 +8,7 @@ sequential, concurrent) so background load hits both alike. Prints each mode's t
 p50/p99 latency, the throughput ratio, and the model replica's mean batch size (what
 ``@serve.batch`` made of the concurrency). Every answer must be 200.
 
-    python bench/serve.py [--clients 8] [--requests 48] [--frames 8] [--size 160x128]
+    python bench/serve.py [--clients 8] [--requests 48] [--frames 16] [--size 160x128] [--set serve.KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -86,6 +86,15 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=48, help="requests per round and mode")
     ap.add_argument("--frames", type=int, default=16, help="frames of the posted clip")
     ap.add_argument("--size", default="160x128", help="WxH of the posted clip")
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="serve.KEY=VALUE",
+        help="a serve setting over the bench's sizing, e.g. serve.decoders=1 (repeatable)",
+    )
+    ap.add_argument("--idle-s", type=float, default=5.0, help="seconds of no requests, to measure the idle CPU")
     args = ap.parse_args()
 
     import ray
@@ -124,9 +133,12 @@ def main() -> None:
         "serve.cpus_per_model=1",
         f"serve.max_ongoing_requests={2 * args.clients}",
         f"serve.max_queued_requests={4 * args.clients}",
+        *args.overrides,
     ]
     try:
-        url = start(settings_from(str(ckpt), None, None, sizing, "cpu")) + "/predict"
+        settings = settings_from(str(ckpt), None, None, sizing, "cpu")
+        s = settings.serve
+        url = start(settings) + "/predict"
         local = threading.local()
 
         def post() -> float:
@@ -140,6 +152,14 @@ def main() -> None:
 
         for _ in range(2 * args.clients):  # warm-up: replicas, sessions, first batches
             post()
+        # What the processes of this run spend with no request at all (Serve's control loops,
+        # metrics, health checks): CPU the concurrent clients cannot have.
+        before, t0 = _cpu_seconds(), time.perf_counter()
+        time.sleep(args.idle_s)
+        idle = {}
+        for pid, (role, seconds) in _cpu_seconds().items():
+            idle[role] = idle.get(role, 0.0) + seconds - before.get(pid, (role, 0.0))[1]
+        idle_s = time.perf_counter() - t0
         lat: dict[str, list[float]] = {"sequential": [], "concurrent": []}
         wall: dict[str, float] = {"sequential": 0.0, "concurrent": 0.0}
         cpu: dict[str, dict[str, float]] = {"sequential": {}, "concurrent": {}}
@@ -165,7 +185,8 @@ def main() -> None:
     n = 2 * args.requests
     print(
         f"serve: micro DFER-CLIP (T=8, 32 px), a {args.frames}-frame {w}x{h} clip ({len(data) / 1e3:.0f} KB) per request; "
-        f"{os.cpu_count()} cores; 2 ingress+decoder replicas x 2 threads, 1 model replica"
+        f"{os.cpu_count()} cores; {s.decoders} decoder (ingress) replicas x {s.decoder_threads} threads, "
+        f"{s.models} model replica(s), batches of <= {s.max_batch_size} waiting <= {1000 * s.batch_wait_s:g} ms"
     )
     for mode in ("sequential", "concurrent"):
         who = "1 client, one at a time" if mode == "sequential" else f"{args.clients} concurrent clients"
@@ -181,6 +202,8 @@ def main() -> None:
             for m in ("sequential", "concurrent")
         )
         print(f"    {role:<24} {seq:6.1f} / {conc:6.1f}")
+    busy = ", ".join(f"{role} {100 * v / idle_s:.0f}%" for role, v in sorted(idle.items()) if v > 0)
+    print(f"  idle CPU, no requests: {100 * sum(idle.values()) / idle_s:.0f}% of a core ({busy})")
     ratio = (n / wall["concurrent"]) / (n / wall["sequential"])
     print(f"  throughput ratio concurrent / sequential: {ratio:.2f}x")
     mean_batch = stats["rows"] / max(1, stats["batches"])

@@ -25,7 +25,7 @@ from pipeline.synth import render_clip, write_video
 from tests.conftest import free_port
 from tests.micro import micro_model
 
-pytestmark = pytest.mark.slow  # Serve and three replicas start once: ~20-50 s on 2 busy cores
+pytestmark = pytest.mark.slow  # Serve and two replicas start once: ~20-50 s on 2 busy cores
 
 LIMITS = [
     "serve.max_upload_mb=0.25",
