@@ -3,20 +3,23 @@ decoding the T = 16 frames the data path samples from them (issue 17, "read only
 
 A training row read brings every stored frame of the clip (48 here) to use 16. This measures
 whether a layout that reads only the sampled frames would pay off. Layouts, all holding the same
-clips and JPEG bytes, each read from a file (in the page cache) the way the train reader reads a
-shard: ``ParquetFile.iter_batches`` of the read columns, ``DECODE_BATCH`` rows at a time:
+clips and JPEG bytes, each read from a file (in the page cache) the way Ray Data's Parquet source
+reads a shard for the train stage: ``pyarrow.dataset`` fragments to row batches of the read
+columns, ``DECODE_BATCH`` rows at a time, one thread:
 
 1. v1 writer: the shard writer's settings before this bench (uncompressed, but pyarrow's default
-   dictionary encoding and statistics on the frames column too).
+   dictionary encoding and statistics on the frames column too), read as the train stage read it.
 2. current writer (``pipeline.data.shards.shard_bytes``): frames PLAIN, no dictionary, no
-   statistics, uncompressed.
+   statistics, uncompressed; read the same way, and memory-mapped as the train stage reads
+   local shards now (``pipeline.data.shards.reader_filesystem``).
 3. snappy: the current layout with the frames compressed, for reference (JPEG does not shrink).
 4. one row group per frame: the layout pyarrow can read selectively (its reader skips row groups,
    never pages: Arrow's page-index row ranges are not in the Python API), reading only the 16
    sampled row groups of each clip (``read_row_groups``; footer parse included).
-5. sampled-only floor: rows that hold only the 16 sampled frames, current writer. Not a layout
-   (the sample changes every epoch); it is what a reader fetching exactly the sampled frames
-   could at best cost, so no storage layout can gain more than (2) minus (5).
+5. sampled-only floor: rows that hold only the 16 sampled frames, current writer, read like the
+   train stage. Not a layout (the sample changes every epoch); it is what a reader fetching
+   exactly the sampled frames could at best cost, so no storage layout can gain more than the
+   train reader's cost minus this.
 
 The decode is the data path's (``decode_rgb``, exact) of the 16 sampled JPEGs at the model's
 input size. Costs are CPU-seconds of this single-threaded process per clip (load from other
@@ -39,12 +42,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.data.schema import SHARD_SCHEMA  # noqa: E402
-from pipeline.data.shards import parquet_write_options, shard_bytes  # noqa: E402
+from pipeline.data.shards import parquet_write_options, reader_filesystem, shard_bytes  # noqa: E402
+from pipeline.storage import Storage  # noqa: E402
 from pipeline.train.data import DECODE_BATCH, READ_COLUMNS  # noqa: E402
 from pipeline.train.sampling import sample_indices  # noqa: E402
 from pipeline.train.transforms import clip_rng, decode_rgb  # noqa: E402
@@ -54,6 +60,7 @@ INPUT = 224
 V1_OPTIONS = {"compression": "none"}  # the writer until this bench: pyarrow defaults otherwise
 CURRENT = "current writer (frames PLAIN, no statistics)"
 FLOOR = "floor: rows holding only the 16 sampled"
+TRAIN = "current writer, memory-mapped (the train reader)"
 
 
 def face_like_jpegs(n: int, size: int, rng: np.random.Generator) -> list[bytes]:
@@ -124,10 +131,12 @@ def write_layouts(tmp: Path, rows: list[dict], epoch: int) -> dict[str, Path]:
     return paths
 
 
-def read_rows(path: Path) -> int:
-    """The train reader's read: row batches of the read columns as Arrow; returns the clip count."""
+def read_rows(path: Path, filesystem=None) -> int:
+    """The train reader's read, as Ray Data's Parquet source does it (``pyarrow.dataset``
+    fragments to row batches of the read columns); returns the clip count."""
+    dataset = pads.dataset([str(path)], format="parquet", filesystem=filesystem or pafs.LocalFileSystem())
     n = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=DECODE_BATCH, columns=READ_COLUMNS, use_threads=False):
+    for batch in dataset.to_batches(columns=READ_COLUMNS, batch_size=DECODE_BATCH, use_threads=False):
         n += batch.num_rows
     return n
 
@@ -188,11 +197,12 @@ def run_size(size: int, clips: int, frames: int, repeats: int) -> None:
         methods = {
             "v1 writer (dictionary + statistics on frames)": lambda: read_rows(paths["v1"]),
             CURRENT: lambda: read_rows(paths["current"]),
+            TRAIN: lambda: read_rows(paths["current"], reader_filesystem(Storage(tmp))),
             "frames snappy-compressed (reference)": lambda: read_rows(paths["snappy"]),
             "one row group per frame, 16 sampled read": lambda: read_per_frame(
                 paths["per-frame"], clips, frames, epoch
             ),
-            FLOOR: lambda: read_rows(paths["floor"]),
+            FLOOR: lambda: read_rows(paths["floor"], reader_filesystem(Storage(tmp))),
         }
         decode = lambda: decode_sampled(decode_table, epoch)  # noqa: E731
         for fn in (*methods.values(), decode):
@@ -224,10 +234,10 @@ def run_size(size: int, clips: int, frames: int, repeats: int) -> None:
             f"{name:<48} {med(costs[name]) * 1e6:6.0f} ({min(costs[name]) * 1e6:5.0f}) {med(vs_v1[name]):6.2f}"
             f" {med(of_decode[name]):9.1f} % ({best:4.1f} %)  {lo:.1f}-{hi:.1f}"
         )
-    gain = med([c - f for c, f in zip(of_decode[CURRENT], of_decode[FLOOR])])
-    best_gain = 100 * (min(costs[CURRENT]) - min(costs[FLOOR])) / min(decodes)
+    gain = med([c - f for c, f in zip(of_decode[TRAIN], of_decode[FLOOR])])
+    best_gain = 100 * (min(costs[TRAIN]) - min(costs[FLOOR])) / min(decodes)
     print(
-        f"most any layout could still save: {gain:.1f} % of the decode (current minus floor; "
+        f"most any layout could still save: {gain:.1f} % of the decode (the train reader minus the floor; "
         f"{best_gain:.1f} % from the best rounds)"
     )
 

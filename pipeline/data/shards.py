@@ -28,6 +28,7 @@ from collections import Counter
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.data.schema import ERROR_SCHEMA, ERRORS_NAME, MANIFEST_NAME, SCHEMA_VERSION, SHARD_SCHEMA, membership
@@ -39,6 +40,7 @@ __all__ = [
     "shard_dir",
     "shard_files",
     "shard_paths",
+    "reader_filesystem",
     "write_shard",
     "shard_bytes",
     "parquet_write_options",
@@ -98,6 +100,17 @@ def shard_bytes(table: pa.Table) -> bytes:
     rows_per_group = max(1, _ROW_GROUP_BYTES // per_row)
     pq.write_table(table, sink, row_group_size=rows_per_group, **parquet_write_options(table.schema))
     return sink.getvalue().to_pybytes()
+
+
+def reader_filesystem(storage: Storage):
+    """The filesystem to read shard files through: local shards memory-mapped, so Parquet's
+    pages reach the reader without first being copied into a read buffer (about a third less
+    CPU per clip read, bench/shard_read.py); other storage as it is. Shards are only ever
+    replaced whole (an atomic rename), never rewritten in place, so a mapped file cannot change
+    under a reader."""
+    if storage.is_local:
+        return pafs.LocalFileSystem(use_mmap=True)
+    return storage.fs
 
 
 def shard_dir(storage: Storage, dataset_name: str) -> str:

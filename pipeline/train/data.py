@@ -88,7 +88,7 @@ def open_shards(root: Storage | str, dataset: str) -> ShardSet:
         )
     manifest = sh.read_current_manifest(storage, rel)  # an old shard layout: re-run preprocess
     sh.check_unique_clips(storage.fs, paths)
-    return ShardSet(storage.path(rel), storage.fs, paths, manifest)
+    return ShardSet(storage.path(rel), sh.reader_filesystem(storage), paths, manifest)
 
 
 @dataclass

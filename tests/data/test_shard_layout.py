@@ -5,8 +5,8 @@ the reader gets exactly the sampled frames back, from new shards and from shards
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
-import pytest
 
 from pipeline.data import shards as sh
 from pipeline.data.schema import SCHEMA_VERSION, SHARD_SCHEMA
@@ -16,9 +16,10 @@ from tests.data.rows import shard_row
 STORED = {"c48": 48, "c16": 16, "c5": 5}  # clip id -> stored frames
 
 
-def _rows() -> list[dict]:
+def _rows(prefix: str = "") -> list[dict]:
     rows = []
     for clip_id, n in STORED.items():
+        clip_id = prefix + clip_id
         row = shard_row(clip_id)
         # Each frame's bytes name its clip and position, so a wrong pick cannot go unnoticed.
         row.update(num_frames=n, frames=[b"\xff\xd8" + f"{clip_id}/{t}".encode() * 50 for t in range(n)])
@@ -62,24 +63,30 @@ def _v1_shard(storage: Storage, rel: str, rows: list[dict]) -> None:
     assert frames.has_dictionary_page and frames.is_stats_set  # really the old layout
 
 
-@pytest.mark.parametrize("writer", ["current", "v1"])
-def test_train_reader_returns_exactly_the_sampled_frames(tmp_path, ray_local, writer):
+def test_train_reader_returns_exactly_the_sampled_frames_of_new_and_old_shards(tmp_path, ray_local):
     from pipeline.train.data import _read, open_shards
     from pipeline.train.transforms import SelectFrames
 
+    # One folder holding a shard of each writer, as a preprocess run resumed after the upgrade
+    # leaves it (the writer settings do not change the output hash).
     storage = Storage(tmp_path)
     rel = sh.shard_dir(storage, "dfew")
-    if writer == "current":
-        sh.write_shard(storage, rel, _rows(), "h")
-    else:
-        (tmp_path / rel).mkdir(parents=True)
-        _v1_shard(storage, rel, _rows())
+    sh.write_shard(storage, rel, _rows("new-"), "h")
+    _v1_shard(storage, rel, _rows("old-"))
     sh.write_manifest(storage, rel, {"schema_version": SCHEMA_VERSION, "classes": ["happiness"]})
     shards = open_shards(storage, "dfew")  # the same schema version: old shards open as they are
-    ds = _read(shards, list(STORED)).map_batches(SelectFrames(16), batch_format="pyarrow", zero_copy_batch=True)
+    assert len(shards.paths) == 2
+    # Local shards are read memory-mapped (no copy into a read buffer before decoding the pages).
+    assert shards.filesystem.equals(pafs.LocalFileSystem(use_mmap=True))
+    ids = [p + c for p in ("new-", "old-") for c in STORED]
+    ds = _read(shards, ids).map_batches(SelectFrames(16), batch_format="pyarrow", zero_copy_batch=True)
     got = {r["clip_id"]: list(r["frames"]) for r in ds.take_all()}
     # Evaluation takes the middle frame of each of 16 equal segments: every 3rd from 1 of 48
     # frames, all 16 of 16, and a short clip's 5 frames with the last repeated.
     picks = {"c48": list(range(1, 48, 3)), "c16": list(range(16)), "c5": [0, 1, 2, 3] + [4] * 12}
-    want = {c: [b"\xff\xd8" + f"{c}/{t}".encode() * 50 for t in idx] for c, idx in picks.items()}
+    want = {
+        p + c: [b"\xff\xd8" + f"{p}{c}/{t}".encode() * 50 for t in idx]
+        for p in ("new-", "old-")
+        for c, idx in picks.items()
+    }
     assert got == want
