@@ -23,8 +23,6 @@ import math
 import cv2
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -310,33 +308,3 @@ def test_on_device_setting_and_its_default():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["train.augment.on_device=sometimes"])
     assert err.value.problems == ["train.augment.on_device: expected bool or null, got 'sometimes'"]
-
-
-def test_the_train_dataset_on_device_matches_the_cpu_data_path(train_store):
-    from pipeline.train.data import open_shards, plan_splits, train_dataset
-    from tests.train.conftest import FRAME_SIZE
-
-    shards = open_shards(str(train_store), "dfew")
-    plan = plan_splits(shards.index(), 1, "test", 0.1, 0, "test")
-    spec = AugmentSpec(scale=(0.5, 1.0), brightness=0.3)
-    stored = shards.manifest["preprocess"]["crop_size"]
-    assert stored == FRAME_SIZE
-
-    ds = train_dataset(
-        shards, plan.train, num_frames=8, image_size=32, augment=spec, seed=3, on_device=True, stored_size=stored
-    )
-    dev = [
-        (int(y), v * 255.0)
-        for video, labels in frame_pairs(ds.iter_torch_batches(batch_size=4), torch.device("cpu"))
-        for v, y in zip(video, labels)
-    ]
-    # The CPU path on the same rows, read here (what on_device: false runs in the data tasks).
-    from pipeline.train.data import READ_COLUMNS
-
-    rows = pa.concat_tables([pq.read_table(p, columns=READ_COLUMNS) for p in shards.paths])
-    rows = rows.filter(pc.is_in(rows.column("clip_id"), pa.array(plan.train)))
-    ref = ClipTransform(8, 32, train=True, augment=spec, seed=3)(rows)
-    cpu = [(int(y), torch.from_numpy(v).permute(0, 3, 1, 2).double()) for v, y in zip(ref["video"], ref["label"])]
-    assert len(dev) == len(cpu) == len(plan.train)
-    for label, video in dev:  # each clip, order-free: the CPU path's clip of that label it matches
-        assert min((v - video).abs().max().item() for y, v in cpu if y == label) <= 1.3
