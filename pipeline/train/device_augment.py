@@ -80,12 +80,14 @@ def source_maps(params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 def augment_batch(video: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """(B, T, C, C, 3) uint8 canvases + (B, len(PARAMS)) draws -> (B, T, 3, S, S) float32 in [0, 1].
 
-    Runs on ``video``'s device; ``params`` is moved there. All clips share one output size S.
+    Runs on ``video``'s device (``params`` may be anywhere). All clips share one output size S.
     """
     B, T, H, W, _ = video.shape
     if B == 0:
         return video.new_zeros((0, T, 3, 0, 0), dtype=torch.float32)
-    params = params.to(video.device)
+    # The per-clip numbers are few: they are read and turned into maps on the CPU (where the batch
+    # brings them), so nothing here waits for the device; only the maps and factors travel.
+    params = params.detach().cpu()
     sizes = params[:, _COL["size"]]
     S = int(sizes[0])
     if not bool((sizes == S).all()):
@@ -111,7 +113,7 @@ def augment_batch(video: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     before = torch.where(warp, ones, factor)  # crop path: brightness on the source, saturating
     after = torch.where(warp, factor, ones)  # rotation path: on the warped output
     if bool((before != 1).any()):
-        x = x.mul_(before.view(B, 1, 1, 1)).clamp_(0.0, 255.0)
+        x = x.mul_(before.to(dev).view(B, 1, 1, 1)).clamp_(0.0, 255.0)
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = out.mul_((after / 255.0).view(B, 1, 1, 1)).clamp_(0.0, 1.0)
+    out = out.mul_((after / 255.0).to(dev).view(B, 1, 1, 1)).clamp_(0.0, 1.0)
     return out.view(B, T, 3, S, S)
