@@ -19,6 +19,12 @@ Speed choices (bench/data_path.py measures them against the published per-file P
   output), and a resize written straight into the batch array (or one affine warp when
   rotating). Arithmetic stays in uint8; the model converts to float on its own device.
 
+With ``train.augment.on_device`` (``decode_only``) training stops after the decode: each clip's
+frames go into a fixed (T, C, C, 3) canvas (C: :func:`canvas_side` of the shards' crop size) and
+its draws (:func:`draw_augment`, the same numbers in the same order) into a small ``"augment"``
+row (:data:`PARAMS`); :func:`pipeline.train.device_augment.augment_batch` applies them batched on
+the training device. This path (OpenCV) stays the reference, and evaluation's only path.
+
 Randomness: each clip draws from ``default_rng([seed, epoch, crc32(clip_id)])``, so a clip's
 frames and augmentation in a given epoch are the same whichever worker, batch or order it
 lands in, and differ from epoch to epoch. The epoch comes from :class:`EpochClock`, which rank 0
