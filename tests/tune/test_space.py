@@ -169,7 +169,8 @@ def test_space_structure_errors_name_the_key_path():
         "tune.space.train.lr_prompt: expected a list of candidate values, got 0.1",
         "tune.space.model.n_ctx: 4 is listed more than once",
         "tune.space.train.augment: is a section, not a value; sweep one of its fields (train.augment.random_resized_crop_scale, "
-        "train.augment.hflip, train.augment.brightness, train.augment.rotation_deg, train.augment.fast_decode)",
+        "train.augment.hflip, train.augment.brightness, train.augment.rotation_deg, train.augment.fast_decode, "
+        "train.augment.on_device)",
         "tune.space.train.epochs.x: not a config field (train.epochs is a value, not a section)",
     ]
     assert problems("tune.space={storage: [a], dataset.nme: [b]}") == [
