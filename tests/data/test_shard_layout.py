@@ -54,6 +54,20 @@ def test_writer_stores_frames_plain_uncompressed_without_statistics(tmp_path):
         assert _leaf(metadata, group, "splits.list.element").has_dictionary_page
 
 
+def test_row_groups_hold_about_32_mb_of_clips(tmp_path):
+    # 6 clips of 48 frames x 150 KB (7.2 MB each): 32 MB row groups hold 4 of them, so a reader
+    # streams a big shard a few clips at a time instead of loading it whole.
+    rows = []
+    for k in range(6):
+        row = shard_row(f"big{k}")
+        row.update(num_frames=48, frames=[bytes([k, t]) * 75_000 for t in range(48)], boxes=[[0.0] * 4] * 48)
+        rows.append(row)
+    storage = Storage(tmp_path)
+    name, _ = sh.write_shard(storage, "shards/dfew", rows, "h")
+    metadata = pq.ParquetFile(storage.path("shards/dfew", name)).metadata
+    assert [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)] == [4, 2]
+
+
 def _v1_shard(storage: Storage, rel: str, rows: list[dict]) -> None:
     """A shard as the writer made it before frames were stored PLAIN: pyarrow's defaults (the
     frames dictionary-encoded, with statistics), uncompressed."""
