@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.model import build_model
+from pipeline.model.dferclip import class_texts
 from tests.micro import micro_model
 
 CLASSES = ["happiness", "sadness", "anger"]
@@ -80,3 +81,15 @@ def test_a_class_is_the_normalised_mean_of_its_texts(model):
     expected = torch.stack([m / m.norm() for m in means])
     torch.testing.assert_close(feats, expected, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(feats.norm(dim=-1), torch.ones(3))
+
+
+def test_text_source_errors_are_exact():
+    with pytest.raises(ValueError, match=r"^text_source=descriptions needs a description set$"):
+        class_texts("descriptions", CLASSES, None)
+    with pytest.raises(ValueError, match=r"^unknown text source 'captions'$"):
+        class_texts("captions", CLASSES, None)
+    # a class missing and a class with an empty list are both named, in class order
+    with pytest.raises(ValueError, match=r"^the description set has no descriptions for: sadness, anger$"):
+        class_texts("descriptions", CLASSES, {"happiness": ["a wide smile"], "sadness": []})
+    texts = class_texts("descriptions", CLASSES, DESCRIPTIONS)
+    assert texts == [DESCRIPTIONS[c] for c in CLASSES] and texts[0] is not DESCRIPTIONS["happiness"]  # copies
