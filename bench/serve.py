@@ -5,8 +5,11 @@ Starts a local Ray, a micro DFER-CLIP checkpoint (random weights) and the Serve 
 video body: ``--requests`` one at a time from a single client, then the same number from
 ``--clients`` threads at once; two rounds of each, alternating (sequential, concurrent,
 sequential, concurrent) so background load hits both alike. Prints each mode's throughput and
-p50/p99 latency, the throughput ratio, and the model replica's mean batch size (what
-``@serve.batch`` made of the concurrency). Every answer must be 200.
+p50/p99 latency, the CPU milliseconds per request of each kind of process (read from /proc
+for this process and every process under it: the client, Serve's proxy, the decoder and model
+replicas, the rest of Ray; steadier than wall time on a shared machine), the CPU they spend
+with no request at all, the throughput ratio, and the model replica's mean batch size (what
+``@serve.batch`` made of the concurrency). Every answer must be 200. About 2 minutes.
 
     python bench/serve.py [--clients 8] [--requests 48] [--frames 16] [--size 160x128] [--set serve.KEY=VALUE ...]
 """

@@ -91,7 +91,8 @@ class Model:
 class Decoder:
     """The HTTP ingress, which also decodes and crops: a request's body is checked, decoded and
     cropped in this replica, and only the model's (N, T, S, S, 3) uint8 frames travel on to
-    :class:`Model`. One hop per request instead of three (docs/serve.md, "How it runs")."""
+    :class:`Model`: two Serve calls per request (proxy -> here -> model) instead of three
+    (docs/serve.md, "How it runs")."""
 
     def __init__(self, model, settings: ServeSettings):
         from pipeline.predict import ClipLoader
