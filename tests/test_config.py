@@ -139,3 +139,19 @@ def test_config_hash_of_a_value_json_cannot_hold_hashes_its_text():
     section = {"init_checkpoint": Path("/ckpt/model.pt"), "epochs": 3}
     blob = b'{"epochs": 3, "init_checkpoint": "/ckpt/model.pt"}'
     assert config_hash(section) == hashlib.sha256(blob).hexdigest()[:16]
+
+
+def test_inside_a_ray_job_a_relative_root_is_refused(monkeypatch, tmp_path):
+    # Ray sets this variable in a submitted job's driver; the config is checked there too.
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"metadata": {"job_submission_id": "raysubmit_7"}}')
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["tune.space={model.n_ctx: [8]}"])
+    (problem,) = info.value.problems
+    assert problem.startswith(
+        f"storage.root: 'runs' is a relative path, and this is Ray job raysubmit_7: it resolves inside Ray's "
+        f"temporary copy of the working directory ({tmp_path}), "
+    )
+    assert load_config(None, ["storage.root=/shared/runs", "tune.space={model.n_ctx: [8]}"]).storage.root == (
+        "/shared/runs"
+    )

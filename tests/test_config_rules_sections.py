@@ -8,6 +8,7 @@ are written out by hand from docs/configuration.md and the rules, not read back 
 from __future__ import annotations
 
 import hashlib
+import logging
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from pipeline.config import (
     config_hash,
     load_config,
 )
-from pipeline.typed import ConfigError
+from pipeline.typed import ConfigError, to_dict
 
 
 def problems(*overrides: str) -> list[str]:
@@ -275,6 +276,58 @@ def test_with_params_sets_dotted_paths_in_a_copy():
     out = TuneConfig.with_params({}, {"model.x": values})
     values.append(3)
     assert out == {"model": {"x": [1, 2]}}  # a copy of the value, too
+
+
+def test_trial_config_errors_name_the_trial():
+    base = to_dict(ExperimentConfig())
+    cfg = TuneConfig.trial_config(base, {"model.n_ctx": 4, "train.augment.hflip": False})
+    assert (cfg.model.n_ctx, cfg.train.augment.hflip) == (4, False)
+    with pytest.raises(ConfigError) as err:
+        TuneConfig.trial_config(base, {"model.n_ctx": 0}, "trial 7")
+    assert err.value.source == "trial 7" and err.value.problems == ["model.n_ctx: must be >= 1, got 0"]
+
+
+def test_space_problems_skips_what_validate_reports():
+    # Called directly (load_config calls it only once the paths and lists are fine): a path that may
+    # not be swept, or whose values are not a list, is left to TuneConfig.validate; the entries after
+    # it are still checked. With frozen_encoder, full-mode-only paths are skipped too.
+    tune = TuneConfig(space={"model.n_ctxx": [0], "train.fold": [9], "model.n_ctx": 0, "model.temporal_depth": [1, 0]})
+    assert tune.space_problems(ExperimentConfig(tune=tune)) == [
+        "tune.space.model.temporal_depth[1]: temporal_depth must be >= 1, got 0"
+    ]
+    frozen = TuneConfig(space={"train.lr_image_encoder": [-1.0], "model.n_ctx": [0]}, frozen_encoder=True)
+    assert frozen.space_problems(ExperimentConfig(tune=frozen)) == [
+        "tune.space.model.n_ctx[0]: n_ctx must be >= 1, got 0"
+    ]
+
+
+def test_a_nested_candidate_problem_names_the_leaf():
+    # The leaf is the last part of the path (hflip), however deep the path.
+    assert problems("tune.space={train.augment.hflip: [true, maybe]}") == [
+        "tune.space.train.augment.hflip[1]: hflip expected bool, got 'maybe'"
+    ]
+
+
+def test_nested_space_entries_are_flattened_and_replace_dotted_ones():
+    # What `--set tune.space.model.n_ctx=[4]` writes is a nested mapping: it becomes the dotted
+    # path, at any depth, and wins over a dotted entry of the same path.
+    space = {"model.n_ctx": [2], "model": {"n_ctx": [4]}, "train": {"augment": {"hflip": [True, False]}}}
+    assert TuneConfig(space=space).space == {"model.n_ctx": [4], "train.augment.hflip": [True, False]}
+    cfg = load_config(None, ["tune.space={model.n_ctx: [2]}", "tune.space.model.n_ctx=[8, 16]"])
+    assert cfg.tune.space == {"model.n_ctx": [8, 16]}
+
+
+def test_a_legacy_key_moves_into_the_default_space_with_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.config"):
+        tune = TuneConfig(n_ctx=(2, 4), lr_prompt=[0.001])
+    # the default space (context tokens x temporal depth) with the legacy values set into it
+    assert tune.space == {"model.n_ctx": [2, 4], "model.temporal_depth": [1, 2, 3, 4], "train.lr_prompt": [0.001]}
+    assert type(tune.space["model.n_ctx"]) is list and (tune.n_ctx, tune.lr_prompt) == (None, None)
+    assert [r.getMessage() for r in caplog.records] == [
+        "tune.n_ctx is deprecated: write it as tune.space: {model.n_ctx: [2, 4]}",
+        "tune.lr_prompt is deprecated: write it as tune.space: {train.lr_prompt: [0.001]}",
+    ]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.WARNING]
 
 
 # ---- tracking --------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ RULES = [
     # --- batch_predict: actor counts and batch sizes >= 1, resources > 0, retries 0..10 ---
     *[
         ([f"batch_predict.{k}=0"], f"batch_predict.{k}: must be >= 1, got 0", [f"batch_predict.{k}=1"])
-        for k in ("loaders", "models", "batch_size", "loader_batch")
+        for k in ("loaders", "models", "batch_size", "loader_batch", "threads_per_loader")
     ],
     *[
         ([f"batch_predict.{k}=0"], f"batch_predict.{k}: must be > 0, got 0.0", [f"batch_predict.{k}=0.001"])

@@ -17,6 +17,12 @@ may name the functions to mutate (``functions = [...]``): only their mutants run
     python tools/mutation.py pipeline/metrics.py   # some modules
     python tools/mutation.py --report              # the table from the last runs only
     python tools/mutation.py --survivors pipeline/cli.py   # rerun only the last run's survivors
+    python tools/mutation.py --part 2 pipeline/config.py   # one part of a module run in parts
+
+A module's entry may split it into ``parts``, each some functions against their own test files
+(config.py: every test loads a whole config, so without parts each mutant would run them all).
+``--part N`` runs the mutants of part N that have no verdict yet and adds their verdicts to the
+module's results, so a long module can be finished part by part.
 
 ``--survivors`` is for after writing tests against a run's survivors: a fresh copy (with the
 current tests) mutates the module again but runs only the mutants that survived (or had no
@@ -80,6 +86,43 @@ def load_patterns() -> dict[str, list[str]]:
                 f"{dotted}.xǁ{cls}ǁ{func}__mutmut_*" if cls else f"{dotted}.x_{func}__mutmut_*"
             )
     return out
+
+
+def _function_patterns(module: str, names: list[str]) -> list[str]:
+    dotted = module.removesuffix(".py").replace("/", ".")
+    out = []
+    for name in names:
+        cls, _, func = name.rpartition(".")  # mutmut names a method's mutants xǁClassǁmethod__mutmut_N
+        out.append(f"{dotted}.xǁ{cls}ǁ{func}__mutmut_*" if cls else f"{dotted}.x_{func}__mutmut_*")
+    return out
+
+
+def load_parts() -> dict[str, list[tuple[list[str], list[str]]]]:
+    """Module -> its parts, ``[(mutmut name patterns, tests)]``, for an entry with ``parts = [{functions =
+    [...], tests = [...]}, ...]``: each part's functions run against its own test files only (a mutant
+    then runs the tests written for its function, not every test that loads a config)."""
+    out: dict[str, list[tuple[list[str], list[str]]]] = {}
+    for module, value in _read_modules().items():
+        for part in value.get("parts", []) if isinstance(value, dict) else []:
+            for path in (t.partition("::")[0] for t in part["tests"]):
+                if not (ROOT / path).is_file():
+                    raise SystemExit(f"{MODULES_FILE.relative_to(ROOT)}: {path} does not exist")
+            out.setdefault(module, []).append((_function_patterns(module, part["functions"]), part["tests"]))
+    return out
+
+
+def run_parts(module: str, parts: list[tuple[list[str], list[str]]]) -> int:
+    """Run a module part by part, each in a fresh copy; the verdicts of all parts go into one result file."""
+    codes: dict[str, int | None] = {}
+    returncode = 0
+    for patterns, tests in parts:
+        returncode = run_module(module, tests, patterns) or returncode
+        codes.update({n: c for n, c in (results(module, patterns) or {}).items() if c is not None})
+    meta = _meta_path(module)
+    if meta.is_file():  # the last part's file lists every mutant of the module
+        last = json.loads(meta.read_text())
+        meta.write_text(json.dumps({**last, "exit_code_by_key": {**last["exit_code_by_key"], **codes}}, indent=4))
+    return returncode
 
 
 def load_equivalent() -> dict[str, str]:
@@ -154,9 +197,10 @@ def _meta_path(module: str) -> Path:
 
 
 def rerun_survivors(
-    module: str, tests: list[str], equivalent: dict[str, str], patterns: list[str] | None = None
+    module: str, tests: list[str], equivalent: dict[str, str], patterns: list[str] | None = None, pending: bool = False
 ) -> int:
-    """Run only the last run's surviving / untested mutants of ``module`` against the current tests."""
+    """Run only the last run's surviving / untested mutants of ``module`` against the current tests
+    (``pending``: only those it has no verdict for, e.g. a part not run yet or an interrupted run's rest)."""
     meta = _meta_path(module)
     if not meta.is_file():
         print(f"== {module}: no earlier run to take the survivors from; run it whole first", file=sys.stderr)
@@ -167,14 +211,18 @@ def rerun_survivors(
     old = json.loads(meta.read_text())
     codes = old["exit_code_by_key"]
     scoped = results(module, patterns) or {}
-    names = sorted(n for n, c in scoped.items() if n not in equivalent and (c in SURVIVED_CODES or c in NO_TESTS_CODES))
+    if pending:
+        names = sorted(n for n, c in scoped.items() if c is None)
+    else:
+        names = sorted(
+            n for n, c in scoped.items() if n not in equivalent and (c in SURVIVED_CODES or c in NO_TESTS_CODES)
+        )
+    what = "unchecked mutant(s)" if pending else "survivor(s)"
     if not names:
-        print(f"== {module}: no survivors to rerun")
+        print(f"== {module}: no {what} to run")
         return 0
     dest = prepare(module, tests)
-    print(
-        f"== {module}: {len(names)} survivor(s) against {', '.join(tests)} (log: {dest.relative_to(ROOT)}/mutmut.log)"
-    )
+    print(f"== {module}: {len(names)} {what} against {', '.join(tests)} (log: {dest.relative_to(ROOT)}/mutmut.log)")
     env = {**os.environ, "PYTHONPATH": ""}
     with (dest / "mutmut.log").open("w") as log:
         proc = subprocess.run(
@@ -247,6 +295,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--survivors", action="store_true", help="rerun only the last run's survivors with the current tests"
     )
+    parser.add_argument(
+        "--part",
+        type=int,
+        metavar="N",
+        help="of a module run in parts (mutation/modules.toml), run only part N (from 1), only its mutants without "
+        "a verdict yet, and merge the verdicts into the module's last results",
+    )
     args = parser.parse_args(argv)
     table = load_modules()
     unknown = [m for m in args.modules if m not in table]
@@ -255,12 +310,26 @@ def main(argv: list[str] | None = None) -> int:
     modules = args.modules or list(table)
     equivalent = load_equivalent()
     patterns = load_patterns()
-    if args.survivors:
+    parts = load_parts()
+    if args.part is not None:
         for module in modules:
-            rerun_survivors(module, table[module], equivalent, patterns.get(module))
+            if not 1 <= args.part <= len(parts.get(module, [])):
+                parser.error(f"{module} has {len(parts.get(module, []))} parts in mutation/modules.toml")
+            part_patterns, tests = parts[module][args.part - 1]
+            if results(module) is None:
+                run_module(module, tests, part_patterns)
+            else:
+                rerun_survivors(module, tests, equivalent, part_patterns, pending=True)
+    elif args.survivors:
+        for module in modules:
+            for part_patterns, tests in parts.get(module, [(patterns.get(module), table[module])]):
+                rerun_survivors(module, tests, equivalent, part_patterns)
     elif not args.report:
         for module in modules:
-            run_module(module, table[module], patterns.get(module))
+            if module in parts:
+                run_parts(module, parts[module])
+            else:
+                run_module(module, table[module], patterns.get(module))
     text, survivors, ok = score_table(modules, equivalent, patterns)
     report = [
         text,
