@@ -3,7 +3,10 @@
 One Parquet row per clip. Split membership of *every* official fold is stored in the row
 (``splits``: ``["1:train", "2:test", ...]``), so training selects any fold without
 preprocessing again. Frames are JPEG bytes in temporal order; boxes are the face boxes in the
-source frame's pixel coordinates ``[x0, y0, x1, y1]``. Layout below a dataset's shard folder::
+source frame's pixel coordinates ``[x0, y0, x1, y1]``. How the frames column is written (PLAIN,
+uncompressed, no dictionary or statistics: JPEG bytes gain nothing from them) is the writer's
+choice, not part of the contract: :func:`pipeline.data.shards.parquet_write_options`; shards
+written with other settings read the same. Layout below a dataset's shard folder::
 
     part-<hash>.parquet    data shards (written atomically)
     manifest.json          schema version, classes, counts per class and split, config
