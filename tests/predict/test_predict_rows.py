@@ -8,6 +8,7 @@ import inspect
 import io
 import json
 import logging
+import threading
 
 import cv2
 import numpy as np
@@ -224,7 +225,7 @@ def test_options_reach_the_prediction(ckpt, tmp_path, option, message):
         predict_command(str(ckpt), [str(tmp_path / "clip.mp4")], out=io.StringIO(), **option)
 
 
-def test_defaults_are_the_clis():
+def test_defaults_are_the_clis(ckpt, tmp_path):
     # docs/predict.md: --batch-size [8], --workers [2], --device [auto]; a Python caller gets the same.
     params = inspect.signature(predict_command).parameters
     assert {k: params[k].default for k in ("batch_size", "workers", "device")} == {
@@ -232,3 +233,19 @@ def test_defaults_are_the_clis():
         "workers": 2,
         "device": "auto",
     }
+    # ... and they take effect: nine clips are a forward pass of 8 then one of 1, decoded by at
+    # most 2 threads (torch's global forward hook sees every pass of the loaded model).
+    inputs = [str(_frames(tmp_path / f"c{i}")) for i in range(9)]
+    passes, loaders = [], set()
+
+    def seen(module, args, output):
+        if type(module).__name__ == "DferClip":
+            passes.append(args[0].shape[0])
+            loaders.update(t.name for t in threading.enumerate() if t.name.startswith("predict-load"))
+
+    hook = torch.nn.modules.module.register_module_forward_hook(seen)
+    try:
+        assert predict_command(str(ckpt), inputs, crop_overrides={"detector": "none"}, out=io.StringIO()) == 0
+    finally:
+        hook.remove()
+    assert passes == [8, 1] and 1 <= len(loaders) <= 2
