@@ -155,3 +155,22 @@ def test_inside_a_ray_job_a_relative_root_is_refused(monkeypatch, tmp_path):
     assert load_config(None, ["storage.root=/shared/runs", "tune.space={model.n_ctx: [8]}"]).storage.root == (
         "/shared/runs"
     )
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").is_file(), reason="needs Linux's /proc")
+def test_a_config_file_that_cannot_be_read_names_the_error():
+    # /proc/self/mem is a regular file whose first bytes cannot be read (EIO, address 0 is unmapped).
+    with pytest.raises(ConfigError) as info:
+        load_config("/proc/self/mem")
+    assert info.value.problems == ["cannot read the config file: Input/output error"]
+    assert info.value.source == "/proc/self/mem"
+
+
+def test_errors_of_a_config_without_file_say_defaults():
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.epochs=0", "train.milestones=[]", "tune.space={model.n_ctx: [8]}"])
+    assert info.value.source == "<defaults>"
+    assert info.value.problems == [
+        "train.epochs: must be >= 1, got 0",
+        "train.warmup_epochs: must be in 0..epochs-1 (-1), got 0",
+    ]

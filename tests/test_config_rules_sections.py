@@ -190,6 +190,9 @@ def test_a_path_with_no_close_field_lists_the_fields_there():
     # too far from storage.root for a suggestion: the section's fields
     assert TuneConfig.path_problem("storage." + "q" * 22) == "not a config field (storage has: root)"
     assert TuneConfig.path_problem("model.n_ctxx") == "not a config field (did you mean model.n_ctx?)"
+    assert TuneConfig.path_problem("trian.epochs") == "not a config field (did you mean train?)"
+    # the suggestion is for the first part that is not a field, whatever follows it
+    assert TuneConfig.path_problem("storage.rot." + "q" * 30) == "not a config field (did you mean storage.root?)"
     assert TuneConfig.path_problem("train.augment.hflip") is None
     assert TuneConfig.path_problem("train.augment") == (
         "is a section, not a value; sweep one of its fields (train.augment.random_resized_crop_scale, "
@@ -272,10 +275,28 @@ def test_with_params_sets_dotted_paths_in_a_copy():
     assert out == {"train": {"epochs": 5, "lr_prompt": 0.5}, "model": {"n_ctx": [2]}, "a": {"b": {"c": 1}}}
     assert type(out["train"]["lr_prompt"]) is float  # a numpy scalar becomes a plain Python number
     assert data == {"train": {"epochs": 5}, "model": 3}  # the input is not changed
-    values = [1, 2]
+    values = [[30, 40], [20]]
     out = TuneConfig.with_params({}, {"model.x": values})
-    values.append(3)
-    assert out == {"model": {"x": [1, 2]}}  # a copy of the value, too
+    values[0].append(50)
+    assert out == {"model": {"x": [[30, 40], [20]]}}  # a deep copy of the value, too
+    assert TuneConfig.with_params({"name": "a"}, {"name": "b"}) == {"name": "b"}  # a top-level path
+
+
+def test_a_candidate_problem_whose_message_holds_a_colon():
+    # The key is what comes before the first ": ", even when the message (a mapping's repr) holds one.
+    assert problems("tune.space={model.n_ctx: [{a: 1}]}") == [
+        "tune.space.model.n_ctx[0]: n_ctx expected int, got {'a': 1}"
+    ]
+
+
+def test_a_legacy_value_that_is_not_a_list_is_left_to_validate(caplog):
+    with caplog.at_level(logging.WARNING, logger="pipeline.config"):
+        tune = TuneConfig(n_ctx=4)
+    assert tune.space["model.n_ctx"] == 4
+    assert [r.getMessage() for r in caplog.records] == [
+        "tune.n_ctx is deprecated: write it as tune.space: {model.n_ctx: 4}"
+    ]
+    assert tune.validate() == ["space.model.n_ctx: expected a list of candidate values, got 4"]
 
 
 def test_trial_config_errors_name_the_trial():
@@ -400,6 +421,8 @@ def test_tracking_section_rules():
     for key in ("mlflow.user", "dferclip.run", "", "k" * 251):
         assert TrackingConfig(tags={key: "v"}).validate() == [f"tags: {key!r}: {tag_rule}"]
     assert TrackingConfig(tags={"k" * 250: "v", "team": "x", "mlflowish": "y"}).validate() == []
+    # the shortest name and key (one character) are fine
+    assert TrackingConfig(mlflow_experiment="e", tags={"a": "v"}).validate() == []
     (problem,) = problems("tracking.mlflow_uri=http://u:pw@mlflow.example.com")
     assert problem.startswith("tracking.mlflow_uri: ") and "pw@" not in problem
     assert "MLFLOW_TRACKING_USERNAME" in problem  # where tracking credentials go, not the filesystem's
