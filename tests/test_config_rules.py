@@ -71,6 +71,11 @@ RULES = [
         "describe.base_url: expected an http:// or https:// URL like http://127.0.0.1:8000/v1, got 'http:///v1'",
         ["describe.base_url=http://localhost/v1"],
     ),
+    (  # urlsplit refuses an unclosed IPv6 bracket: the same problem, not a crash
+        ["describe.base_url=http://[::1/v1"],
+        "describe.base_url: expected an http:// or https:// URL like http://127.0.0.1:8000/v1, got 'http://[::1/v1'",
+        ["describe.base_url=http://[::1]/v1"],
+    ),
     # --- preprocess ---
     *[
         ([f"preprocess.{k}=0"], f"preprocess.{k}: must be >= 1 or null (no cap), got 0", [f"preprocess.{k}=1"])
@@ -136,6 +141,11 @@ RULES = [
     ),
     # --- train ---
     (
+        ['train.init_checkpoint="  "'],
+        "train.init_checkpoint: must be a checkpoint path or null, got an empty string",
+        ["train.init_checkpoint=/ckpt/final/model.pt"],
+    ),
+    (
         ["train.epochs=0"],
         # warm-up 0 is no longer below epochs either: both rules speak
         ["train.epochs: must be >= 1, got 0", "train.warmup_epochs: must be in 0..epochs-1 (-1), got 0"],
@@ -172,6 +182,11 @@ RULES = [
         ["train.use_gpu=true", "train.gpus_per_worker=0"],
         "train.gpus_per_worker: must be > 0 with use_gpu, got 0.0",
         ["train.use_gpu=false", "train.gpus_per_worker=0"],
+    ),
+    (
+        ["train.use_gpu=true", "train.gpus_per_worker=0"],
+        "train.gpus_per_worker: must be > 0 with use_gpu, got 0.0",
+        ["train.use_gpu=true", "train.gpus_per_worker=0.5"],  # a fraction of a GPU per worker
     ),
     (["train.shuffle_buffer=-1"], "train.shuffle_buffer: must be >= 0 or null, got -1", ["train.shuffle_buffer=0"]),
     (
