@@ -147,6 +147,10 @@ def test_brightness_scales_and_saturates():
     assert np.allclose(out[0, :, :, 8:], 255.0)  # 220 x 1.3 = 286 saturates
     dim = _device(video, _row(cw=16, ch=16, h=16, w=16, size=16, brightness=0.5))
     assert np.allclose(dim[0, :, :, :8], 50.0, atol=1e-3) and np.allclose(dim[0, :, :, 8:], 110.0, atol=1e-3)
+    # a factor of exactly 2 scales too, and black stays black (nothing is lifted off 0)
+    video[..., :4, :] = 0
+    double = _device(video, _row(cw=16, ch=16, h=16, w=16, size=16, brightness=2.0))
+    assert np.allclose(double[0, :, :, :4], 0.0) and np.allclose(double[0, :, :, 4:8], 200.0, atol=1e-3)
     # saturation happens before the resize (as in the CPU path): at 2x enlargement the column
     # between 100 and 220 interpolates the saturated 255, not 1.3 x the interpolated value
     up = _device(video, _row(x0=6, cw=4, ch=16, h=16, w=16, size=8, brightness=1.3))[0, 0, 0, :, 0]
@@ -211,7 +215,7 @@ def test_a_batch_must_share_one_output_size():
     ):
         augment_batch(torch.from_numpy(video), torch.from_numpy(params))
     empty = augment_batch(torch.zeros((0, 3, 8, 8, 3), dtype=torch.uint8), torch.zeros((0, len(PARAMS))))
-    assert empty.shape[:2] == (0, 3)
+    assert empty.shape == (0, 3, 3, 0, 0) and empty.dtype == torch.float32  # no clip, no size: nothing
 
 
 # ---- the decode-only rows ----------------------------------------------------------------------
