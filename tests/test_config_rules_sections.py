@@ -191,6 +191,7 @@ def test_a_path_with_no_close_field_lists_the_fields_there():
     assert TuneConfig.path_problem("storage." + "q" * 22) == "not a config field (storage has: root)"
     assert TuneConfig.path_problem("model.n_ctxx") == "not a config field (did you mean model.n_ctx?)"
     assert TuneConfig.path_problem("trian.epochs") == "not a config field (did you mean train?)"
+    assert TuneConfig.path_problem("train.augment.hflp") == "not a config field (did you mean train.augment.hflip?)"
     # the suggestion is for the first part that is not a field, whatever follows it
     assert TuneConfig.path_problem("storage.rot." + "q" * 30) == "not a config field (did you mean storage.root?)"
     assert TuneConfig.path_problem("train.augment.hflip") is None
@@ -299,6 +300,25 @@ def test_a_legacy_value_that_is_not_a_list_is_left_to_validate(caplog):
     assert tune.validate() == ["space.model.n_ctx: expected a list of candidate values, got 4"]
 
 
+def test_a_candidate_problem_inside_the_value_names_the_leaf_and_where():
+    # a list element's problem: the leaf, then its index inside the candidate
+    assert problems("tune.space={train.milestones: [[30, 40], [30, x]]}") == [
+        "tune.space.train.milestones[1]: milestones[1] expected int, got 'x'"
+    ]
+    # a mapping entry's problem: the leaf, then the entry's key
+    assert problems("tune.space={tracking.tags: [{team: 1}]}") == [
+        "tune.space.tracking.tags[0]: tags.team expected str, got 1"
+    ]
+
+
+def test_frozen_encoder_mode_refuses_a_space_entry_it_cannot_honour():
+    assert problems("tune.frozen_encoder=true", "tune.space={train.lr_image_encoder: [0.001]}") == [
+        "tune.space.train.lr_image_encoder: cannot be swept in frozen-encoder mode (tune.frozen_encoder: true): "
+        "train.lr_image_encoder has no effect: this mode keeps the image encoder frozen; sweep it in full mode "
+        "(tune.frozen_encoder: false)"
+    ]
+
+
 def test_trial_config_errors_name_the_trial():
     base = to_dict(ExperimentConfig())
     cfg = TuneConfig.trial_config(base, {"model.n_ctx": 4, "train.augment.hflip": False})
@@ -348,7 +368,7 @@ def test_a_legacy_key_moves_into_the_default_space_with_a_warning(caplog):
         "tune.n_ctx is deprecated: write it as tune.space: {model.n_ctx: [2, 4]}",
         "tune.lr_prompt is deprecated: write it as tune.space: {train.lr_prompt: [0.001]}",
     ]
-    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.WARNING]
+    assert [(r.name, r.levelno) for r in caplog.records] == [("pipeline.config", logging.WARNING)] * 2
 
 
 # ---- tracking --------------------------------------------------------------------------------
