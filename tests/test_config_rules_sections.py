@@ -192,6 +192,8 @@ def test_a_path_with_no_close_field_lists_the_fields_there():
     assert TuneConfig.path_problem("model.n_ctxx") == "not a config field (did you mean model.n_ctx?)"
     assert TuneConfig.path_problem("trian.epochs") == "not a config field (did you mean train?)"
     assert TuneConfig.path_problem("train.augment.hflp") == "not a config field (did you mean train.augment.hflip?)"
+    # "tune.q" is close to "tune.name" / "tune.mode" (difflib ratio 2*5/15 = 0.67 >= 0.6): a suggestion
+    assert TuneConfig.path_problem("tune.q").startswith("not a config field (did you mean tune.")
     # the suggestion is for the first part that is not a field, whatever follows it
     assert TuneConfig.path_problem("storage.rot." + "q" * 30) == "not a config field (did you mean storage.root?)"
     assert TuneConfig.path_problem("train.augment.hflip") is None
