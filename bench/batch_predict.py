@@ -13,6 +13,8 @@ A (engine): ``run_batch_predict`` over the clip folder on a local Ray with 2 CPU
   run a job before. Every timed run starts its own actors, as every job does.
   - fused (the default on a CPU-only cluster, ``batch_predict.fuse: auto``): 2 actors of 1 CPU,
     each decodes, crops and runs the model on its own batches of 8;
+  - fused 1x2: 1 actor of 2 CPUs decoding with 2 threads (``loaders: 1``, ``cpus_per_loader:
+    2``, ``threads_per_loader: 2``): one model import instead of two, the threads share a GIL;
   - two stages (``fuse: off``, what a GPU cluster runs): 2 loader actors (0.75 CPU) -> 1 model
     actor (0.5 CPU), clips through the object store.
 B (baseline): ``iter_predictions(checkpoint, clips, workers=2, batch_size=8)`` in this process:
@@ -21,7 +23,7 @@ B (baseline): ``iter_predictions(checkpoint, clips, workers=2, batch_size=8)`` i
   pays no process start and no import, which A's actors must.
 
 Each side runs the first quarter of the clips (at least 8) and then all of them, interleaved
-(B, A fused, A two stages at each size, per repeat) so background load hits all alike. It
+(B, then each A layout, at each size, per repeat) so background load hits all alike. It
 prints clips/s end to end (including start) at the full count; the steady rate, the clips/s of
 the extra clips between the two counts, in which the start cancels out; the start (end-to-end
 time less the clips at the steady rate); when the first batch came back; the CPU seconds of the
@@ -33,10 +35,10 @@ an error row, the victim is predicted after Ray restarts its actor. The machine'
 is printed at the start and the end.
 
     python bench/batch_predict.py [--clips 64] [--frames 32] [--repeats 2] [--arch dferclip-micro]
-                                  [--no-two-stage] [--no-faults]
+                                  [--fused-only] [--no-faults]
 
 Run time, estimated from the rates last measured on the quiet 2-core VM (not yet timed there):
-about 2 min at the defaults, about 4 min with ``--clips 400 --repeats 1``; ``--no-two-stage``
+about 2 min at the defaults, about 4 min with ``--clips 400 --repeats 1``; ``--fused-only``
 and ``--no-faults`` shorten it.
 """
 
@@ -150,7 +152,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=32, help="frames per clip (320x240, 25 fps)")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--arch", default="dferclip-micro", help="CLIP architecture (random weights)")
-    ap.add_argument("--no-two-stage", action="store_true", help="measure the fused pipeline only")
+    ap.add_argument("--fused-only", action="store_true", help="measure the default fused layout only")
     ap.add_argument("--no-faults", action="store_true", help="skip the corrupt-file / killed-actor run")
     args = ap.parse_args()
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (2 cores)", flush=True)
@@ -181,7 +183,10 @@ def main() -> None:
     prep = PreprocessConfig()
     fused = BatchPredictConfig(loaders=2, cpus_per_loader=1.0, batch_size=8, fuse="on")
     two = BatchPredictConfig(loaders=2, cpus_per_loader=0.75, models=1, cpus_per_model=0.5, batch_size=8, fuse="off")
-    variants = {"fused": fused} if args.no_two_stage else {"fused": fused, "two stages": two}
+    fused_1x2 = BatchPredictConfig(loaders=1, cpus_per_loader=2.0, threads_per_loader=2, batch_size=8, fuse="on")
+    variants = {"fused": fused}
+    if not args.fused_only:
+        variants.update({"fused 1x2": fused_1x2, "two stages": two})
     paths = sorted(str(p) for p in clips.iterdir())
     list(iter_predictions(str(ckpt), paths[:1], workers=2, device="cpu"))  # B's imports, before timing
 
