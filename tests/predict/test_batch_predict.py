@@ -258,8 +258,16 @@ def test_an_input_that_kills_its_actor_every_time_is_an_error_row_and_its_batch_
     sizing = dataclasses.replace(SIZING, worker_retries=0)  # one batch of 3 in one fused actor
     kills: list[int] = []
     lines: list[str] = []
+    killed: list[bytes] = []  # the command lines of the processes killed
+
+    def poison_open(proc, cmdline: bytes) -> bool:
+        if _has_open(str(poison))(proc, cmdline):
+            killed.append(cmdline)
+            return True
+        return False
+
     summary = _run_with_killer(
-        (kills, None, _has_open(str(poison))),
+        (kills, None, poison_open),
         str(ckpt),
         str(listing),
         str(tmp_path / "o"),
@@ -268,6 +276,7 @@ def test_an_input_that_kills_its_actor_every_time_is_an_error_row_and_its_batch_
         log=lines.append,
     )
     assert len(kills) == 2  # the batch's one try, then the poison's one try alone
+    assert all(b"FusedActor" in c for c in killed)  # no GPU: one fused stage (batch_predict.fuse auto)
     assert (summary["predicted"], summary["errors"]) == (2, 1)
     rows = {r["path"]: r for r in read_results(tmp_path / "o").to_pylist()}
     assert rows[str(poison)]["error"].startswith(
