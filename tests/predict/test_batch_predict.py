@@ -330,3 +330,41 @@ def _assert_same_prediction(row: dict, expected: dict) -> None:
     np.testing.assert_allclose(
         [got["probabilities"][c] for c in CLASSES_7], [want["probabilities"][c] for c in CLASSES_7], atol=1e-6
     )
+
+
+def test_a_fused_actor_predicts_its_batch_and_returns_a_storage_failure_for_the_driver(
+    ckpt, media, ray_local, tmp_path
+):
+    """The fused actor in this process (2 decode threads): one shard for its batch, a bad input
+    as an error row; a results folder it cannot write comes back as rows the driver stops on
+    (Ray Data skips batches that raise: that is how a dead actor's batch is let go)."""
+    import ray
+
+    from pipeline.batch_predict import FusedActor
+    from pipeline.model.checkpoint import load_checkpoint
+    from pipeline.typed import to_dict
+
+    model, _ = load_checkpoint(ckpt)
+    v = media["videos"]
+    batch = pa.table({"path": [str(v / "a.mp4"), str(v / "corrupt.mp4"), str(v / "b.mp4")]})
+
+    def actor(out: Path) -> FusedActor:
+        model_args = dict(model_ref=[ray.put(model)], device="cpu", batch_size=4, temperature=1.0, pngs=False)
+        return FusedActor(
+            model.num_frames, model.image_size, to_dict(PREP), None, threads=2, out=str(out), **model_args
+        )
+
+    rows = actor(tmp_path / "ok")(batch).to_pylist()
+    assert [(r["ok"], r["fatal"]) for r in rows] == [(True, None), (False, None), (True, None)]
+    assert rows[1]["error"].startswith("not a readable video:")
+    expected = predict_paths(model, [v / "a.mp4", v / "b.mp4"], crop_size=48, detect_every=4)
+    shards = list((tmp_path / "ok").glob("part-*.parquet"))
+    assert len(shards) == 1
+    written = {r["path"]: r for r in pq.read_table(shards[0]).to_pylist()}
+    for p in expected:
+        _assert_same_prediction(written[p.path], {"prediction": json.dumps(p.to_dict())})
+
+    (tmp_path / "file").write_text("a file where the results folder should be")
+    rows = actor(tmp_path / "file")(batch).to_pylist()
+    assert [r["path"] for r in rows] == batch.column("path").to_pylist()
+    assert all(not r["ok"] and r["fatal"] for r in rows)
