@@ -282,6 +282,7 @@ def main() -> None:
             )
     finally:
         ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)  # the clips and results (hundreds of MB at 400 clips)
     print(f"load average at end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
 
 
