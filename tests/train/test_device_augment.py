@@ -312,3 +312,38 @@ def test_on_device_setting_and_its_default():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["train.augment.on_device=sometimes"])
     assert err.value.problems == ["train.augment.on_device: expected bool or null, got 'sometimes'"]
+
+
+def test_frames_larger_than_the_canvas_keep_their_aspect_when_shrunk():
+    # canvas 40 (stored 40 at S 32): tall 56 x 48 -> k = min(40/56, 40/48) -> 40 x 34; wide 48 x 56
+    # -> 34 x 40; thin 200 x 4 -> k = 0.2 -> 40 x 1 and 4 x 200 -> 1 x 40 (a side never below 1)
+    shapes = [(56, 48), (48, 56), (200, 4), (4, 200)]
+    clips = [[_jpeg(_noise(h, w, t)) for t in range(2)] for h, w in shapes]
+    out = ClipTransform(2, 32, train=True, decode_only=True, stored_size=40)(_table(clips))
+    h, w = PARAMS.index("h"), PARAMS.index("w")
+    assert out["augment"][:, [h, w]].tolist() == [[40, 34], [34, 40], [40, 1], [1, 40]]
+    for k, (size, frames) in enumerate(zip([(40, 34), (34, 40), (40, 1), (1, 40)], clips)):
+        shrunk = cv2.resize(decode_rgb(frames[1], 32), size[::-1], interpolation=cv2.INTER_AREA)
+        assert np.array_equal(out["video"][k, 1, : size[0], : size[1]], shrunk), k
+        assert not out["video"][k, 1, size[0] :].any() and not out["video"][k, 1, :, size[1] :].any()
+
+
+def test_a_later_frame_of_another_size_is_brought_to_the_first_frames():
+    # first frame 24 x 24, second 40 x 40 (the canvas' own size): resized to 24 x 24, as the CPU path does
+    frames = [_jpeg(_noise(24, 24, 0)), _jpeg(_noise(40, 40, 1))]
+    out = ClipTransform(2, 32, train=True, decode_only=True, stored_size=40)(_table([frames]))
+    second = cv2.resize(decode_rgb(frames[1], 32), (24, 24), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(out["video"][0, 1, :24, :24], second)
+    assert not out["video"][0, 1, 24:].any() and not out["video"][0, 1, :, 24:].any()
+
+
+def test_non_square_clips_equal_the_cpu_path():
+    # 36 x 56 frames in a 56 canvas: the crop is drawn within the frame's own height and width
+    clips = [[_jpeg(_noise(36, 56, 10 * k + t)) for t in range(4)] for k in range(6)]
+    table = _table(clips)
+    spec = AugmentSpec(scale=(0.3, 1.0), brightness=0.5)
+    ref = ClipTransform(4, 32, train=True, augment=spec, seed=4)(table)["video"].astype(np.float64)
+    out = ClipTransform(4, 32, train=True, augment=spec, seed=4, decode_only=True, stored_size=56)(table)
+    assert np.abs(_device(out["video"], out["augment"]) - ref).max() <= 1.3
+    x0, cw = PARAMS.index("x0"), PARAMS.index("cw")
+    assert (out["augment"][:, x0] + out["augment"][:, cw]).max() > 36  # some crops reach past x = h
