@@ -572,7 +572,7 @@ def _run_ray(model, root, todo, cfg, gpus, prep, timeline, temperature, emit) ->
     (:func:`pipeline.raydata.with_lone_retries`); those still lost then are error rows."""
     import ray
 
-    from pipeline.raydata import with_lone_retries
+    from pipeline.raydata import lone_retry_notice, with_lone_retries
 
     model_ref = ray.put(model.cpu())
     fused = _fused(cfg, gpus)
@@ -617,11 +617,7 @@ def _run_ray(model, root, todo, cfg, gpus, prep, timeline, temperature, emit) ->
             return answered
 
         def announce(lost: list[str]) -> None:
-            emit(
-                logging.WARNING,
-                f"batch-predict: an actor process died on every try of {len(lost)} input(s)' batches "
-                "(killed, e.g. for memory, or crashed); trying each of them alone",
-            )
+            emit(logging.WARNING, lone_retry_notice("batch-predict", "an actor process", len(lost), "input(s)"))
 
         lost = with_lone_retries(todo, lambda p: p, one_pass, announce=announce)
         if lost:

@@ -50,7 +50,7 @@ from pipeline.data.schema import MANIFEST_NAME, SCHEMA_VERSION
 from pipeline.errors import UserError
 from pipeline.locks import folder_lock
 from pipeline.logs import progress
-from pipeline.raydata import map_batches_retried, with_lone_retries
+from pipeline.raydata import lone_retry_notice, map_batches_retried, with_lone_retries
 from pipeline.storage import Storage
 from pipeline.typed import to_dict
 
@@ -428,11 +428,7 @@ def _run_ray(
             return still
 
         def announce(lost: list[dict]) -> None:
-            emit(
-                logging.WARNING,
-                f"preprocess: a worker process died on every try of {len(lost)} clip(s)' batches "
-                "(killed, e.g. for memory, or crashed); trying each of them alone",
-            )
+            emit(logging.WARNING, lone_retry_notice("preprocess", "a worker process", len(lost), "clip(s)"))
 
         # A batch whose worker died on every try: each of its clips runs alone, so only a clip
         # that kills its worker by itself ends as an error row (pipeline/raydata.py).

@@ -2,6 +2,7 @@
 
     map_batches_retried(ds, actor_cls, *, retries, alone, pool_size, **map_args) -> Dataset
     with_lone_retries(items, key, one_pass, *, settle=None, announce=None) -> list  # still lost
+    lone_retry_notice(stage, process, count, noun) -> str  # the warning before the lone pass
 
 A batch whose actor process dies (killed for memory, a crashing decoder) is tried ``retries``
 more times; after that Ray Data skips it instead of failing the job. Its inputs then run once
@@ -16,7 +17,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Hashable, Iterable
 
-__all__ = ["map_batches_retried", "with_lone_retries"]
+__all__ = ["map_batches_retried", "with_lone_retries", "lone_retry_notice"]
 
 
 def map_batches_retried(ds, actor_cls, *, retries: int, alone: bool, pool_size: int, **map_args):
@@ -64,3 +65,12 @@ def with_lone_retries(
         announce(lost)
     answered = set(one_pass(lost, alone=True))
     return [it for it in lost if key(it) not in answered]
+
+
+def lone_retry_notice(stage: str, process: str, count: int, noun: str) -> str:
+    """The warning a stage shows before its lone pass, e.g. ``lone_retry_notice("preprocess",
+    "a worker process", 3, "clip(s)")``."""
+    return (
+        f"{stage}: {process} died on every try of {count} {noun}' batches "
+        "(killed, e.g. for memory, or crashed); trying each of them alone"
+    )
