@@ -249,13 +249,14 @@ class ClipLoader:
 
         from pipeline.train.sampling import sample_indices
 
-        crops = self._cropper().run_source(path, threads=1)  # every stored frame, JPEG, as in a shard row
-        idx = sample_indices(len(crops.frames), self.T, train=False)  # (T,)
+        # The T frames evaluation samples from a shard row of every stored frame, JPEG as there;
+        # only those T are cropped and encoded (the detector still sees the same frames).
+        crops = self._cropper().run_source(path, threads=1, pick=lambda k: sample_indices(k, self.T, train=False))
         row = pa.table(
             {
                 "clip_id": pa.array([str(path)]),
                 "label": pa.array([0], pa.int64()),
-                "frames": pa.array([[crops.frames[i] for i in idx]], pa.list_(pa.binary())),
+                "frames": pa.array([crops.frames], pa.list_(pa.binary())),
             }
         )
         video = self.transform(row)["video"][0]  # (T, S, S, 3)

@@ -222,6 +222,13 @@ class ClipCropper:
     later, the frames whose box changed are cropped from a second decode (``reopen``), so the
     crops are exactly those an unbounded buffer would give. Crops are JPEG-encoded as they are
     made (with ``max_frames``, the unkept ones are dropped at the end), ~20 KB each at 224 px.
+
+    A caller that uses only some of the kept frames (predict and serve feed the model T of them)
+    passes ``pick``: then only those frames are cropped and encoded, planned from the frame count
+    the source states (``expected``: a video container's count, a folder's files). Every frame is
+    still decoded and the detector runs on the same frames, so boxes and crops are exactly those
+    of a full run; should the clip hold another number of frames than stated, the picked frames
+    that were not cropped come from a second decode, as above.
     """
 
     detector: object | None
@@ -234,13 +241,19 @@ class ClipCropper:
     buffer_bytes: int = 128 * 2**20
     limits: object | None = None  # pipeline.data.video.ClipLimits for run_source; None: no caps
 
-    def run_source(self, source, threads: int = 1) -> CropResult:
+    def run_source(self, source, threads: int = 1, pick: Callable[[int], Sequence[int]] | None = None) -> CropResult:
         """Open ``source`` (video file or frame folder) with this cropper's caps and crop it;
-        a second decode, when needed, opens it again. Raises UnreadableClip / ClipOverCap."""
+        a second decode, when needed, opens it again. Raises UnreadableClip / ClipOverCap.
+        ``pick``: as in :meth:`run` (the frame count planned from is the one the source states)."""
         from pipeline.data.video import open_frames
 
         stream = open_frames(source, threads=threads, limits=self.limits)
-        result = self.run(stream.frames, reopen=lambda: open_frames(source, threads=threads, limits=self.limits).frames)
+        result = self.run(
+            stream.frames,
+            reopen=lambda: open_frames(source, threads=threads, limits=self.limits).frames,
+            pick=pick,
+            expected=stream.count,
+        )
         result.fps = stream.fps
         return result
 
@@ -262,7 +275,17 @@ class ClipCropper:
         return (t, box), found + 1
 
     def _crop(self, frame: np.ndarray, box: Box, margin: float) -> bytes:
+        if self.detector is None:  # already a face crop: the whole frame, resized
+            h, w = frame.shape[:2]
+            interp = cv2.INTER_AREA if max(h, w) > self.crop_size else cv2.INTER_LINEAR
+            full = cv2.resize(frame, (self.crop_size, self.crop_size), interpolation=interp)
+            return encode_jpeg(full, self.jpeg_quality)
         return encode_jpeg(square_crop(frame, box, margin, self.crop_size), self.jpeg_quality)
+
+    def _kept(self, n: int, pick: Callable[[int], Sequence[int]] | None) -> list[int]:
+        """The frame indices the result holds, in its order, for a clip of ``n`` frames."""
+        keep = uniform_indices(n, self.max_frames)
+        return keep if pick is None else [keep[int(i)] for i in pick(len(keep))]
 
     @staticmethod
     def _centre(frame: np.ndarray) -> Box:
@@ -270,12 +293,27 @@ class ClipCropper:
         s = min(h, w)
         return np.array([(w - s) / 2, (h - s) / 2, (w + s) / 2, (h + s) / 2], np.float32)
 
-    def run(self, frames: Iterable[np.ndarray], reopen: Callable[[], Iterable[np.ndarray]] | None = None) -> CropResult:
+    def run(
+        self,
+        frames: Iterable[np.ndarray],
+        reopen: Callable[[], Iterable[np.ndarray]] | None = None,
+        pick: Callable[[int], Sequence[int]] | None = None,
+        expected: int | None = None,
+    ) -> CropResult:
         """Crop one clip's frames (an iterable, consumed once). ``reopen`` returns the same frames
-        again, for the second decode; a list of frames needs none."""
+        again, for the second decode; a list of frames needs none.
+
+        ``pick(k)``: positions (repeats allowed) among the ``k`` kept frames that the result
+        holds, in its order (None: all of them). With ``expected``, the number of frames the
+        clip is expected to have (a list's own length when None), only the picked frames are
+        cropped and encoded."""
+        if expected is None and isinstance(frames, Sequence):
+            expected = len(frames)
+        # Frames to crop as they come (None: every frame).
+        planned = set(self._kept(expected, pick)) if pick is not None and expected else None
         out: dict[int, bytes] = {}  # JPEG per frame index
         boxes: dict[int, list[float]] = {}
-        redo: dict[int, tuple[Box, float]] = {}  # dropped frames whose box changed: (box, margin)
+        redo: dict[int, tuple[Box, float]] = {}  # uncropped frames (dropped, or not planned): (box, margin)
         pending: list[_Waiting] = []
         held = 0  # bytes of the frames held in ``pending``
         oldest = 0  # index in ``pending`` of the oldest frame still held
@@ -286,7 +324,9 @@ class ClipCropper:
         def emit(w: _Waiting, box: Box, margin: float | None = None) -> None:
             margin = self.margin if margin is None else margin
             boxes[w.t] = [float(v) for v in box]
-            if w.frame is not None:
+            if planned is not None and w.t not in planned:
+                redo[w.t] = (box, margin)  # cropped at the end only if it is picked after all
+            elif w.frame is not None:
                 out[w.t] = self._crop(w.frame, box, margin)
             elif w.box is not None and np.array_equal(w.box, box):
                 out[w.t] = w.jpeg  # the guess made when it was dropped holds
@@ -298,13 +338,11 @@ class ClipCropper:
             n = t + 1
             if self.detector is None:
                 h, w = frame.shape[:2]
-                full = cv2.resize(
-                    frame,
-                    (self.crop_size, self.crop_size),
-                    interpolation=cv2.INTER_AREA if max(h, w) > self.crop_size else cv2.INTER_LINEAR,
-                )
-                out[t] = encode_jpeg(full, self.jpeg_quality)
                 boxes[t] = [0.0, 0.0, float(w), float(h)]
+                if planned is None or t in planned:
+                    out[t] = self._crop(frame, None, 0.0)
+                else:
+                    redo[t] = (None, 0.0)
                 continue
             pending.append(_Waiting(t, frame))
             held += frame.nbytes
@@ -312,7 +350,8 @@ class ClipCropper:
             while held > self.buffer_bytes and oldest < len(pending) - 1:
                 w = pending[oldest]
                 w.box = last[1] if last is not None else self._centre(w.frame)
-                w.jpeg = self._crop(w.frame, w.box, self.margin if last is not None else 0.0)
+                if planned is None or w.t in planned:
+                    w.jpeg = self._crop(w.frame, w.box, self.margin if last is not None else 0.0)
                 held -= w.frame.nbytes
                 w.frame = None
                 oldest += 1
@@ -340,8 +379,8 @@ class ClipCropper:
                 emit(w, w.box if w.frame is None else self._centre(w.frame), 0.0)
         pending = []
 
-        keep = uniform_indices(n, self.max_frames)
-        redecoded = self._redo(frames, reopen, {t: redo[t] for t in keep if t in redo}, out)
+        keep = self._kept(n, pick)
+        redecoded = self._redo(frames, reopen, {t: redo[t] for t in keep if t not in out}, out)
         return CropResult([out[i] for i in keep], [boxes[i] for i in keep], fallback, n, found, calls, redecoded)
 
     def _redo(self, frames, reopen, redo: dict[int, tuple[Box, float]], out: dict[int, bytes]) -> int:
@@ -352,7 +391,8 @@ class ClipCropper:
             if not isinstance(frames, Sequence):
                 raise ValueError(
                     "ClipCropper.run: this clip needs a second pass over its frames (a face was found after "
-                    "the frame buffer overflowed); pass reopen=, or use run_source"
+                    "the frame buffer overflowed, or a picked frame was not planned for); pass reopen=, or use "
+                    "run_source"
                 )
             reopen = lambda: frames  # noqa: E731 — a list can be read twice
         from pipeline.data.video import UnreadableClip

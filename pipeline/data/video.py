@@ -117,6 +117,9 @@ class FrameStream:
     frames: Iterator[np.ndarray]
     fps: float | None
     kind: str  # "video" or "frames"
+    # The frame count the source states (a video container's, a folder's files), None when it
+    # states none: a hint for planning (ClipCropper's pick), never a promise.
+    count: int | None = None
 
 
 def open_frames(source: str | os.PathLike, threads: int = 1, limits: ClipLimits | None = None) -> FrameStream:
@@ -142,7 +145,7 @@ def open_frames(source: str | os.PathLike, threads: int = 1, limits: ClipLimits 
         if not files:
             raise UnreadableClip(f"frame folder has no {'/'.join(FRAME_EXTENSIONS)} files")
         limits.check_frames(source, len(files))
-        return FrameStream(_iter_images(files, source, limits), None, "frames")
+        return FrameStream(_iter_images(files, source, limits), None, "frames", len(files))
     if not path.exists():
         raise UnreadableClip("file not found")
     if path.stat().st_size == 0:
@@ -204,7 +207,7 @@ def _open_video(path: Path | BinaryIO, threads: int, source=None, limits: ClipLi
     stream.thread_count = max(1, threads)
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = float(rate) if rate else None
-    return FrameStream(_iter_video(container, stream, fps, source, limits), fps, "video")
+    return FrameStream(_iter_video(container, stream, fps, source, limits), fps, "video", stream.frames or None)
 
 
 def _iter_video(container, stream, fps: float | None, source, limits: ClipLimits) -> Iterator[np.ndarray]:

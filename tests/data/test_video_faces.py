@@ -179,3 +179,79 @@ def test_a_face_after_a_long_wait_takes_a_second_decode(media):
     with pytest.raises(ValueError, match="reopen"):
         small.run(open_frames(path).frames)
     assert small.run(list(open_frames(path).frames)).frames == ref.frames  # a list can
+
+
+class _Counting(ClipCropper):
+    """Counts the crops it makes (each one a resize and a JPEG encode)."""
+
+    made = 0
+
+    def _crop(self, frame, box, margin):
+        self.made += 1
+        return super()._crop(frame, box, margin)
+
+
+def _segment_middles(T: int):
+    return lambda k: [min(int(k / T * (i + 0.5)), k - 1) if k >= T else min(i, k - 1) for i in range(T)]
+
+
+@pytest.mark.parametrize(
+    "source, detector, max_frames, T",
+    [
+        ("face_mp4", "haar", None, 8),
+        ("frames_jpg", "haar", 10, 4),
+        ("face2_mp4", "none", None, 6),
+        ("vfr_mp4", "haar", None, 16),
+    ],
+)
+def test_pick_crops_only_the_picked_frames_and_they_equal_a_full_run(media, source, detector, max_frames, T):
+    """predict and serve use T of a clip's frames: with ``pick`` only those are cropped and
+    encoded (planned from the count the source states), the same bytes and boxes as the full
+    run's frames at those places; T over the clip's length repeats the last one."""
+    kw = dict(detect_every=5, crop_size=64, max_frames=max_frames)
+    full = ClipCropper(build_detector(detector), **kw).run_source(media[source])
+    pick = _segment_middles(T)
+    idx = pick(len(full.frames))
+    cropper = _Counting(build_detector(detector), **kw)
+    got = cropper.run_source(media[source], pick=pick)
+    assert got.frames == [full.frames[i] for i in idx] and got.boxes == [full.boxes[i] for i in idx]
+    assert got.redecoded == 0 and got.num_decoded == full.num_decoded
+    assert got.detector_calls == full.detector_calls and got.face_fallback == full.face_fallback
+    assert cropper.made == len(set(idx))  # not one crop per frame
+    assert len(set(idx)) < full.num_decoded or T >= len(full.frames)
+
+
+@pytest.mark.parametrize("stated", [10, 40, None])
+def test_pick_with_a_wrong_or_no_stated_count_still_gives_the_picked_crops(media, stated):
+    """The count a container states is a plan, not a promise: picked frames it did not plan
+    for come from a second decode (or every frame is cropped when no count is stated), and the
+    crops are those of a full run all the same."""
+    path = media["face_mp4"]  # 24 frames
+    kw = dict(detect_every=5, crop_size=64)
+    full = ClipCropper(HaarDetector(), **kw).run_source(path)
+    pick = _segment_middles(6)
+    reopen = lambda: open_frames(path).frames  # noqa: E731
+    cropper = _Counting(HaarDetector(), **kw)
+    got = cropper.run(open_frames(path).frames, reopen=reopen, pick=pick, expected=stated)
+    assert got.frames == [full.frames[i] for i in pick(24)] and got.boxes == [full.boxes[i] for i in pick(24)]
+    if stated is None:  # no plan: every frame cropped as it comes, one decode
+        assert got.redecoded == 0 and cropper.made == 24
+    else:
+        assert got.redecoded > 0 and cropper.made < 24
+    # A one-shot iterator with a wrong count cannot be read twice: said, not cropped wrong.
+    with pytest.raises(ValueError, match="reopen"):
+        ClipCropper(HaarDetector(), **kw).run(open_frames(path).frames, pick=pick, expected=40)
+
+
+def test_pick_when_the_frame_buffer_overflows(media):
+    """Frames dropped from a full buffer are cropped early only when picked; a face found
+    later still gives the full run's crops (second decode)."""
+    path = media["late_face_mp4"]  # 12 frames without a face, then 14 with one
+    kw = dict(detect_every=4, crop_size=64)
+    ref = ClipCropper(HaarDetector(), **kw).run_source(path)
+    pick = _segment_middles(5)
+    small = _Counting(HaarDetector(), buffer_bytes=2 * 320 * 240 * 3, **kw)
+    got = small.run_source(path, pick=pick)
+    idx = pick(26)
+    assert got.frames == [ref.frames[i] for i in idx] and got.boxes == [ref.boxes[i] for i in idx]
+    assert small.made < 26
