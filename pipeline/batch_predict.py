@@ -26,7 +26,10 @@ When the model gets no GPU (``cfg.fuse`` auto), steps 2 and 3 are one: ``map_bat
 ``cfg.loaders`` actors that each load a batch and run the model on it — on CPUs the forward
 pass shares the decoders' cores anyway, and one stage starts one set of actor processes (each
 imports torch and the model's modules: seconds of CPU) and moves no clip through the object
-store. Every actor gets the model on a thread of its own as it starts (:class:`_Predictor`).
+store. Every actor gets the model on a thread of its own as it starts (:class:`_Predictor`);
+actors without a GPU get it traced to TorchScript (:class:`TracedModel`: the same logits, and
+it loads with torch alone, where the pickled model would import open_clip and, through it,
+torchvision, timm and ``torch._dynamo`` — 2 CPU-seconds per actor).
 
 So every result equals ``dferclip predict``'s for the same input and settings. Each row is
 :data:`RESULT_SCHEMA`: ``path, ok, label, probability, error, face_fallback, frames`` and
@@ -71,6 +74,7 @@ __all__ = [
     "LoadActor",
     "ModelActor",
     "FusedActor",
+    "TracedModel",
 ]
 
 logger = logging.getLogger(__name__)
@@ -255,8 +259,8 @@ def _new_loader(num_frames: int, image_size: int, prep: dict, timeline: dict | N
 class _Predictor:
     """The model side of a batch: forward passes over its loaded inputs and one result shard.
 
-    The model comes from the object store (the driver loaded it once). Getting it imports
-    torch and the model's modules — seconds of CPU — so it starts on a thread of its own when
+    The model comes from the object store (the driver loaded it once; without GPUs, traced:
+    :class:`TracedModel`). Getting it imports torch — seconds of CPU — so it starts on a thread of its own when
     the actor starts, and a fused actor decodes its first clips meanwhile (the import and the
     decoders' C code run side by side)."""
 
@@ -284,7 +288,10 @@ class _Predictor:
         from pipeline.predict import resolve_device
 
         dev = resolve_device(device)
-        return ray.get(ref).eval().to(dev), dev
+        model = ray.get(ref)
+        if isinstance(model, TracedModel):
+            return model.load(), dev
+        return model.eval().to(dev), dev
 
     def __call__(self, items: list[tuple[str, object]]) -> pa.Table:
         """``items``: (path, loaded input or the reason it failed); returns the summary rows."""
@@ -328,6 +335,71 @@ class _Predictor:
         return pa.Table.from_pylist(
             [{"path": p.path, "ok": p.ok, "error": p.error, "fatal": None} for p in preds], schema=_SUMMARY_SCHEMA
         )
+
+
+class TracedModel:
+    """The model as CPU actors get it: its forward pass traced to TorchScript in the driver,
+    plus its class names — ``model(video)`` gives the very same logits (checked when traced).
+
+    Why: unpickling the model itself imports open_clip, which imports torchvision and timm and
+    through them ``torch._dynamo`` — about 2 CPU-seconds in every actor before its first
+    batch, more than torch's own import; a TorchScript module loads with torch alone (0.03 s).
+    Only for CPUs: a traced graph keeps the device of any tensor its forward pass makes, so
+    model actors with GPUs get the model itself. :func:`traced_for_actors` makes one."""
+
+    def __init__(self, script: bytes, class_names: list[str]):
+        self.script, self.class_names = script, list(class_names)
+        self.module = None
+
+    def __getstate__(self) -> dict:
+        return {"script": self.script, "class_names": self.class_names}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["script"], state["class_names"])
+
+    def load(self) -> TracedModel:
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated (the pinned torch has it)
+            warnings.simplefilter("ignore", FutureWarning)
+            self.module = torch.jit.load(io.BytesIO(self.script), map_location="cpu").eval()
+        return self
+
+    def __call__(self, video):
+        return self.module(video)
+
+
+def traced_for_actors(model) -> TracedModel | None:
+    """``model`` (eval mode, on the CPU) as a :class:`TracedModel`, or None when its forward
+    pass cannot be traced faithfully: traced on a batch of 2 clips, kept only if a batch of 1
+    gives logits equal to the model's own (so no batch size or branch was baked in)."""
+    import warnings
+
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    shape = (model.num_frames, 3, model.image_size, model.image_size)
+    two = torch.randint(0, 256, (2, *shape), dtype=torch.uint8, generator=gen)  # uint8, as actors feed it
+    one = torch.randint(0, 256, (1, *shape), dtype=torch.uint8, generator=gen)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings from open_clip's shape checks, TorchScript's deprecation
+            model(two)  # fills the model's cached class text features: the trace keeps them as a constant
+            module = torch.jit.trace(model, two, check_trace=False)
+            buf = io.BytesIO()
+            torch.jit.save(module, buf)
+            traced = TracedModel(buf.getvalue(), model.class_names).load()
+            same = torch.equal(traced(one), model(one))
+    except Exception as exc:  # noqa: BLE001 — the actors then get the model itself
+        logger.debug("batch-predict: the model does not trace (%s); actors unpickle it", exc)
+        return None
+    if not same:
+        logger.debug("batch-predict: the traced model's logits differ from the model's; actors unpickle it")
+        return None
+    traced.module = None  # shipped as its bytes
+    return traced
 
 
 class LoadActor:
@@ -574,7 +646,9 @@ def _run_ray(model, root, todo, cfg, gpus, prep, timeline, temperature, emit) ->
 
     from pipeline.raydata import lone_retry_notice, with_lone_retries
 
-    model_ref = ray.put(model.cpu())
+    model = model.cpu().eval()
+    # CPU actors get the model as TorchScript when it traces (TracedModel: no open_clip import).
+    model_ref = ray.put((None if gpus else traced_for_actors(model)) or model)
     fused = _fused(cfg, gpus)
     load_args = dict(
         num_frames=model.num_frames,

@@ -368,3 +368,58 @@ def test_a_fused_actor_predicts_its_batch_and_returns_a_storage_failure_for_the_
     rows = actor(tmp_path / "file")(batch).to_pylist()
     assert [r["path"] for r in rows] == batch.column("path").to_pylist()
     assert all(not r["ok"] and r["fatal"] for r in rows)
+
+
+def test_cpu_actors_get_the_model_as_torchscript_that_loads_without_open_clip(ckpt, tmp_path):
+    """CPU actors get the model traced (TracedModel): in a fresh process it loads with torch
+    alone — no open_clip, torchvision or torch._dynamo, seconds of CPU per actor — and gives the
+    very logits of the model itself, at a batch size other than the one it was traced with."""
+    import pickle
+    import subprocess
+    import sys
+
+    from pipeline.batch_predict import traced_for_actors
+    from pipeline.model.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(ckpt)
+    model.eval()
+    traced = traced_for_actors(model)
+    assert traced is not None and traced.module is None  # shipped as bytes, loaded by the actor
+    (tmp_path / "traced.pkl").write_bytes(pickle.dumps(traced))
+    video = torch.randint(0, 256, (3, model.num_frames, 3, model.image_size, model.image_size), dtype=torch.uint8)
+    torch.save(video, tmp_path / "video.pt")
+    script = (
+        "import pickle, sys, torch\n"
+        f"m = pickle.loads(open({str(tmp_path / 'traced.pkl')!r}, 'rb').read()).load()\n"
+        f"video = torch.load({str(tmp_path / 'video.pt')!r})\n"
+        "with torch.no_grad():\n"
+        f"    torch.save(m(video), {str(tmp_path / 'logits.pt')!r})\n"
+        "print(m.class_names, [n for n in ('open_clip', 'torchvision', 'timm', 'torch._dynamo') if n in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{list(CLASSES_7)} []"
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "logits.pt"), model(video))
+
+
+def test_a_model_that_does_not_trace_faithfully_is_shipped_as_itself():
+    from torch import nn
+
+    from pipeline.batch_predict import traced_for_actors
+
+    class Toy(nn.Module):
+        class_names, num_frames, image_size = ["a", "b"], 2, 4
+
+        def __init__(self, batch_dependent: bool):
+            super().__init__()
+            self.batch_dependent = batch_dependent
+
+        def forward(self, video):
+            x = video.float().mean(dim=(1, 2, 3, 4))[:, None]
+            if self.batch_dependent:  # a Python int the trace bakes in: a batch of 1 comes out wrong
+                return x.repeat(1, 2) * float(video.shape[0])
+            return {"logits": x.repeat(1, 2)}  # not a tensor: cannot be traced
+
+    assert traced_for_actors(Toy(batch_dependent=True)) is None
+    assert traced_for_actors(Toy(batch_dependent=False)) is None
