@@ -1,6 +1,6 @@
 """The description set as a sweep dimension (``tune.space: {describe.description_set: [...]}``):
 each trial's class prompts use the set its value names, in fast and full mode, and the sweep
-records every trial's set id."""
+records every trial's set id. Full mode: tests/tune/test_full_sweep.py."""
 
 from __future__ import annotations
 
@@ -109,34 +109,3 @@ def test_fast_sweep_over_sets_gives_each_trial_its_set(ray_local, shard_root, tm
     assert abs(loss["shuffled-7"] - loss["default-7"]) > 1e-4
     best = load_config(os.path.join(out.path, "best_config.yaml"))
     assert best.describe.description_set == table["best_value"].idxmin()
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_full_sweep_over_sets_trains_each_run_with_its_set(ray_local, shard_root):
-    # Full mode: each trial is a Train run, whose summary.json records the set it trained with.
-    cfg = _config(
-        shard_root,
-        _sets_space("default-7", "shuffled-7"),
-        "tune.name=sets-full",
-        "tune.frozen_encoder=false",
-        "tune.scheduler=none",
-        "train.epochs=1",
-        "train.milestones=[1]",
-        "train.cpus_per_worker=1.0",
-        "tune.max_concurrent_trials=1",
-    )
-    out = stage.main(cfg)
-    assert not out.interrupted
-    table = pd.read_csv(os.path.join(out.path, "results.csv"))
-    assert sorted(table[DESCRIPTION_SET_KEY]) == ["default-7", "shuffled-7"]
-    runs = os.path.join(out.path, "runs")
-    recorded = {}
-    for name in os.listdir(runs):
-        summary = json.loads(open(os.path.join(runs, name, "summary.json")).read())
-        recorded[name] = summary["description_set"]["id"]
-    by_trial = {t: s for t, s in zip(table["trial"], table["description_set"])}
-    assert sorted(recorded.values()) == sorted(by_trial.values()) == sorted(out.description_sets.values())
-    for name, set_id in recorded.items():
-        [trial] = [t for t in by_trial if t.startswith(name)]
-        assert by_trial[trial] == set_id
