@@ -4,9 +4,9 @@ What each side includes (both read the same checkpoint file and the same generat
 
 A (engine): ``run_batch_predict`` over the clip folder on a local Ray with 2 CPUs, timed from
   the call to the last result shard: the driver's checkpoint load, listing and results folder,
-  Ray Data's start, the actors' start (each a new process that imports Ray Data, the project,
-  torch and the model's modules, then gets the model from the object store), decode/crop, the
-  forward passes and the Parquet shards. Not included: the Ray cluster's own start (a cluster
+  Ray Data's start, the model traced for the actors (TorchScript, in the driver), the actors'
+  start (each a new process that imports Ray Data, the project and torch, then loads the traced
+  model from the object store), decode/crop, the forward passes and the Parquet shards. Not included: the Ray cluster's own start (a cluster
   runs before a job is submitted to it), the first ``import ray.data`` in the driver, and Ray
   Data's own per-cluster actors (its stats and autoscaling actors, made by the first Ray Data
   job on a cluster and kept): a 2-clip run before timing makes them, as on a cluster that has

@@ -403,7 +403,7 @@ def test_cpu_actors_get_the_model_as_torchscript_that_loads_without_open_clip(ck
         assert torch.equal(torch.load(tmp_path / "logits.pt"), model(video))
 
 
-def test_a_model_that_does_not_trace_faithfully_is_shipped_as_itself():
+def test_a_model_that_does_not_trace_faithfully_is_shipped_as_itself(caplog):
     from torch import nn
 
     from pipeline.batch_predict import traced_for_actors
@@ -415,11 +415,18 @@ def test_a_model_that_does_not_trace_faithfully_is_shipped_as_itself():
             super().__init__()
             self.batch_dependent = batch_dependent
 
+        def text_features(self):
+            return torch.eye(2)
+
         def forward(self, video):
             x = video.float().mean(dim=(1, 2, 3, 4))[:, None]
             if self.batch_dependent:  # a Python int the trace bakes in: a batch of 1 comes out wrong
                 return x.repeat(1, 2) * float(video.shape[0])
             return {"logits": x.repeat(1, 2)}  # not a tensor: cannot be traced
 
+    caplog.set_level("DEBUG", logger="pipeline.batch_predict")
     assert traced_for_actors(Toy(batch_dependent=True)) is None
+    assert "the traced model's logits differ from the model's" in caplog.text
+    caplog.clear()
     assert traced_for_actors(Toy(batch_dependent=False)) is None
+    assert "the model does not trace" in caplog.text
