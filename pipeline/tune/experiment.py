@@ -253,6 +253,11 @@ def _run_tune_locked(cfg: ExperimentConfig, callbacks: list | None) -> SweepOutc
                 keep_checkpoints=cfg.train.keep_checkpoints,
                 callbacks=callbacks,
                 record=sets.record(),
+                # A fast trial is seconds of work, so a fresh process per trial (imports, the
+                # embeddings fetched) is much of its cost. A full trial's process must go when
+                # Tune stops the trial: its cleanup() aborts the Train run (pipeline/tune/stopping.py),
+                # and a reused actor is reset instead of cleaned up.
+                reuse_actors=t.frozen_encoder,
             )
         except BaseException:
             tracking.end("FAILED")

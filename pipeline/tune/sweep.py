@@ -58,6 +58,7 @@ def run_sweep(
     callbacks: list | None = None,
     keep_checkpoints: int = 2,
     record: dict[str, Any] | None = None,
+    reuse_actors: bool = False,
 ):
     """Run (or resume) the sweep; returns Tune's ``ResultGrid``.
 
@@ -67,6 +68,8 @@ def run_sweep(
     ``callbacks`` (Ray Tune callbacks) apply to a new sweep; a restored one runs its own.
     ``record``: more of what the sweep was started with, written to ``sweep.json`` beside the
     signature (the description set's id and location); a restored sweep keeps its own.
+    ``reuse_actors``: a finished or stopped trial's process runs the next trial (Tune's
+    ``reuse_actors``) instead of a new process importing torch and the model code again.
 
     Tune's own console reporting (trial tables) only with -v (``RunConfig.verbose``: 1, or 2
     with -vv); otherwise one summary line when the sweep ends.
@@ -124,6 +127,7 @@ def run_sweep(
             # ignores TuneConfig.max_concurrent_trials when given a generator instance.
             search_alg=BasicVariantGenerator(random_state=seed, max_concurrent=cfg.max_concurrent_trials),
             num_samples=num_samples,
+            reuse_actors=reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -22,6 +23,15 @@ PARAMS = ["model.n_ctx", "model.temporal_depth"]
 
 def _config(root, *overrides):
     return load_config(EXAMPLE_CONFIG, [f"storage.root={root}", *overrides])
+
+
+def trial_pids(out, table) -> dict[str, set[int]]:
+    """The processes each trial reported from (Tune adds ``pid`` to every result in result.json)."""
+    pids = {}
+    for trial in table["trial"]:
+        with open(os.path.join(out.path, trial, "result.json")) as f:
+            pids[trial] = {json.loads(line)["pid"] for line in f if line.strip()}
+    return pids
 
 
 def _check_outputs(out, cfg):
@@ -74,6 +84,9 @@ def test_fast_sweep_outputs_and_early_stopping(ray_local, shard_root, mlflow_uri
     expected = sorted("KILLED" if s == "stopped_early" else "FINISHED" for s in table["status"])
     assert statuses == expected
     assert {r.data.params["model.n_ctx"] for r in trials} == {"2", "8"}
+    # One process ran the four trials one after another (Tune's reuse_actors): a fast trial is
+    # seconds of work, and a fresh process would import torch and the model code every time.
+    assert len(set().union(*trial_pids(out, table).values())) == 1
     # The cache was made once, below the storage root, keyed by backbone.
     assert len(os.listdir(shard_root / "embeddings" / "demo")) == 1
 
