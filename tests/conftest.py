@@ -28,6 +28,13 @@ def ray_local():
 
     from pipeline.raycluster import local_ray_env
 
+    # Each fit starts a preemption-watcher actor (it watches for nodes being drained, which a
+    # one-node test cluster never does) and each Parquet read 2 footer-reader actors (the
+    # product's local setting; the shards here are a few small local files). Every actor is a
+    # Python process to start (1-2 CPU-s each on 2 cores, measured) and the suite runs dozens of
+    # fits. Set before local_ray_env, which only fills in what is unset.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
     local_ray_env()
     # Ray Train's controller looks at its workers every 2 s by default, so each fit ends (and a
     # killed worker is noticed) up to 2 s after the fact; the suite runs dozens of fits. The

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 
+import polars as pl
 import pytest
 import torch
 
@@ -260,7 +262,21 @@ def test_dferclip_train_init_from_runs_on_ray_and_records_the_file(train_store, 
     assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
 
     # --resume continues from the run's own checkpoint: the init file is not needed any more.
+    # (This is also the suite's end-to-end check of --resume on a finished run.)
+    from pipeline.train.experiment import resume_run
+
+    run = Path(summary["paths"]["run_dir"])
+    before = pl.read_csv(run / "metrics.csv")
     init.unlink()
-    assert cli(["--resume", summary["paths"]["run_dir"], "--set", "train.epochs=2"]) == 0
-    resumed = json.loads(open(summary["paths"]["run_dir"] + "/summary.json").read())
+    assert resume_run(str(run))["epochs"] == 1  # already complete: nothing to do
+    assert pl.read_csv(run / "metrics.csv").equals(before) and not (run / "checkpoint_epoch0002").exists()
+    assert cli(["--resume", str(run), "--set", "train.epochs=2"]) == 0
+    resumed = json.loads((run / "summary.json").read_text())
     assert resumed["resumed_from"] == [1] and resumed["init_checkpoint"] == summary["init_checkpoint"]
+    assert resumed["epochs"] == 2 and resumed["run_name"] == summary["run_name"]
+    after = pl.read_csv(run / "metrics.csv")
+    assert after["epoch"].to_list() == [1, 2]
+    assert after.head(1)["train_loss"].to_list() == before["train_loss"].to_list()  # kept, not re-run
+    assert resumed["description_set"] == summary["description_set"]  # its own copy, read back
+    assert sorted(p.name for p in run.glob("checkpoint_epoch*")) == ["checkpoint_epoch0001", "checkpoint_epoch0002"]
+    assert json.loads((train_store / "train" / "latest.json").read_text())["run_name"] == summary["run_name"]
