@@ -21,6 +21,7 @@ from pipeline.model import load_checkpoint
 from pipeline.tune.space import DESCRIPTION_SET_KEY
 
 from .conftest import EXAMPLE_CONFIG
+from .test_sweep import trial_pids
 
 
 def _live_placement_groups(ray) -> list[str]:
@@ -115,13 +116,18 @@ def test_full_sweep_trains_each_trial_with_its_set_and_asha_stops_the_worse(ray_
         [name] = [n for n in os.listdir(runs) if trial.startswith(n)]
         model, _ = load_checkpoint(os.path.join(runs, name, "best", "model.pt"))
         assert model.spec["descriptions"] == sets[value].classes
-        [ckpt] = [d for d in os.listdir(os.path.join(runs, name)) if d.startswith("checkpoint_epoch")]
+        # Epoch 1's checkpoint, or epoch 2's: a stopped run may end before or after it saves epoch 2.
+        ckpt = sorted(d for d in os.listdir(os.path.join(runs, name)) if d.startswith("checkpoint_epoch"))[-1]
         _, extra = load_checkpoint(os.path.join(runs, name, ckpt, "model.pt"))
         assert extra["config"]["describe"]["description_set"] == value
     [done] = [n for n in os.listdir(runs) if by_set.loc[uniform, "trial"].startswith(n)]
     summary = json.loads(open(os.path.join(runs, done, "summary.json")).read())
     assert summary["description_set"]["id"] == out.description_sets[uniform]
 
+    # Each trial had a process of its own: stopping a full trial ends its process, whose
+    # cleanup() aborts the Train run; a process reused for the next trial would skip that.
+    first_pids, second_pids = trial_pids(out, table).values()
+    assert first_pids.isdisjoint(second_pids)
     assert not os.path.exists(shard_root / "embeddings")  # full mode never builds the cache
     # Nothing of the stopped trial's Train run holds resources any more.
     deadline = time.monotonic() + 30
