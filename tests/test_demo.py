@@ -18,10 +18,12 @@ from pipeline.predict import crop_options, predict_paths, recorded_preprocess
 from pipeline.synth import generate_dataset
 from stages import demo, evaluate
 
-# The demo's model, crops and optimiser; fewer frames, clips and epochs.
+# The demo's model, crops and optimiser; fewer frames, clips and epochs, and one Train worker
+# instead of two for each of its three Train runs (DDP across workers: tests/train).
 SHORT = [
     "model.num_frames=8",
     "preprocess.num_workers=1",
+    "train.num_workers=1",
     "train.epochs=2",
     "train.batch_size=8",
     "train.warmup_epochs=1",
