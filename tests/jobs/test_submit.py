@@ -370,23 +370,8 @@ def test_stage_jobs_with_ray_job_submit_and_dferclip_submit(ray_head, tmp_path):
     assert "[describe] description set jobtest" in r.stdout + r.stderr
     assert yaml.safe_load((store / "plain" / "descriptions" / "jobtest.yaml").read_text())
 
-    r = ray_head.run(
-        str(BIN / "ray"),
-        "job",
-        "submit",
-        "--address",
-        ray_head.address,
-        "--working-dir",
-        ".",
-        "--",
-        "python",
-        "-m",
-        "stages.describe",
-        "--config",
-        str(bad),
-    )
-    assert r.returncode != 0
-    assert "train.bogus_key: unknown key" in r.stdout + r.stderr and "failed" in (r.stdout + r.stderr).lower()
+    # A plain job whose config is refused inside the job: test_relative_storage_root_in_a_job
+    # submits one (exit code, Ray's "failed", the stage's message); one job fewer to start here.
 
     # 2. dferclip submit, with a secret passed by name from this environment.
     secret = "dferclip-test-" + secrets.token_hex(12)
@@ -503,7 +488,7 @@ def test_relative_storage_root_in_a_job(ray_head, tmp_path):
         f"storage.root={relative}",
     )
     out = r.stdout + r.stderr
-    assert r.returncode != 0, out
+    assert r.returncode != 0 and "failed" in out.lower(), out
     assert f"storage.root: {relative!r} is a relative path, and this is Ray job raysubmit_" in out
     assert "--set storage.root=" in out
 
