@@ -183,7 +183,8 @@ def _ray_workers(stop: threading.Event, kills: list[int], limit: int | None, vic
     me = os.getpid()
     while not stop.is_set() and (limit is None or len(kills) < limit):
         for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == me:
+            # A process killed a moment ago can still show its open files: it counts once.
+            if not proc.name.isdigit() or int(proc.name) == me or int(proc.name) in kills:
                 continue
             try:
                 cmdline = (proc / "cmdline").read_bytes()
