@@ -146,6 +146,29 @@ def _summary(runs: list[Run]) -> tuple[float, float, float, float, float]:
     )
 
 
+def make_workload(prefix: str, n: int, frames: int, arch: str = "dferclip-micro") -> tuple[Path, Path, Path]:
+    """A temporary folder with ``n`` generated 320x240 clips of ``frames`` frames (25 fps) in
+    ``clips/`` and a random-weight ``arch`` checkpoint (T = 8): (folder, clips, checkpoint).
+    Shared with bench/batch_predict_start.py, so both measure the same workload."""
+    from pipeline.config import ModelConfig
+    from pipeline.datasets import CLASSES_7
+    from pipeline.model import build_model, save_checkpoint
+    from pipeline.synth import render_clip, write_video
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    clips = tmp / "clips"
+    clips.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        label = CLASSES_7[i % len(CLASSES_7)]
+        write_video(clips / f"c{i:03d}.mp4", render_clip(label, rng, num_frames=frames, size=(320, 240)), 25)
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(clip_model=arch, pretrained=None, num_frames=8, text_source="class_names"), list(CLASSES_7)
+    )
+    return tmp, clips, save_checkpoint(model, tmp / "model.pt")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=64)
@@ -161,25 +184,12 @@ def main() -> None:
     import ray.data  # noqa: F401 — imported before timing (module doc)
 
     from pipeline.batch_predict import read_results, run_batch_predict
-    from pipeline.config import BatchPredictConfig, ModelConfig, PreprocessConfig
-    from pipeline.datasets import CLASSES_7
-    from pipeline.model import build_model, save_checkpoint
+    from pipeline.config import BatchPredictConfig, PreprocessConfig
     from pipeline.predict import iter_predictions
     from pipeline.raycluster import local_ray_env
     from pipeline.synth import render_clip, write_video
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-bp-"))
-    clips = tmp / "clips"
-    clips.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(args.clips):
-        label = CLASSES_7[i % len(CLASSES_7)]
-        write_video(clips / f"c{i:03d}.mp4", render_clip(label, rng, num_frames=args.frames, size=(320, 240)), 25)
-    torch.manual_seed(0)
-    model = build_model(
-        ModelConfig(clip_model=args.arch, pretrained=None, num_frames=8, text_source="class_names"), list(CLASSES_7)
-    )
-    ckpt = save_checkpoint(model, tmp / "model.pt")
+    tmp, clips, ckpt = make_workload("bench-bp-", args.clips, args.frames, args.arch)
     prep = PreprocessConfig()
     fused = BatchPredictConfig(loaders=2, cpus_per_loader=1.0, batch_size=8, fuse="on")
     two = BatchPredictConfig(loaders=2, cpus_per_loader=0.75, models=1, cpus_per_model=0.5, batch_size=8, fuse="off")
@@ -262,7 +272,7 @@ def main() -> None:
         if not args.no_faults:  # keeps going past a corrupt file and a killed actor
             (clips / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video" * 40)
             victim = clips / "zz_victim.mp4"
-            write_video(victim, render_clip("fear", rng, num_frames=250, size=(320, 240)), 25)
+            write_video(victim, render_clip("fear", np.random.default_rng(1), num_frames=250, size=(320, 240)), 25)
             stop, kills = threading.Event(), []
             killer = threading.Thread(target=_kill_once, args=(str(victim), stop, kills), daemon=True)
             killer.start()

@@ -22,12 +22,10 @@ import json
 import os
 import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+from batch_predict import make_workload  # this folder is sys.path[0] when run as a script
 
 import pipeline.batch_predict as bp
 
@@ -76,25 +74,11 @@ def main() -> None:
 
     import ray
 
-    from pipeline.config import BatchPredictConfig, ModelConfig, PreprocessConfig
-    from pipeline.datasets import CLASSES_7
-    from pipeline.model import build_model, save_checkpoint
+    from pipeline.config import BatchPredictConfig, PreprocessConfig
     from pipeline.raycluster import local_ray_env
-    from pipeline.synth import render_clip, write_video
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-bp-start-"))
-    clips = tmp / "clips"
-    clips.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(args.clips):
-        label = CLASSES_7[i % len(CLASSES_7)]
-        write_video(clips / f"c{i:03d}.mp4", render_clip(label, rng, num_frames=args.frames, size=(320, 240)), 25)
-    torch.manual_seed(0)
-    model = build_model(
-        ModelConfig(clip_model="dferclip-micro", pretrained=None, num_frames=8, text_source="class_names"),
-        list(CLASSES_7),
-    )
-    ckpt = str(save_checkpoint(model, tmp / "model.pt"))
+    tmp, clips, ckpt = make_workload("bench-bp-start-", args.clips, args.frames)
+    ckpt = str(ckpt)
     sizing = BatchPredictConfig(loaders=2, cpus_per_loader=1.0, batch_size=8, fuse="on")
     prep = PreprocessConfig()
     quiet = lambda _: None  # noqa: E731
