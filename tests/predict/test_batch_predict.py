@@ -374,8 +374,13 @@ def test_a_fused_actor_predicts_its_batch_and_returns_a_storage_failure_for_the_
 def test_cpu_actors_get_the_model_as_torchscript_that_loads_without_open_clip(ckpt, tmp_path):
     """CPU actors get the model traced (TracedModel): in a fresh process it loads with torch
     alone — no open_clip, torchvision or torch._dynamo, seconds of CPU per actor — and gives the
-    very logits of the model itself, at a batch size other than the one it was traced with."""
-    import pickle
+    very logits of the model itself, at a batch size other than the one it was traced with.
+
+    The fresh process rebuilds it from its state as an actor's unpickling does (``__setstate__``
+    calls ``__init__`` with the TorchScript bytes and the class names); the test hands those over
+    as a TorchScript file and a JSON list, and the tensors as weights-only torch files, so
+    nothing here unpickles arbitrary objects."""
+    import json
     import subprocess
     import sys
 
@@ -386,13 +391,20 @@ def test_cpu_actors_get_the_model_as_torchscript_that_loads_without_open_clip(ck
     model.eval()
     traced = traced_for_actors(model)
     assert traced is not None and traced.module is None  # shipped as bytes, loaded by the actor
-    (tmp_path / "traced.pkl").write_bytes(pickle.dumps(traced))
+    state = traced.__getstate__()
+    assert sorted(state) == ["class_names", "script"]  # what Ray pickles: bytes and names only
+    (tmp_path / "traced.pt").write_bytes(state["script"])
+    (tmp_path / "classes.json").write_text(json.dumps(state["class_names"]))
     video = torch.randint(0, 256, (3, model.num_frames, 3, model.image_size, model.image_size), dtype=torch.uint8)
     torch.save(video, tmp_path / "video.pt")
     script = (
-        "import pickle, sys, torch\n"
-        f"m = pickle.loads(open({str(tmp_path / 'traced.pkl')!r}, 'rb').read()).load()\n"
-        f"video = torch.load({str(tmp_path / 'video.pt')!r})\n"
+        "import json, sys, torch\n"
+        "from pipeline.batch_predict import TracedModel\n"
+        "m = TracedModel.__new__(TracedModel)\n"
+        f"m.__setstate__({{'script': open({str(tmp_path / 'traced.pt')!r}, 'rb').read(), "
+        f"'class_names': json.load(open({str(tmp_path / 'classes.json')!r}))}})\n"
+        "m.load()\n"
+        f"video = torch.load({str(tmp_path / 'video.pt')!r}, weights_only=True)\n"
         "with torch.no_grad():\n"
         f"    torch.save(m(video), {str(tmp_path / 'logits.pt')!r})\n"
         "print(m.class_names, [n for n in ('open_clip', 'torchvision', 'timm', 'torch._dynamo') if n in sys.modules])\n"
@@ -401,7 +413,7 @@ def test_cpu_actors_get_the_model_as_torchscript_that_loads_without_open_clip(ck
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{list(CLASSES_7)} []"
     with torch.no_grad():
-        assert torch.equal(torch.load(tmp_path / "logits.pt"), model(video))
+        assert torch.equal(torch.load(tmp_path / "logits.pt", weights_only=True), model(video))
 
 
 def test_a_model_that_does_not_trace_faithfully_is_shipped_as_itself(caplog):
