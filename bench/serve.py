@@ -5,19 +5,26 @@ Starts a local Ray, a micro DFER-CLIP checkpoint (random weights) and the Serve 
 video body: ``--requests`` one at a time from a single client, then the same number from
 ``--clients`` threads at once; two rounds of each, alternating (sequential, concurrent,
 sequential, concurrent) so background load hits both alike, after a warm-up in both modes (so
-neither pays one-off costs: the decoder threads' detectors, the clients' sessions). Prints each mode's throughput and
-p50/p99 latency, the CPU milliseconds per request of each kind of process (read from /proc
-for this process and every process under it: the client, Serve's proxy, the decoder and model
-replicas, the rest of Ray; steadier than wall time on a shared machine), the CPU they spend
-with no request at all, the throughput ratio, and the model replica's mean batch size (what
-``@serve.batch`` made of the concurrency). Every answer must be 200. About 2 minutes.
+neither pays one-off costs: the decoder threads' detectors, the clients' connections). Prints
+each mode's throughput and p50/p99 latency, the CPU milliseconds per request of each kind of
+process (read from /proc for this process and every process under it: the client, Serve's
+proxy, the decoder and model replicas, the rest of Ray; steadier than wall time on a shared
+machine), the CPU they spend with no request at all, the throughput ratio, and the model
+replica's mean batch size (what ``@serve.batch`` made of the concurrency). Every answer must
+be 200.
 
-    python bench/serve.py [--clients 8] [--requests 48] [--frames 16] [--size 160x128] [--set serve.KEY=VALUE ...]
+Then the same measurement of the same app whose decoder decodes the clip once and reuses it
+(``--no-floor`` skips it): Serve's own part of a request. From the two it prints the decode's
+CPU per request and the most decode per request that a 2.5x ratio allows at the measured
+Serve costs (:func:`bound` says why). About 2 minutes.
+
+    python bench/serve.py [--clients 8] [--requests 48] [--frames 16] [--size 160x128] [--set serve.KEY=VALUE ...] [--no-floor]
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import statistics
 import tempfile
@@ -27,7 +34,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import requests
 import torch
 
 from pipeline.datasets import CLASSES_7
@@ -84,6 +90,145 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+def _cpu_by_role(before: dict, after: dict) -> dict[str, float]:
+    spent: dict[str, float] = {}
+    for pid, (role, seconds) in after.items():
+        spent[role] = spent.get(role, 0.0) + seconds - before.get(pid, (role, 0.0))[1]
+    return spent
+
+
+def decode_once_ingress():
+    """The app's ingress deployment with its decode and crop done once: every request after the
+    first reuses that clip (same model call, same answer), so its run measures Serve's own part
+    of a request: the proxy, the two hops, the batching, the JSON answer."""
+    from ray import serve
+
+    from pipeline.serve.app import Decoder
+
+    class DecodeOnce(Decoder.func_or_class):
+        def _load(self, upload):
+            clip = getattr(self, "_clip", None)
+            if clip is None:
+                clip = self._clip = super()._load(upload)
+            return clip
+
+    return serve.deployment(name="Decoder", ray_actor_options={"num_cpus": 1})(DecodeOnce)
+
+
+def measure(url: str, data: bytes, clients: int, requests: int, idle_s: float) -> dict:
+    """Warm-up, the idle CPU, then two alternating rounds of ``requests`` one at a time and
+    ``requests`` from ``clients`` threads. A plain keep-alive http.client connection per client
+    thread: the clients share the 2 cores with the server, so they should cost it little."""
+    from urllib.parse import urlsplit
+
+    from ray import serve
+
+    parts = urlsplit(url)
+    local = threading.local()
+
+    def post() -> float:
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+        t0 = time.perf_counter()
+        conn.request("POST", parts.path, body=data, headers={"Content-Type": "video/mp4"})
+        answer = conn.getresponse()
+        body = answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"{answer.status}: {body[:200]!r}")
+        return time.perf_counter() - t0
+
+    # Warm-up in both modes, so neither pays a one-off cost in its measured rounds: the
+    # replicas' first calls, every decoder thread's own face detector (built on its first
+    # clip), the concurrent clients' connections, the first batches.
+    pool = ThreadPoolExecutor(clients)
+    for _ in range(2 * clients):
+        post()
+    list(pool.map(lambda _: post(), range(4 * clients)))
+    model = serve.get_deployment_handle("Model", app_name="dferclip")
+    warm = model.stats.remote().result()
+    # What the processes of this run spend with no request at all (Serve's control loops,
+    # metrics, health checks): CPU the concurrent clients cannot have.
+    before, t0 = _cpu_seconds(), time.perf_counter()
+    time.sleep(idle_s)
+    idle = _cpu_by_role(before, _cpu_seconds())
+    idle_wall = time.perf_counter() - t0
+    lat: dict[str, list[float]] = {"sequential": [], "concurrent": []}
+    wall: dict[str, float] = {"sequential": 0.0, "concurrent": 0.0}
+    cpu: dict[str, dict[str, float]] = {"sequential": {}, "concurrent": {}}
+
+    def run(mode: str, work) -> None:
+        before, t0 = _cpu_seconds(), time.perf_counter()
+        lat[mode] += work()
+        wall[mode] += time.perf_counter() - t0
+        for role, spent in _cpu_by_role(before, _cpu_seconds()).items():
+            cpu[mode][role] = cpu[mode].get(role, 0.0) + spent
+
+    with pool:
+        for _ in range(2):
+            run("sequential", lambda: [post() for _ in range(requests)])
+            run("concurrent", lambda: list(pool.map(lambda _: post(), range(requests))))
+    stats = {key: value - warm[key] for key, value in model.stats.remote().result().items()}  # measured rounds only
+    n = 2 * requests
+    return {
+        "n": n,
+        "rps": {mode: n / wall[mode] for mode in wall},
+        "lat": lat,
+        "cpu_ms": {mode: {role: 1000 * v / n for role, v in cpu[mode].items()} for mode in cpu},
+        "idle": {role: v / idle_wall for role, v in idle.items()},
+        "stats": stats,
+    }
+
+
+def report(m: dict, clients: int) -> None:
+    n = m["n"]
+    for mode in ("sequential", "concurrent"):
+        who = "1 client, one at a time" if mode == "sequential" else f"{clients} concurrent clients"
+        print(
+            f"  {who:<26} {m['rps'][mode]:6.1f} req/s   p50 {1000 * _pct(m['lat'][mode], 50):6.0f} ms   "
+            f"p99 {1000 * _pct(m['lat'][mode], 99):6.0f} ms   ({n} requests)"
+        )
+    cpu = m["cpu_ms"]
+    print("  CPU ms per request (all processes of this run; sequential / concurrent):")
+    for role in sorted(set(cpu["sequential"]) | set(cpu["concurrent"])) + ["total"]:
+        seq, conc = (
+            sum(cpu[mode].values()) if role == "total" else cpu[mode].get(role, 0.0)
+            for mode in ("sequential", "concurrent")
+        )
+        print(f"    {role:<24} {seq:6.1f} / {conc:6.1f}")
+    busy = ", ".join(f"{role} {100 * v:.0f}%" for role, v in sorted(m["idle"].items()) if v > 0)
+    print(f"  idle CPU, no requests: {100 * sum(m['idle'].values()):.0f}% of a core ({busy})")
+    print(f"  throughput ratio concurrent / sequential: {m['rps']['concurrent'] / m['rps']['sequential']:.2f}x")
+    rows, batches = m["stats"]["rows"], max(1, m["stats"]["batches"])
+    print(f"  model replica: {rows} clips in {batches} forward passes (mean batch {rows / batches:.2f})")
+    print(
+        "  median latency ratio concurrent / sequential: "
+        f"{statistics.median(m['lat']['concurrent']) / statistics.median(m['lat']['sequential']):.2f}x"
+    )
+
+
+def decode_cpu_ms(settings, data: bytes, loads: int = 40) -> float:
+    """CPU-ms of one request's decode and crop in this process (predict's ClipLoader, one
+    thread, the decoder's own path: the upload written to a temporary folder and loaded): what
+    both modes pay per request, which no concurrency shares."""
+    from pipeline.predict import ClipLoader
+    from pipeline.serve.requests import materialise, parse_upload
+
+    loader = ClipLoader(settings.info.num_frames, settings.info.image_size, settings.loader_prep())
+
+    def load() -> None:
+        upload = parse_upload("video/mp4", data, None, settings.serve.max_video_frames)
+        with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder:
+            loader.load_input(materialise(upload, Path(folder)), settings.timeline)
+
+    for _ in range(3):
+        load()
+    t0 = time.process_time()
+    for _ in range(loads):
+        load()
+    return 1000 * (time.process_time() - t0) / loads
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=8)
@@ -99,13 +244,14 @@ def main() -> None:
         help="a serve setting over the bench's sizing, e.g. serve.decoders=1 (repeatable)",
     )
     ap.add_argument("--idle-s", type=float, default=5.0, help="seconds of no requests, to measure the idle CPU")
+    ap.add_argument("--no-floor", action="store_true", help="skip the decode-once run (Serve's own part)")
     args = ap.parse_args()
 
     import ray
     from ray import serve
 
     from pipeline.config import ModelConfig
-    from pipeline.serve.app import settings_from, start
+    from pipeline.serve.app import APP_NAME, build_app, settings_from, start
 
     w, h = (int(v) for v in args.size.split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="bench-serve-"))
@@ -143,84 +289,29 @@ def main() -> None:
         settings = settings_from(str(ckpt), None, None, sizing, "cpu")
         s = settings.serve
         url = start(settings) + "/predict"
-        local = threading.local()
-
-        def post() -> float:
-            session = getattr(local, "session", None) or requests.Session()
-            local.session = session
-            t0 = time.perf_counter()
-            r = session.post(url, data=data, timeout=120)
-            if r.status_code != 200:
-                raise RuntimeError(f"{r.status_code}: {r.text[:200]}")
-            return time.perf_counter() - t0
-
-        # Warm-up in both modes, so neither pays a one-off cost in its measured rounds: the
-        # replicas' first calls, every decoder thread's own face detector (built on its first
-        # clip), the concurrent clients' HTTP sessions, the first batches.
-        pool = ThreadPoolExecutor(args.clients)
-        for _ in range(2 * args.clients):
-            post()
-        list(pool.map(lambda _: post(), range(4 * args.clients)))
-        model = serve.get_deployment_handle("Model", app_name="dferclip")
-        warm = model.stats.remote().result()
-        # What the processes of this run spend with no request at all (Serve's control loops,
-        # metrics, health checks): CPU the concurrent clients cannot have.
-        before, t0 = _cpu_seconds(), time.perf_counter()
-        time.sleep(args.idle_s)
-        idle = {}
-        for pid, (role, seconds) in _cpu_seconds().items():
-            idle[role] = idle.get(role, 0.0) + seconds - before.get(pid, (role, 0.0))[1]
-        idle_s = time.perf_counter() - t0
-        lat: dict[str, list[float]] = {"sequential": [], "concurrent": []}
-        wall: dict[str, float] = {"sequential": 0.0, "concurrent": 0.0}
-        cpu: dict[str, dict[str, float]] = {"sequential": {}, "concurrent": {}}
-
-        def measure(mode: str, run) -> None:
-            before, t0 = _cpu_seconds(), time.perf_counter()
-            lat[mode] += run()
-            wall[mode] += time.perf_counter() - t0
-            for pid, (role, seconds) in _cpu_seconds().items():
-                spent = seconds - before.get(pid, (role, 0.0))[1]
-                cpu[mode][role] = cpu[mode].get(role, 0.0) + spent
-
-        with pool:
-            for _ in range(2):
-                measure("sequential", lambda: [post() for _ in range(args.requests)])
-                measure("concurrent", lambda: list(pool.map(lambda _: post(), range(args.requests))))
-        stats = {key: value - warm[key] for key, value in model.stats.remote().result().items()}  # measured rounds only
+        real = measure(url, data, args.clients, args.requests, args.idle_s)
+        floor = None
+        if not args.no_floor:
+            serve.delete(APP_NAME)
+            serve.run(build_app(settings, decode_once_ingress()), name=APP_NAME, route_prefix="/")
+            floor = measure(url, data, args.clients, args.requests, args.idle_s)
     finally:
         serve.shutdown()
         ray.shutdown()
 
-    n = 2 * args.requests
     print(
         f"serve: micro DFER-CLIP (T=8, 32 px), a {args.frames}-frame {w}x{h} clip ({len(data) / 1e3:.0f} KB) per request; "
         f"{os.cpu_count()} cores; {s.decoders} decoder (ingress) replicas x {s.decoder_threads} threads, "
         f"{s.models} model replica(s), batches of <= {s.max_batch_size} waiting <= {1000 * s.batch_wait_s:g} ms"
     )
-    for mode in ("sequential", "concurrent"):
-        who = "1 client, one at a time" if mode == "sequential" else f"{args.clients} concurrent clients"
+    report(real, args.clients)
+    if floor is not None:
+        print("Serve's own part: the same app, its decoder decoding the clip once and reusing it for every request")
+        report(floor, args.clients)
         print(
-            f"  {who:<26} {n / wall[mode]:6.1f} req/s   p50 {1000 * _pct(lat[mode], 50):6.0f} ms   "
-            f"p99 {1000 * _pct(lat[mode], 99):6.0f} ms   ({n} requests)"
+            f"  decode and crop of this clip (predict's ClipLoader, this process, 1 thread): "
+            f"{decode_cpu_ms(settings, data):.1f} CPU-ms per request, paid in full in both modes"
         )
-    roles = sorted(set(cpu["sequential"]) | set(cpu["concurrent"]))
-    print("  CPU ms per request (all processes of this run; sequential / concurrent):")
-    for role in roles + ["total"]:
-        seq, conc = (
-            1000 * (sum(cpu[m].values()) if role == "total" else cpu[m].get(role, 0.0)) / n
-            for m in ("sequential", "concurrent")
-        )
-        print(f"    {role:<24} {seq:6.1f} / {conc:6.1f}")
-    busy = ", ".join(f"{role} {100 * v / idle_s:.0f}%" for role, v in sorted(idle.items()) if v > 0)
-    print(f"  idle CPU, no requests: {100 * sum(idle.values()) / idle_s:.0f}% of a core ({busy})")
-    ratio = (n / wall["concurrent"]) / (n / wall["sequential"])
-    print(f"  throughput ratio concurrent / sequential: {ratio:.2f}x")
-    mean_batch = stats["rows"] / max(1, stats["batches"])
-    print(f"  model replica: {stats['rows']} clips in {stats['batches']} forward passes (mean batch {mean_batch:.2f})")
-    print(
-        f"  median latency ratio concurrent / sequential: {statistics.median(lat['concurrent']) / statistics.median(lat['sequential']):.2f}x"
-    )
 
 
 if __name__ == "__main__":

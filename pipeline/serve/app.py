@@ -208,9 +208,10 @@ class Decoder:
             return _error(500, "internal error; the server log has the details")
 
 
-def build_app(settings: ServeSettings):
+def build_app(settings: ServeSettings, decoder=None):
     """The application: Decoder (HTTP ingress + decode/crop) -> Model, sized and bounded by
-    ``settings.serve``."""
+    ``settings.serve``. ``decoder``: the ingress deployment, :class:`Decoder` when None
+    (bench/serve.py passes a subclass that decodes only once, to measure Serve's own part)."""
     s = settings.serve
     threads = max(1, int(s.cpus_per_model)) if s.gpus_per_model == 0 else None
     model = Model.options(
@@ -220,7 +221,7 @@ def build_app(settings: ServeSettings):
         max_ongoing_requests=2 * s.max_batch_size,
         max_queued_requests=s.max_queued_requests + s.max_ongoing_requests,
     ).bind(settings, threads)
-    return Decoder.options(
+    return (decoder or Decoder).options(
         num_replicas=s.decoders,
         ray_actor_options={"num_cpus": s.cpus_per_decoder},
         max_ongoing_requests=s.max_ongoing_requests,
