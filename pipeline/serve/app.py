@@ -221,7 +221,8 @@ def build_app(settings: ServeSettings, decoder=None):
         max_ongoing_requests=2 * s.max_batch_size,
         max_queued_requests=s.max_queued_requests + s.max_ongoing_requests,
     ).bind(settings, threads)
-    return (decoder or Decoder).options(
+    ingress = decoder or Decoder
+    return ingress.options(
         num_replicas=s.decoders,
         ray_actor_options={"num_cpus": s.cpus_per_decoder},
         max_ongoing_requests=s.max_ongoing_requests,
