@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device check: one go, <= 8 minutes on a machine with one GPU and 16 cores, no internet.
+# The device check: one go, <= 10 minutes on a machine with one GPU and 16 cores, no internet.
 #
 #   bench/gpu_check.sh            # full: needs a CUDA GPU; refuses to run without one (exit 2)
 #   bench/gpu_check.sh --smoke    # tiny sizes on the CPU: checks that every part runs (~minutes)
@@ -16,7 +16,9 @@
 #   3. `predict` end to end on the GPU vs the bare forward;
 #   4. preprocessing (the Ray Data job) with 1, 2, 4 and 8 workers;
 #   5. the CPU data path per core vs pure JPEG decode (bench/data_path.py, 224 px), also in the
-#      decode-only mode of train.augment.on_device, and augment_batch's cost per clip on the GPU.
+#      decode-only mode of train.augment.on_device, and augment_batch's cost per clip on the GPU;
+#   6. `dferclip serve` with ViT-B/32 on the GPU and 8 decoder replicas: 8 concurrent clients vs
+#      one at a time, and the same app decoding each clip once (Serve's own part).
 #   (Part 1 feeds the step with the augmentation on the GPU: train.augment.on_device's default there.)
 # The lines that carry a ratio are repeated at the end under "summary". Output also goes to
 # $GPU_CHECK_LOG (default: gpu_check.log in the temp folder).
@@ -46,12 +48,14 @@ if [[ $MODE == full ]]; then
   PRED=(--arch ViT-B-32 --repeats 10)
   PREP=(--workers 1,2,4,8 --clips 48 --frames 150 --repeat 2 --skip-memory)
   DATA=(--sizes 224 --clips 24 --repeats 5 --aug-device cuda)
+  SERVE=(--device cuda --arch ViT-B-32 --set serve.decoders=8 --set serve.decoder_threads=1)
   LIMIT=150 LIMIT_COMPILE=210  # seconds per part; the compile part pays ViT-B/32's compilation
 else
   DEV=cpu ARCH=dferclip-micro BATCH=2 FRAMES=8 STEPS=2 CPUS=1,2 STORED=12 DISTINCT=2
   PRED=(--arch dferclip-micro --repeats 1 --frames 8)
   PREP=(--workers 1,2 --clips 2 --frames 20 --repeat 1 --skip-memory)
   DATA=(--sizes 224 --clips 2 --frames 16 --repeats 1)
+  SERVE=(--requests 4 --clients 2 --no-floor)
   LIMIT=600 LIMIT_COMPILE=600
 fi
 
@@ -84,6 +88,7 @@ PART_LIMIT=$LIMIT_COMPILE part "2b. train step: compiled vs eager image encoder 
 part "3. predict end to end vs bare forward" "$PY" bench/predict.py --device "$DEV" "${PRED[@]}"
 part "4. preprocess: Ray Data job with more workers" "$PY" bench/preprocess.py "${PREP[@]}"
 part "5. CPU data path per core vs pure decode" "$PY" bench/data_path.py "${DATA[@]}"
+part "6. serve: 8 concurrent clients vs one, the model replica on the device" "$PY" bench/serve.py "${SERVE[@]}"
 
 echo "== summary ($MODE, ${SECONDS} s in all; full log: $LOG)"
 grep -E 'ratio|x the PIL|of its pure decode|augmentation per clip|exit [1-9]' "$LOG"
